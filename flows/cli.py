@@ -1,0 +1,179 @@
+"""`curate`: the command line. Every failure the user can fix ends in one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from schemas.config import ConfigError, CurateConfig, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _config(args: argparse.Namespace) -> CurateConfig:
+    return load_config(args.config, args.set or [])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.flow == "pool":
+        from flows.pool import run_pool
+
+        result = run_pool(cfg, args.partition, args.force)
+    else:
+        from flows.video import run_video
+
+        result = run_video(cfg, args.partition, args.force)
+    print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from flows.backfill import run_backfill
+
+    cfg = _config(args)
+    return run_backfill(cfg, args.flow, args.start, args.end, args.force, args.max_parallel)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve
+
+    serve(_config(args), args.config)
+    return EXIT_OK
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    from tasks.balance import balance_file
+
+    stats = balance_file(
+        args.metadata,
+        args.input,
+        args.out,
+        t=args.t,
+        seed=args.seed,
+        caption_column=args.caption_column,
+        uid_column=args.uid_column,
+    )
+    print(json.dumps(stats, indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tasks.verify import verify_partition
+
+    problems = verify_partition(args.uri)
+    for p in problems:
+        print(f"FAIL {p}")
+    if problems:
+        print(f"{args.uri}: {len(problems)} problem(s)", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"OK {args.uri}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tasks.verify import summarize_partition
+
+    print(summarize_partition(args.uri))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(args.workdir)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--force", action="store_true", help="recompute even when cached/published")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curate", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one partition of a flow")
+    run.add_argument("flow", choices=["pool", "video"])
+    _add_config_args(run)
+    run.add_argument("--partition", help="partition (default: today in the config timezone)")
+    run.set_defaults(func=cmd_run)
+
+    bf = sub.add_parser("backfill", help="run one partition per date in a range")
+    bf.add_argument("flow", choices=["pool", "video"])
+    _add_config_args(bf)
+    bf.add_argument("--start", required=True, help="YYYY-MM-DD")
+    bf.add_argument("--end", required=True, help="YYYY-MM-DD (inclusive)")
+    bf.add_argument("--max-parallel", type=int, default=1, help="partitions at once")
+    bf.set_defaults(func=cmd_backfill)
+
+    serve = sub.add_parser("serve", help="serve the nightly deployments")
+    serve.add_argument("-c", "--config", required=True)
+    serve.add_argument("--set", action="append", metavar="KEY=VALUE")
+    serve.set_defaults(func=cmd_serve)
+
+    bal = sub.add_parser("balance", help="MetaCLIP-balance a captions parquet")
+    bal.add_argument("--metadata", required=True)
+    bal.add_argument("--input", required=True)
+    bal.add_argument("--t", type=int, required=True)
+    bal.add_argument("--seed", type=int, default=0)
+    bal.add_argument("--caption-column", default="caption")
+    bal.add_argument("--uid-column", default=None)
+    bal.add_argument("--out", required=True)
+    bal.set_defaults(func=cmd_balance)
+
+    for name, func, text in (
+        ("verify", cmd_verify, "check a published partition"),
+        ("report", cmd_report, "print the summary of a published partition"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("uri")
+        p.set_defaults(func=func)
+
+    demo = sub.add_parser("demo", help="generate a small pool and model, run the pool flow")
+    demo.add_argument("--workdir", default="demo")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except ConfigError as err:
+        print(f"curate: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("curate: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.verbose:
+            raise
+        print(f"curate: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def entry() -> Any:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

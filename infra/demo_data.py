@@ -1,0 +1,129 @@
+"""Bundled sample data for `curate demo`: a small generated pool and a tiny random-init model.
+
+Nothing is downloaded: images are drawn shapes with captions that describe them (or,
+on purpose, another picture), a few samples are broken the ways web data breaks, and
+the model is a tiny open_clip architecture with a random-init checkpoint written here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+import tarfile
+from importlib import resources
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (40, 70, 220),
+    "yellow": (240, 210, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw(color: str, shape: str, size: int = 96, seed: int = 0) -> bytes:
+    """A JPEG of one coloured shape on a white background."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    m = rng.randint(8, 20)
+    box = (m, m, size - m, size - m)
+    if shape == "circle":
+        d.ellipse(box, fill=COLORS[color])
+    elif shape == "square":
+        d.rectangle(box, fill=COLORS[color])
+    else:
+        d.polygon([(size // 2, m), (m, size - m), (size - m, size - m)], fill=COLORS[color])
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(path: Path, samples: list[dict]) -> None:
+    """Write samples {key, jpg?, txt?, json?} (bytes values) as a WebDataset tar."""
+    with tarfile.open(path, "w") as tar:
+        for s in samples:
+            for ext in ("jpg", "txt", "json"):
+                if s.get(ext) is not None:
+                    _add(tar, f"{s['key']}.{ext}", s[ext])
+
+
+def pool_samples(n: int, shard: int, mismatch_every: int = 3) -> list[dict]:
+    """`n` samples; every `mismatch_every`-th caption describes a different picture."""
+    out = []
+    for i in range(n):
+        rng = random.Random(shard * 10_000 + i)
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        cap_color, cap_shape = color, shape
+        if i % mismatch_every == mismatch_every - 1:
+            cap_color = rng.choice([c for c in COLORS if c != color])
+            cap_shape = rng.choice([s for s in SHAPES if s != shape])
+        uid = f"{shard:03d}{i:05d}"
+        out.append(
+            {
+                "key": f"{i:06d}",
+                "jpg": draw(color, shape, seed=shard * 10_000 + i),
+                "txt": f"a {cap_color} {cap_shape} on a white background".encode(),
+                "json": json.dumps({"uid": uid, "url": f"https://example.com/{uid}.jpg"}).encode(),
+            }
+        )
+    return out
+
+
+def broken_samples() -> list[dict]:
+    """Samples broken the ways web data breaks: each is quarantined or filtered, never fatal."""
+    good = draw("red", "circle")
+    return [
+        {
+            "key": "bad_corrupt",
+            "jpg": b"\xff\xd8\xff\xe0 not really a jpeg",
+            "txt": b"a red circle",
+        },
+        {"key": "bad_truncated", "jpg": good[: len(good) // 2], "txt": b"a truncated red circle"},
+        {"key": "bad_nocaption", "jpg": good},
+        {"key": "bad_notutf8", "jpg": good, "txt": b"caf\xe9 \xff\xfe red circle"},
+        {"key": "bad_filename", "jpg": good, "txt": b"IMG_2034.JPG"},
+        {"key": "bad_short", "jpg": good, "txt": b"circle"},
+    ]
+
+
+def make_pool(root: Path, shards: int = 3, per_shard: int = 40) -> Path:
+    """Write the demo pool under `root/pool/` and return that folder."""
+    pool = root / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        samples = pool_samples(per_shard, s)
+        if s == 0:
+            samples += broken_samples()
+        write_shard(pool / f"{s:05d}.tar", samples)
+    (pool / f"{shards:05d}.tar").write_bytes(b"")  # an empty shard is counted, not fatal
+    return pool
+
+
+def make_tiny_model(root: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Copy the tiny architecture JSON and write a random-init checkpoint (state dict only)."""
+    import open_clip
+    import torch
+
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    arch = models / "tiny-clip.json"
+    with resources.as_file(resources.files("infra") / "models" / "tiny-clip.json") as src:
+        shutil.copyfile(src, arch)
+    open_clip.add_model_config(arch)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch.stem, pretrained=None)
+    ckpt = models / "tiny-clip-random.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    return arch, ckpt

@@ -1,0 +1,275 @@
+"""The run configuration: one YAML file, validated by pydantic before any work starts.
+
+Unknown keys are an error (a typo must never silently fall back to a default), and every
+message names the offending key and what to write instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_NEAR_MISS_PROMPTS = [
+    "a pedestrian suddenly stepping in front of the car",
+    "a car cutting in sharply in front of the camera",
+    "a cyclist swerving into the path of the vehicle",
+    "a near collision on the road",
+    "a car braking hard to avoid a crash",
+]
+DEFAULT_NORMAL_PROMPTS = [
+    "a car driving normally on an empty road",
+    "traffic moving smoothly on a highway",
+    "a quiet street with parked cars",
+    "driving on a road with lane markings",
+    "a vehicle waiting at a traffic light",
+]
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(64, ge=1, le=65536)
+
+
+class TextFilterConfig(Strict):
+    enabled: bool = True
+    min_words: int = Field(2, ge=0)
+    max_chars: int = Field(1000, ge=1)
+    min_letter_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    max_repeat_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    min_words_for_repeat: int = Field(4, ge=2)
+
+
+class ClipFilterConfig(Strict):
+    threshold: float | None = None
+    top_fraction: float | None = Field(None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ClipFilterConfig:
+        if self.threshold is not None and self.top_fraction is not None:
+            raise ValueError("set either threshold or top_fraction, not both")
+        return self
+
+
+class BalanceConfig(Strict):
+    metadata: str
+    t: int = Field(20000, ge=1)
+    seed: int = 0
+    order: Literal["after_filters", "before_filters"] = "after_filters"
+    running_counts: bool = False
+
+
+class ShardConfig(Strict):
+    max_samples: int = Field(10000, ge=1)
+
+
+class PoolConfig(Strict):
+    input: str | list[str]
+    format: Literal["auto", "webdataset", "parquet"] = "auto"
+    image_column: str = "image"
+    caption_column: str = "caption"
+    uid_column: str | None = "uid"
+    text_filter: TextFilterConfig = Field(default_factory=TextFilterConfig)
+    clip_filter: ClipFilterConfig = Field(default_factory=ClipFilterConfig)
+    balance: BalanceConfig | None = None
+    shard: ShardConfig = Field(default_factory=ShardConfig)
+    max_image_pixels: int = Field(89_478_485, ge=1)
+
+
+class PromptsConfig(Strict):
+    near_miss: list[str] = Field(default_factory=lambda: list(DEFAULT_NEAR_MISS_PROMPTS))
+    normal: list[str] = Field(default_factory=lambda: list(DEFAULT_NORMAL_PROMPTS))
+
+    @field_validator("near_miss", "normal")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v or any(not p.strip() for p in v):
+            raise ValueError("give at least one non-empty prompt")
+        return v
+
+
+class EventsConfig(Strict):
+    """Event detector defaults (documented in the README)."""
+
+    median_window: int = Field(3, ge=1)
+    ema_alpha: float = Field(0.5, gt=0.0, le=1.0)
+    start: float = Field(0.6, ge=0.0, le=1.0)
+    stop: float = Field(0.4, ge=0.0, le=1.0)
+    min_duration_s: float = Field(0.5, ge=0.0)
+    merge_gap_s: float = Field(1.5, ge=0.0)
+    max_duration_s: float = Field(10.0, gt=0.0)
+    nms_window_s: float = Field(2.0, ge=0.0)
+    clip_before_s: float = Field(5.0, ge=0.0)
+    clip_after_s: float = Field(3.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> EventsConfig:
+        if self.stop > self.start:
+            raise ValueError(f"stop ({self.stop}) must be <= start ({self.start})")
+        return self
+
+
+class FusionConfig(Strict):
+    zero_shot_weight: float = Field(0.8, ge=0.0)
+    motion_weight: float = Field(0.2, ge=0.0)
+    motion_scale: float = Field(1.0, gt=0.0)
+
+
+class VideoConfig(Strict):
+    input: str | list[str]
+    sample_fps: float = Field(4.0, gt=0.0, le=120.0)
+    chunk_frames: int = Field(64, ge=1)
+    max_duration_s: float = Field(6 * 3600.0, gt=0.0)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    shard: ShardConfig = Field(default_factory=lambda: ShardConfig(max_samples=100))
+
+
+class ScheduleConfig(Strict):
+    pool: str | None = "0 2 * * *"
+    video: str | None = "0 3 * * *"
+    timezone: str = "UTC"
+
+
+class RunnerConfig(Strict):
+    kind: Literal["threads", "processes", "dask", "ray"] = "threads"
+    address: str | None = None
+    workers: int | None = Field(None, ge=1)
+
+
+class GateConfig(Strict):
+    """Publish gate: hold a partition whose key figures moved too far from the last one."""
+
+    enabled: bool = False
+    max_kept_fraction_change: float = Field(0.2, ge=0.0)
+    max_score_quantile_change: float = Field(0.1, ge=0.0)
+    max_events_per_hour_change: float = Field(1.0, ge=0.0)
+
+
+class CurateConfig(Strict):
+    dataset: str = "demo"
+    output: str = "./curated"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pool: PoolConfig | None = None
+    video: VideoConfig | None = None
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    cache: str | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '_', '.', '-' only (it becomes a folder)")
+        return v
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as the one line the user should see."""
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"config: unknown key '{key}' (check the spelling; see README 'Configuration')"
+    if kind == "missing":
+        return f"config: missing required key '{key}'"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"config: invalid value for '{key}': {msg}"
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set a.b=c` overrides; values are parsed as YAML (so 0.3 is a float)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"--set {item!r}: empty key")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw else "")
+    return data
+
+
+def parse_config(data: dict[str, Any]) -> CurateConfig:
+    """Validate a config mapping, turning pydantic's report into one clear line."""
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> CurateConfig:
+    """Read, override and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"config: cannot read {p}: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {p} must hold a mapping at the top level")
+    return parse_config(apply_overrides(data, overrides or []))
+
+
+def config_hash(section: Any) -> str:
+    """Stable sha256 of a config section (or any JSON-able value), for cache keys and lineage."""
+    if isinstance(section, BaseModel):
+        section = section.model_dump(mode="json")
+    blob = json.dumps(section, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def redacted(cfg: CurateConfig) -> dict[str, Any]:
+    """The resolved config as written to manifests and logs: storage secrets removed."""
+    data = cfg.model_dump(mode="json")
+    data["storage_options"] = _redact(data.get("storage_options", {}))
+    return data
+
+
+_SECRET = re.compile(r"(secret|token|password|key|credential|session)", re.I)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: ("***" if _SECRET.search(str(k)) and not isinstance(v, dict) else _redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value

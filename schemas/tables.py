@@ -1,0 +1,134 @@
+"""Column contracts of every table the project writes, checked at stage boundaries.
+
+A stage that produces a frame calls `conform(df, SCHEMA)`: missing columns are an error
+(a bug, not bad input), columns are cast to the contract's types and put in its order, so
+downstream readers and other tools can rely on the parquet schema.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+STATUSES = (
+    "kept",
+    "filtered_text",
+    "filtered_clip",
+    "filtered_balance",
+    "duplicate",
+    "quarantined",
+)
+
+# One row per input sample of one input shard, written by the score stage (cached).
+SCORES = {
+    "uid": pl.String,
+    "source": pl.String,  # input shard URL
+    "key": pl.String,  # the sample's key in its source shard
+    "index": pl.Int64,  # position of the sample in its source shard (input order)
+    "caption": pl.String,
+    "url": pl.String,
+    "image_ext": pl.String,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "clip_score": pl.Float32,
+    "emb_row": pl.Int64,  # row in the shard's fp16 embedding file, null when not embedded
+    "error": pl.String,  # quarantine reason found while reading/decoding, else null
+}
+
+# Per input shard, written when balancing: MetaCLIP matches of each caption (cached apart from
+# the scores so that changing the metadata never re-runs CLIP).
+MATCHES = {
+    "uid": pl.String,
+    "index": pl.Int64,
+    "entry_ids": pl.List(pl.UInt32),
+}
+
+# One row per INPUT sample of the partition, with the decision (published samples.parquet).
+SAMPLES = {
+    "uid": pl.String,
+    "source": pl.String,
+    "key": pl.String,
+    "index": pl.Int64,
+    "caption": pl.String,
+    "url": pl.String,
+    "image_ext": pl.String,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "clip_score": pl.Float32,
+    "entry_ids": pl.List(pl.UInt32),
+    "keep_prob": pl.Float64,
+    "status": pl.Enum(list(STATUSES)),
+    "error": pl.String,
+    "shard": pl.String,  # output shard file name for kept samples, else null
+    "out_key": pl.String,  # member key in the output shard, derived from uid
+}
+
+# Per output shard index (shards/NNNNNN.parquet).
+SHARD_INDEX = {
+    "out_key": pl.String,
+    "uid": pl.String,
+    "source": pl.String,
+    "key": pl.String,
+    "caption": pl.String,
+    "clip_score": pl.Float32,
+    "image_ext": pl.String,
+}
+
+# Video flow tables.
+VIDEOS = {
+    "video": pl.String,  # input URL
+    "fingerprint": pl.String,
+    "status": pl.Enum(["ok", "quarantined"]),
+    "error": pl.String,
+    "duration_s": pl.Float64,
+    "fps": pl.Float64,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "codec": pl.String,
+    "n_frames": pl.Int64,
+    "vehicle_id": pl.String,
+    "start_time": pl.String,
+    "sampled_frames": pl.Int64,
+    "events": pl.Int64,
+}
+
+FRAMES = {
+    "video": pl.String,
+    "frame_index": pl.Int64,  # index into the source video's frames
+    "t_s": pl.Float64,
+    "p_near_miss": pl.Float32,  # zero-shot probability
+    "motion": pl.Float32,  # robust z-score of embedding change
+    "score": pl.Float32,  # fused score
+    "smoothed": pl.Float32,  # after median + EMA
+    "emb_row": pl.Int64,
+}
+
+EVENTS = {
+    "event_id": pl.String,
+    "video": pl.String,
+    "start_s": pl.Float64,
+    "end_s": pl.Float64,
+    "peak_s": pl.Float64,
+    "peak_score": pl.Float64,
+    "clip_start_s": pl.Float64,
+    "clip_end_s": pl.Float64,
+    "key": pl.String,
+    "shard": pl.String,
+}
+
+
+def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+def conform(df: pl.DataFrame, schema: dict[str, pl.DataType], extra: bool = False) -> pl.DataFrame:
+    """Cast `df` to `schema` (order and types); raise on missing columns.
+
+    With `extra=True`, columns beyond the contract are kept after the contract's ones.
+    """
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise ValueError(f"table is missing columns {missing}")
+    cols = [pl.col(c).cast(t) for c, t in schema.items()]
+    if extra:
+        cols += [pl.col(c) for c in df.columns if c not in schema]
+    return df.select(cols)

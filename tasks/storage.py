@@ -1,0 +1,187 @@
+"""Storage helpers over fsspec: one place that knows local paths and s3:// (or any fsspec URL).
+
+Everything that reads or writes goes through these so that local disk and object stores
+behave the same: globbing inputs, fingerprints for cache keys, whole-file writes that never
+leave a half-written file under the final name, and checksums for lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+HASH_CHUNK = 4 << 20
+
+
+def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """Return (filesystem, path-within-it) for a local path or URL."""
+    return url_to_fs(url, **(storage_options or {}))
+
+
+def is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def unstrip(fs: Any, path: str) -> str:
+    """Turn a filesystem-relative path back into a URL the user would recognise."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URL/path parts with '/', which every fsspec backend accepts."""
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def expand_inputs(
+    patterns: str | list[str], storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Expand input globs into a sorted, de-duplicated list of file URLs.
+
+    Sorted order is what makes "first one in input order wins" and output sharding
+    independent of listing order across stores.
+    """
+    found: set[str] = set()
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        fs, path = get_fs(pattern, storage_options)
+        if any(ch in path for ch in "*?["):
+            matches = fs.glob(path)
+        else:
+            matches = [path] if fs.exists(path) else []
+        found.update(unstrip(fs, m) for m in matches if not fs.isdir(m))
+    return sorted(found)
+
+
+def fingerprint(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A cheap identity of a file's content: size plus mtime (local) or ETag/checksum (stores).
+
+    Used in cache keys: a changed file gets a new key, an unchanged one is never re-scored.
+    """
+    fs, path = get_fs(url, storage_options)
+    info = fs.info(path)
+    fp: dict[str, Any] = {"url": url, "size": int(info.get("size") or 0)}
+    for field in ("ETag", "etag", "md5", "checksum", "crc32c"):
+        if info.get(field):
+            fp["etag"] = str(info[field]).strip('"')
+            break
+    else:
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+        fp["mtime"] = str(mtime)
+    return fp
+
+
+def fingerprint_key(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+
+
+def sha256_file(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    fs, path = get_fs(url, storage_options)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = get_fs(url, storage_options)
+    return bool(fs.exists(path))
+
+
+@contextmanager
+def open_read(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[IO[bytes]]:
+    fs, path = get_fs(url, storage_options)
+    with fs.open(path, "rb") as f:
+        yield f
+
+
+@contextmanager
+def open_write(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[IO[bytes]]:
+    """Write a whole file so that the final name only ever holds complete content.
+
+    Locally: write a sibling temp file, fsync, then rename. On object stores an upload
+    only becomes visible when it completes, so the final key is written directly.
+    """
+    fs, path = get_fs(url, storage_options)
+    if is_local(fs):
+        parent = os.path.dirname(path)
+        os.makedirs(parent or ".", exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        with fs.open(path, "wb") as f:
+            yield f
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    with open_write(url, storage_options) as f:
+        f.write(data)
+
+
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    with open_read(url, storage_options) as f:
+        return f.read()
+
+
+def write_json(url: str, obj: Any, storage_options: dict[str, Any] | None = None) -> None:
+    write_bytes(
+        url, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), storage_options
+    )
+
+
+def read_json(url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    return json.loads(read_bytes(url, storage_options))
+
+
+def write_parquet(df: Any, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write a polars frame as parquet through `open_write` (atomic locally)."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    write_bytes(url, buf.getvalue(), storage_options)
+
+
+def read_parquet(url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    import polars as pl
+
+    with open_read(url, storage_options) as f:
+        return pl.read_parquet(f)
+
+
+def remove(
+    url: str, storage_options: dict[str, Any] | None = None, recursive: bool = False
+) -> None:
+    fs, path = get_fs(url, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def listdir(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    fs, path = get_fs(url, storage_options)
+    if not fs.exists(path):
+        return []
+    return sorted(unstrip(fs, p) for p in fs.ls(path, detail=False))
+
+
+def fsspec_open(url: str, mode: str = "rb", storage_options: dict[str, Any] | None = None) -> Any:
+    """An OpenFile for libraries that want one (e.g. to stream a remote video)."""
+    return fsspec.open(url, mode, **(storage_options or {}))

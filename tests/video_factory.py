@@ -1,0 +1,199 @@
+"""Synthetic test videos made with PyAV, so video tests never depend on files outside the repo.
+
+Every frame carries its own index as an 8-bit binary code in vertical stripes across the top
+half (black/white survives lossy coding and resizing), and optionally a square that moves
+across the bottom half so consecutive frames differ. `frame_code` reads the index back.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+CODE_BITS = 8
+
+
+def make_frame(index: int, width: int, height: int, moving_square: bool = True) -> np.ndarray:
+    """The RGB frame number `index`: its index in stripes on top, a moving square below."""
+    img = np.full((height, width, 3), 96, dtype=np.uint8)
+    top = height // 2
+    stripe = width / CODE_BITS
+    for bit in range(CODE_BITS):
+        on = (index >> (CODE_BITS - 1 - bit)) & 1
+        x0, x1 = round(bit * stripe), round((bit + 1) * stripe)
+        img[:top, x0:x1] = 255 if on else 0
+    if moving_square:
+        side = max(2, height // 4)
+        span = max(1, width - side)
+        x = (index * 3) % span
+        y = top + (height - top - side) // 2
+        img[y : y + side, x : x + side] = (230, 40, 40)
+    return img
+
+
+def frame_code(frame: np.ndarray) -> int:
+    """The index (mod 256) that `make_frame` wrote, read from a decoded, maybe resized frame."""
+    height, width = frame.shape[:2]
+    row = frame[height // 4].astype(np.float32).mean(axis=-1)
+    code = 0
+    for bit in range(CODE_BITS):
+        x = int((bit + 0.5) * width / CODE_BITS)
+        code = (code << 1) | int(row[x] > 128)
+    return code
+
+
+def make_video(
+    path: str | Path,
+    duration_s: float = 2.0,
+    fps: float = 10,
+    size: tuple[int, int] = (64, 48),
+    codec: str = "libx264",
+    moving_square: bool = True,
+    gop: int | None = None,
+    faststart: bool = False,
+    container: str | None = None,
+    bframes: int = 0,
+) -> Path:
+    """Write a video of round(duration_s * fps) frames of `make_frame`; return its path.
+
+    `size` is (width, height); `gop` sets the keyframe interval (default: every 2 seconds);
+    `faststart` moves the moov atom to the front, as streaming encoders often do;
+    `bframes` > 0 lets libx264 use B-frames (decode order differs from display order).
+    """
+    path = Path(path)
+    width, height = size
+    n_frames = round(duration_s * fps)
+    rate = Fraction(fps).limit_denominator(1001)
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format=container, options=options) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.gop_size = gop or max(1, round(2 * fps))
+        if codec == "libx264":
+            preset = "veryfast" if bframes else "ultrafast"  # ultrafast turns B-frames off
+            stream.options = {"preset": preset, "bframes": str(bframes)}
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(make_frame(i, width, height, moving_square), "rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def make_video_isolated(path: str | Path, **kwargs: object) -> Path:
+    """`make_video` in a fresh interpreter, for encoders that break once decord is loaded.
+
+    decord loads its bundled FFmpeg 4 and libvpx with RTLD_GLOBAL; PyAV's libvpx encoders
+    then bind to the old libvpx and fail to open. H.264 (versioned x264 symbols) is unaffected.
+    """
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]); from video_factory import make_video;"
+        "make_video(sys.argv[2], **json.loads(sys.argv[3]))"
+    )
+    here = str(Path(__file__).resolve().parent)
+    args = [sys.executable, "-c", code, here, str(path), json.dumps(kwargs)]
+    subprocess.run(args, check=True, capture_output=True, timeout=120)
+    return Path(path)
+
+
+def make_truncated(src: str | Path, dst: str | Path, fraction: float = 0.6) -> Path:
+    """Copy the first `fraction` of `src`'s bytes, like an upload cut off mid-way."""
+    data = Path(src).read_bytes()
+    dst = Path(dst)
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def make_empty(path: str | Path) -> Path:
+    """A zero-byte file, as left by a failed copy."""
+    path = Path(path)
+    path.write_bytes(b"")
+    return path
+
+
+def make_not_video(path: str | Path) -> Path:
+    """A file with a video name whose content is text."""
+    path = Path(path)
+    path.write_text("this is not a video, just some text\n" * 20)
+    return path
+
+
+def make_audio_only(path: str | Path, duration_s: float = 1.0) -> Path:
+    """An mp4 with a single AAC audio stream and no video stream."""
+    path = Path(path)
+    rate = 8000
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=rate)
+        samples = np.zeros((1, 1024), dtype=np.float32)
+        for k in range(int(duration_s * rate / 1024) + 1):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = k * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+CONTAINER_BOXES = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}
+
+
+def _boxes(data: bytearray, start: int = 0, end: int | None = None) -> dict[bytes, int]:
+    """Offsets of the payloads of the mp4 boxes we patch (first track only), by box type."""
+    found: dict[bytes, int] = {}
+    pos, end = start, len(data) if end is None else end
+    while pos + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if size < 8:
+            break
+        if kind in CONTAINER_BOXES:
+            for k, v in _boxes(data, pos + 8, pos + size).items():
+                found.setdefault(k, v)
+        else:
+            found.setdefault(kind, pos + 8)
+        pos += size
+    return found
+
+
+def make_zero_fps(src: str | Path, dst: str | Path) -> Path:
+    """Copy an mp4 (from `make_video`) with every frame duration and the track duration zeroed.
+
+    Like files from recorders that write no timestamps: all frames at t=0, so no frame rate.
+    """
+    data = bytearray(Path(src).read_bytes())
+    box = _boxes(data)
+    stts, mdhd = box[b"stts"], box[b"mdhd"]
+    for k in range(struct.unpack(">I", data[stts + 4 : stts + 8])[0]):
+        delta = stts + 8 + 8 * k + 4
+        data[delta : delta + 4] = bytes(4)
+    data[mdhd + 16 : mdhd + 20] = bytes(4)  # version-0 mdhd: duration after the timescale
+    Path(dst).write_bytes(data)
+    return Path(dst)
+
+
+def make_no_frames(src: str | Path, dst: str | Path) -> Path:
+    """Copy an mp4 whose video track lists no samples (a recorder stopped before frame one)."""
+    data = bytearray(Path(src).read_bytes())
+    box = _boxes(data)
+    stts, stsz = box[b"stts"], box[b"stsz"]
+    data[stts + 4 : stts + 8] = bytes(4)  # no time-to-sample entries
+    data[stsz + 8 : stsz + 12] = bytes(4)  # sample count 0
+    Path(dst).write_bytes(data)
+    return Path(dst)
+
+
+def write_sidecar(video: str | Path, content: dict | str) -> Path:
+    """Write the `.json` sidecar next to `video` (a dict as JSON, a str verbatim)."""
+    path = Path(video).with_suffix(".json")
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
