@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,7 +24,7 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except (OSError, TimeoutError, ConnectionError):
         return True
-    except Exception:  # noqa: BLE001 - anything else is not worth a retry
+    except Exception:  # anything else is not worth a retry
         return False
     return False
 
@@ -70,6 +72,22 @@ def today(tz: str) -> str:
     return dt.datetime.now(ZoneInfo(tz)).date().isoformat()
 
 
+def resolve_partition(partition: str | None, tz: str) -> str:
+    """The partition to run: as given, else the scheduled date of this flow run, else today.
+
+    A scheduled run that starts late (or is retried the next day) still processes the date it
+    was scheduled for: the scheduled start time, in the config's timezone, decides.
+    """
+    if partition:
+        return partition
+    from prefect.runtime import flow_run
+
+    scheduled = flow_run.scheduled_start_time if flow_run.id else None
+    if scheduled is not None:
+        return scheduled.astimezone(ZoneInfo(tz)).date().isoformat()
+    return today(tz)
+
+
 def with_date(pattern: str | list[str], partition: str) -> str | list[str]:
     """Substitute `{date}` in input URIs with the partition."""
     if isinstance(pattern, list):
@@ -95,6 +113,18 @@ def run_key(inputs: list[dict[str, Any]], cfg_part: dict[str, Any], model: dict[
     return config_hash({"v": PUBLISH_VERSION, "inputs": inputs, "config": cfg_part, "model": model})
 
 
+@contextmanager
+def execution(cfg: CurateConfig) -> Iterator[Any]:
+    """The task runner for a run, with whatever it needs around it (a cluster, an API)."""
+    if cfg.runner.kind in ("dask", "ray"):
+        from infra.cluster import cluster_execution
+
+        with cluster_execution(cfg.runner) as runner:
+            yield runner
+    else:
+        yield task_runner(cfg)
+
+
 def task_runner(cfg: CurateConfig) -> Any:
     """The Prefect task runner for `runner.kind` (threads by default)."""
     kind = cfg.runner.kind
@@ -106,9 +136,7 @@ def task_runner(cfg: CurateConfig) -> Any:
         from prefect.task_runners import ProcessPoolTaskRunner
 
         return ProcessPoolTaskRunner(max_workers=cfg.runner.workers or 2)
-    from infra.cluster import cluster_task_runner
-
-    return cluster_task_runner(cfg.runner)
+    raise ValueError(f"runner.kind {kind!r} needs execution(cfg)")
 
 
 def publish_artifacts(flow: str, stats: dict[str, Any], summary_md: str) -> None:

@@ -12,14 +12,14 @@ from flows.common import (
     IO_RETRIES,
     InputError,
     cache_root,
+    execution,
     list_inputs,
     output_config,
     publish_artifacts,
+    resolve_partition,
     run_key,
     summary_markdown,
-    task_runner,
     to_json,
-    today,
 )
 from schemas.config import (
     CurateConfig,
@@ -30,6 +30,8 @@ from schemas.config import (
     redacted,
 )
 from tasks import storage
+from tasks.gate import apply_gate
+from tasks.lock import partition_lock
 from tasks.model import model_identity
 from tasks.pool_publish import plan_shards, write_pool_shard, write_sizes
 from tasks.publish import Staging, abort, begin, code_version, commit, partition_url, read_manifest
@@ -156,6 +158,7 @@ def publish_partition(
             "inputs": [r.stats["fingerprint"] for r in results],
             "balance": stats["balance"],
         }
+        apply_gate(cfg, "pool", stats, stage)
         commit(stage, manifest, outputs)
     except BaseException:
         abort(stage)
@@ -214,19 +217,29 @@ def pool_flow(config: dict[str, Any], partition: str | None = None, force: bool 
     cfg = parse_config(config)
     if cfg.pool is None:
         raise InputError("config: the pool flow needs a 'pool' section")
-    partition = partition or today(cfg.schedule.timezone)
-    so, cache = cfg.storage_options, cache_root(cfg)
+    partition = resolve_partition(partition, cfg.schedule.timezone)
+    so = cfg.storage_options
     urls = list_inputs(cfg.pool.input, partition, so)
     log.info("partition %s: %d input shards", partition, len(urls))
     model = model_identity(cfg.model)
     inputs = [storage.fingerprint(u, so) for u in urls]
     key = run_key(inputs, output_config(cfg, "pool"), model)
     final = partition_url(cfg.output, cfg.dataset, "pool", partition)
-    published = read_manifest(final, so)
-    if not force and published and published.get("run_key") == key:
-        log.info("partition %s already published with the same inputs and config", partition)
-        return {"status": "skipped", "partition": partition, "uri": final}
+    with partition_lock(final, so):
+        published = read_manifest(final, so)
+        if not force and published and published.get("run_key") == key:
+            log.info("partition %s already published with the same inputs and config", partition)
+            return {"status": "skipped", "partition": partition, "uri": final}
+        return _pool_run(cfg, partition, urls, key, model, force)
 
+
+def _pool_run(
+    cfg: CurateConfig, partition: str, urls: list[str], key: str, model: dict, force: bool
+) -> dict:
+    """score -> select -> publish for one partition (the caller holds its lock)."""
+    log = get_run_logger()
+    so, cache = cfg.storage_options, cache_root(cfg)
+    final = partition_url(cfg.output, cfg.dataset, "pool", partition)
     t0 = time.perf_counter()
     futures = [score_shard_task.submit(u, cfg.pool, cfg.model, cache, so, force) for u in urls]
     results = [f.result() for f in futures]
@@ -264,10 +277,10 @@ def run_pool(cfg: CurateConfig, partition: str | None = None, force: bool = Fals
     """
     if cfg.pool is None:
         raise InputError("config: the pool flow needs a 'pool' section")
-    partition = partition or today(cfg.schedule.timezone)
+    partition = resolve_partition(partition, cfg.schedule.timezone)
     list_inputs(cfg.pool.input, partition, cfg.storage_options)
     model_identity(cfg.model)
-    runner = task_runner(cfg)
-    return pool_flow.with_options(task_runner=runner)(
-        config=cfg.model_dump(mode="json"), partition=partition, force=force
-    )
+    with execution(cfg) as runner:
+        return pool_flow.with_options(task_runner=runner)(
+            config=cfg.model_dump(mode="json"), partition=partition, force=force
+        )

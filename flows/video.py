@@ -12,14 +12,14 @@ from flows.common import (
     IO_RETRIES,
     InputError,
     cache_root,
+    execution,
     list_inputs,
     output_config,
     publish_artifacts,
+    resolve_partition,
     run_key,
     summary_markdown,
-    task_runner,
     to_json,
-    today,
 )
 from schemas.config import (
     CurateConfig,
@@ -31,6 +31,8 @@ from schemas.config import (
 )
 from schemas.tables import EVENTS, VIDEOS, conform
 from tasks import storage
+from tasks.gate import apply_gate
+from tasks.lock import partition_lock
 from tasks.model import model_identity
 from tasks.publish import Staging, abort, begin, code_version, commit, partition_url, read_manifest
 from tasks.shards import WrittenFile, describe_file, write_file, write_index
@@ -169,6 +171,7 @@ def publish_video_partition(
             "inputs": inputs,
             "prompt_set_hash": lineage["prompt_set_hash"],
         }
+        apply_gate(cfg, "video", stats, stage)
         commit(stage, manifest, outputs)
     except BaseException:
         abort(stage)
@@ -181,18 +184,35 @@ def video_flow(config: dict[str, Any], partition: str | None = None, force: bool
     """Find near-miss moments in driving-recorder video and publish them as clips."""
     log = get_run_logger()
     cfg = parse_config(config)
-    partition = partition or today(cfg.schedule.timezone)
-    so, cache = cfg.storage_options, cache_root(cfg)
+    partition = resolve_partition(partition, cfg.schedule.timezone)
+    so = cfg.storage_options
     urls = list_inputs(cfg.video.input, partition, so, "video.input")
     model = model_identity(cfg.model)
     inputs = [storage.fingerprint(u, so) for u in urls]
     key = run_key(inputs, output_config(cfg, "video"), model)
     final = partition_url(cfg.output, cfg.dataset, "video", partition)
-    published = read_manifest(final, so)
-    if not force and published and published.get("run_key") == key:
-        log.info("partition %s already published with the same inputs and config", partition)
-        return {"status": "skipped", "partition": partition, "uri": final}
-    log.info("partition %s: %d videos", partition, len(urls))
+    with partition_lock(final, so):
+        published = read_manifest(final, so)
+        if not force and published and published.get("run_key") == key:
+            log.info("partition %s already published with the same inputs and config", partition)
+            return {"status": "skipped", "partition": partition, "uri": final}
+        log.info("partition %s: %d videos", partition, len(urls))
+        return _video_run(cfg, partition, urls, inputs, key, model, force)
+
+
+def _video_run(
+    cfg: CurateConfig,
+    partition: str,
+    urls: list[str],
+    inputs: list[dict],
+    key: str,
+    model: dict,
+    force: bool,
+) -> dict:
+    """embed -> detect -> publish for one partition (the caller holds its lock)."""
+    log = get_run_logger()
+    so, cache = cfg.storage_options, cache_root(cfg)
+    final = partition_url(cfg.output, cfg.dataset, "video", partition)
     t0 = time.perf_counter()
     futures = [score_video_task.submit(u, cfg.video, cfg.model, cache, so, force) for u in urls]
     results = [f.result() for f in futures]
@@ -216,9 +236,10 @@ def run_video(cfg: CurateConfig, partition: str | None = None, force: bool = Fal
     """Run the video flow with the config's task runner (inputs and model checked first)."""
     if cfg.video is None:
         raise InputError("config: the video flow needs a 'video' section")
-    partition = partition or today(cfg.schedule.timezone)
+    partition = resolve_partition(partition, cfg.schedule.timezone)
     list_inputs(cfg.video.input, partition, cfg.storage_options, "video.input")
     model_identity(cfg.model)
-    return video_flow.with_options(task_runner=task_runner(cfg))(
-        config=cfg.model_dump(mode="json"), partition=partition, force=force
-    )
+    with execution(cfg) as runner:
+        return video_flow.with_options(task_runner=runner)(
+            config=cfg.model_dump(mode="json"), partition=partition, force=force
+        )

@@ -91,15 +91,14 @@ def _clip_filter(
 
 
 def _balance(df: pl.DataFrame, bal: BalanceInputs, sel: Selection) -> pl.DataFrame:
-    from tasks.balance import entry_counts, keep_probabilities, uniform_draws
+    from tasks.balance import entry_counts, keep_mask, keep_probabilities
 
     cand = _undecided(df)
     ids = df["entry_ids"].filter(cand)
     pool_counts = entry_counts(ids, bal.n_entries)
     counts = pool_counts + (bal.prior_counts if bal.prior_counts is not None else 0)
     probs = keep_probabilities(ids, counts, bal.cfg.t)
-    draws = uniform_draws(df["uid"].filter(cand), bal.cfg.seed)
-    keep = draws < probs
+    keep = keep_mask(probs, df["uid"].filter(cand), bal.cfg.seed)
     idx = np.flatnonzero(cand.to_numpy())
     kp = np.full(df.height, np.nan)
     kp[idx] = probs
