@@ -91,15 +91,25 @@ def flow_run(cfg_dict: dict, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS (VmHWM). Unlike ru_maxrss it is not inherited across exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def score_rss(cfg_dict: dict, shards: list[str]) -> int:
     """Peak RSS (bytes) of a fresh process that scores `shards` one after another."""
     code = (
-        "import json,sys,resource; sys.path.insert(0, %r)\n"
+        "import json,sys; sys.path.insert(0, %r)\n"
+        "from bench.bench_pool import peak_rss_bytes\n"
         "from schemas.config import parse_config\nfrom tasks.score import score_shard\n"
         "cfg = parse_config(json.loads(sys.argv[1]))\n"
         "for u in json.loads(sys.argv[2]):\n"
         "    score_shard(u, cfg.pool, cfg.model, cfg.cache, force=True)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+        "print(peak_rss_bytes())\n"
     ) % str(ROOT)
     out = subprocess.run(
         [sys.executable, "-c", code, json.dumps(cfg_dict), json.dumps(shards)],
@@ -156,7 +166,7 @@ def main() -> None:
             "target_ratio": 0.7,
             "peak_rss_bytes_by_shards_scored": rss,
             "peak_rss_growth_4x_over_1x": round(rss["4x"] / rss["1x"], 3),
-            "parent_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "parent_peak_rss_bytes": peak_rss_bytes(),
         }
         print(json.dumps(result, indent=2))
     finally:

@@ -37,13 +37,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from flows.backfill import run_backfill
 
     cfg = _config(args)
-    return run_backfill(cfg, args.flow, args.start, args.end, args.force, args.max_parallel)
+    return run_backfill(
+        cfg,
+        args.flow,
+        args.start,
+        args.end,
+        args.force,
+        args.max_parallel,
+        mode=args.mode,
+        force_range=args.force_range,
+        timeout=args.timeout,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.serve import serve
+    from flows.serve import prefect_yaml_text, serve
 
-    serve(_config(args), args.config)
+    if args.prefect_yaml:
+        print(prefect_yaml_text(_config(args), args.work_pool), end="")
+        return EXIT_OK
+    serve(_config(args), args.config, concurrency_limit=args.concurrency_limit)
     return EXIT_OK
 
 
@@ -112,11 +125,35 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--start", required=True, help="YYYY-MM-DD")
     bf.add_argument("--end", required=True, help="YYYY-MM-DD (inclusive)")
     bf.add_argument("--max-parallel", type=int, default=1, help="partitions at once")
-    bf.set_defaults(func=cmd_backfill)
+    bf.add_argument("--force-range", action="store_true", help="allow more than 366 dates")
+    bf.add_argument("--timeout", type=float, help="seconds to wait for each deployment run")
+    where = bf.add_mutually_exclusive_group()
+    where.add_argument(
+        "--local",
+        dest="mode",
+        action="store_const",
+        const="local",
+        help="run in this process even when a server has the deployment",
+    )
+    where.add_argument(
+        "--deployment",
+        dest="mode",
+        action="store_const",
+        const="deployment",
+        help="run as deployment runs on PREFECT_API_URL (else: auto)",
+    )
+    bf.set_defaults(func=cmd_backfill, mode="auto")
 
     serve = sub.add_parser("serve", help="serve the nightly deployments")
     serve.add_argument("-c", "--config", required=True)
     serve.add_argument("--set", action="append", metavar="KEY=VALUE")
+    serve.add_argument("--concurrency-limit", type=int, default=1, help="runs per deployment")
+    serve.add_argument(
+        "--prefect-yaml",
+        action="store_true",
+        help="print the deployments as a prefect.yaml (for `prefect deploy`)",
+    )
+    serve.add_argument("--work-pool", default="curate-process", help="for --prefect-yaml")
     serve.set_defaults(func=cmd_serve)
 
     bal = sub.add_parser("balance", help="MetaCLIP-balance a captions parquet")

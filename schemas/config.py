@@ -153,10 +153,16 @@ class RunnerConfig(Strict):
 
 
 class GateConfig(Strict):
-    """Publish gate: hold a partition whose key figures moved too far from the last one."""
+    """Publish gate: hold a partition whose key figures moved too far from the last one.
+
+    Kept fraction and CLIP score quantiles are compared by absolute difference; events per
+    hour relative to the previous partition's (1.0 = may double or drop to zero).
+    `override` publishes a partition the gate would hold (`--set gate.override=true`).
+    """
 
     enabled: bool = False
-    max_kept_fraction_change: float = Field(0.2, ge=0.0)
+    override: bool = False
+    max_kept_fraction_change: float = Field(0.2, ge=0.0, le=1.0)
     max_score_quantile_change: float = Field(0.1, ge=0.0)
     max_events_per_hour_change: float = Field(1.0, ge=0.0)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import storage
+from tasks.lock import assert_held
 from tasks.shards import WrittenFile
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,12 @@ def begin(final: str, storage_options: dict[str, Any] | None = None) -> Staging:
 
 
 def commit(stage: Staging, manifest: dict[str, Any], outputs: list[WrittenFile]) -> None:
-    """Write the manifest, make the partition visible, then `_SUCCESS`."""
+    """Write the manifest, make the partition visible, then `_SUCCESS`.
+
+    Refuses (LockLost) when this run's partition lock expired or was taken over, so two
+    runs of one partition never both publish.
+    """
+    assert_held(stage.final)
     manifest = {**manifest, "outputs": [asdict(o) for o in sorted(outputs, key=lambda o: o.path)]}
     manifest["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     storage.write_json(stage.url(MANIFEST), manifest, stage.storage_options)
@@ -100,6 +106,7 @@ def commit(stage: Staging, manifest: dict[str, Any], outputs: list[WrittenFile])
     else:
         keep = {o.path for o in outputs} | {MANIFEST}
         _remove_stale(stage.final, keep, stage.storage_options)
+    assert_held(stage.final)
     storage.write_bytes(storage.join(stage.final, SUCCESS), b"", stage.storage_options)
     logger.info("published %s (%d files)", stage.final, len(outputs))
 
@@ -124,6 +131,7 @@ def _swap_local(staging: str, final: str) -> None:
 def _remove_stale(final: str, keep: set[str], storage_options: dict[str, Any]) -> None:
     fs, root = storage.get_fs(final, storage_options)
     root = root.rstrip("/")
+    fs.invalidate_cache(root)  # a killed run may have left files this process never listed
     for path in fs.find(root):
         rel = path[len(root) + 1 :]
         if rel not in keep and rel != SUCCESS:

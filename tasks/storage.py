@@ -17,14 +17,38 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 import fsspec
-from fsspec.core import url_to_fs
+from fsspec.core import split_protocol, url_to_fs
 
 HASH_CHUNK = 4 << 20
 
 
+# botocore's "standard" retry mode retries throttling (SlowDown), 500/502/503/504, timeouts and
+# dropped connections with exponential backoff and jitter; s3fs retries interrupted body reads
+# on top. Users' own `config_kwargs.retries` win.
+S3_RETRIES: dict[str, Any] = {"max_attempts": 5, "mode": "standard"}
+
+
+def with_defaults(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The storage options for `url`, with retry defaults added for S3."""
+    so = dict(storage_options or {})
+    if split_protocol(url)[0] not in ("s3", "s3a"):
+        return so
+    config = dict(so.get("config_kwargs") or {})
+    config.setdefault("retries", dict(S3_RETRIES))
+    so["config_kwargs"] = config
+    return so
+
+
 def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
     """Return (filesystem, path-within-it) for a local path or URL."""
-    return url_to_fs(url, **(storage_options or {}))
+    return url_to_fs(url, **with_defaults(url, storage_options))
+
+
+def _fresh(fs: Any, path: str | None = None) -> None:
+    """Drop cached listings: another process (a killed run, a concurrent one) may have changed
+    the store since this process last looked, and `_SUCCESS` checks must see the truth."""
+    if not is_local(fs):
+        fs.invalidate_cache(path)
 
 
 def is_local(fs: Any) -> bool:
@@ -56,6 +80,7 @@ def expand_inputs(
     found: set[str] = set()
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         fs, path = get_fs(pattern, storage_options)
+        _fresh(fs)
         if any(ch in path for ch in "*?["):
             matches = fs.glob(path)
         else:
@@ -97,6 +122,7 @@ def sha256_file(url: str, storage_options: dict[str, Any] | None = None) -> str:
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = get_fs(url, storage_options)
+    _fresh(fs, path)
     return bool(fs.exists(path))
 
 
@@ -171,12 +197,14 @@ def remove(
     url: str, storage_options: dict[str, Any] | None = None, recursive: bool = False
 ) -> None:
     fs, path = get_fs(url, storage_options)
+    _fresh(fs, path)
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
 
 
 def listdir(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     fs, path = get_fs(url, storage_options)
+    _fresh(fs, path)
     if not fs.exists(path):
         return []
     return sorted(unstrip(fs, p) for p in fs.ls(path, detail=False))
@@ -184,4 +212,4 @@ def listdir(url: str, storage_options: dict[str, Any] | None = None) -> list[str
 
 def fsspec_open(url: str, mode: str = "rb", storage_options: dict[str, Any] | None = None) -> Any:
     """An OpenFile for libraries that want one (e.g. to stream a remote video)."""
-    return fsspec.open(url, mode, **(storage_options or {}))
+    return fsspec.open(url, mode, **with_defaults(url, storage_options))

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from pool_factory import broken_pool, make_samples, write_empty, write_tar
+from pool_factory import broken_pool, make_samples, truncate_file, write_empty, write_tar
 
 from flows.pool import run_pool
 from schemas.config import parse_config
@@ -39,6 +39,8 @@ def pool_dir(tmp_path: Path) -> Path:
     write_tar(d / "00001.tar", dup)
     broken_pool(d / "00002.tar")
     write_empty(d / "00003.tar")
+    cut = write_tar(d / "00004.tar", make_samples(6, seed=4))
+    truncate_file(cut, cut.stat().st_size * 2 // 3)  # an upload cut off mid-way
     return d
 
 
@@ -80,11 +82,12 @@ def test_end_to_end(tmp_path, tiny_model, pool_dir, prefect_harness):
     assert counts["input"] == samples.height == sum(counts[s] for s in statuses)
     assert counts["duplicate"] == 1 and counts["quarantined"] >= 8
     assert samples.filter(pl.col("status") != "kept")["error"].null_count() == 0
+    assert stats["reasons"].get("truncated_tar") == 1
     assert stats["shards"] == {
-        "input": 4,
+        "input": 5,
         "unreadable": 0,
         "empty": 1,
-        "scored": 4,
+        "scored": 5,
         "cached": 0,
         "output": len(json.loads((part / "shards/sizes.json").read_text())),
     }
@@ -134,7 +137,7 @@ def test_rerun_recomputes_nothing_and_threshold_change_skips_clip(
     changed = run_pool(cfg2, PARTITION)
     assert changed["status"] == "published"
     stats = json.loads((part / "stats.json").read_text())
-    assert stats["shards"]["cached"] == 4 and stats["shards"]["scored"] == 0
+    assert stats["shards"]["cached"] == 5 and stats["shards"]["scored"] == 0
 
 
 def before_path(part: Path, data: bytes) -> Path:

@@ -1,0 +1,217 @@
+"""`curate serve`: both flows as Prefect deployments with the config's cron schedules.
+
+Deployment names are predictable, one per flow and dataset: `curate-pool/<dataset>` and
+`curate-video/<dataset>` (flow name / deployment name). Their parameters carry the whole
+config (so every run is reproducible from the run's page) and `partition=None`, so a
+scheduled run processes the date it was scheduled for (`flows.common.resolve_partition`).
+A deployment concurrency limit (1, collision strategy ENQUEUE) keeps at most one run of a
+flow and dataset at a time; later ones wait in the queue instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.config import ConfigError, CurateConfig, redacted
+
+logger = logging.getLogger(__name__)
+
+FLOWS = ("pool", "video")
+FLOW_NAMES = {"pool": "curate-pool", "video": "curate-video"}
+ENTRYPOINTS = {"pool": "flows/pool.py:pool_flow", "video": "flows/video.py:video_flow"}
+WORK_POOL = "curate-process"
+COLLISION = "ENQUEUE"
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment, independent of how it is served (`serve` or `prefect deploy`)."""
+
+    flow: str
+    name: str
+    cron: str | None
+    timezone: str
+    parameters: dict[str, Any] = field(hash=False)
+    concurrency_limit: int = 1
+
+    @property
+    def full_name(self) -> str:
+        return deployment_name(self.flow, self.name)
+
+    @property
+    def description(self) -> str:
+        when = f"'{self.cron}' ({self.timezone})" if self.cron else "on demand only"
+        return f"{self.flow} curation of dataset '{self.name}', {when}"
+
+
+def deployment_name(flow: str, dataset: str) -> str:
+    """`<flow name>/<deployment name>`, as `run_deployment` and `prefect deployment` take it."""
+    return f"{FLOW_NAMES[flow]}/{dataset}"
+
+
+def deployment_parameters(
+    cfg: CurateConfig, partition: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Flow parameters for a deployment or a deployment run.
+
+    They are stored by the Prefect server and shown in its UI, so a config holding
+    credentials is refused: give them through the environment instead.
+    """
+    data = cfg.model_dump(mode="json")
+    secrets = _changed_keys(data["storage_options"], redacted(cfg)["storage_options"])
+    if secrets:
+        raise ConfigError(
+            f"config: storage_options.{secrets[0]} looks like a credential; deployment "
+            "parameters are stored on the Prefect server, so set it in the environment "
+            "(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead"
+        )
+    return {"config": data, "partition": partition, "force": force}
+
+
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in a for p in _changed_keys(a[k], b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def flows_in(cfg: CurateConfig) -> list[str]:
+    """The flows this config configures (a flow without its section is not deployed)."""
+    return [f for f in FLOWS if getattr(cfg, f) is not None]
+
+
+def deployment_specs(cfg: CurateConfig, concurrency_limit: int = 1) -> list[DeploymentSpec]:
+    params = deployment_parameters(cfg)
+    return [
+        DeploymentSpec(
+            flow=f,
+            name=cfg.dataset,
+            cron=getattr(cfg.schedule, f),
+            timezone=cfg.schedule.timezone,
+            parameters=params,
+            concurrency_limit=concurrency_limit,
+        )
+        for f in flows_in(cfg)
+    ]
+
+
+def flow_object(flow: str) -> Any:
+    if flow == "pool":
+        from flows.pool import pool_flow
+
+        return pool_flow
+    from flows.video import video_flow
+
+    return video_flow
+
+
+def schedules(spec: DeploymentSpec) -> list[Any]:
+    from prefect.schedules import Cron
+
+    return [Cron(spec.cron, timezone=spec.timezone)] if spec.cron else []
+
+
+def concurrency(spec: DeploymentSpec) -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(
+        limit=spec.concurrency_limit, collision_strategy=ConcurrencyLimitStrategy(COLLISION)
+    )
+
+
+def _require_server() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise ConfigError(
+            "serve: PREFECT_API_URL is not set; schedules need a running Prefect server "
+            "(see infra/README.md: `prefect server start`)"
+        )
+    return api
+
+
+def serve(
+    cfg: CurateConfig,
+    config_path: str | None = None,
+    concurrency_limit: int = 1,
+    limit: int | None = None,
+) -> None:
+    """Register the deployments and run their flow runs in this process until interrupted.
+
+    Served runs use the config's task runner (`runner:`), cluster included, for as long as
+    this process lives. `limit` caps the runs this process executes at once.
+    """
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    from flows.common import execution
+
+    specs = deployment_specs(cfg, concurrency_limit)
+    if not specs:
+        raise ConfigError("serve: the config has neither a 'pool' nor a 'video' section")
+    api = _require_server()
+    with execution(cfg) as task_runner:
+        runner = Runner(name=f"curate-{cfg.dataset}", limit=limit, pause_on_shutdown=True)
+        for spec in specs:
+            _add(runner, spec, task_runner, config_path)
+            logger.info("serving %s: %s", spec.full_name, spec.description)
+        logger.info("runs are executed here; Prefect API at %s; Ctrl-C stops", api)
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal):
+            logger.info("stopped serving (schedules paused)")
+
+
+def _add(runner: Any, spec: DeploymentSpec, task_runner: Any, config_path: str | None) -> None:
+    from prefect.types.entrypoint import EntrypointType
+
+    source = f" (config {config_path})" if config_path else ""
+    runner.add_flow(
+        flow_object(spec.flow).with_options(task_runner=task_runner),
+        name=spec.name,
+        schedules=schedules(spec),
+        concurrency_limit=concurrency(spec),
+        parameters=spec.parameters,
+        description=spec.description + source,
+        tags=["curate", spec.flow, spec.name],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def prefect_yaml(
+    cfg: CurateConfig, work_pool: str = WORK_POOL, concurrency_limit: int = 1
+) -> dict[str, Any]:
+    """The same deployments as a `prefect.yaml` for `prefect deploy` and a process work pool.
+
+    No `pull` section: `prefect deploy`, run from the repository root, adds a
+    set_working_directory step pointing there, which is where the entrypoints live.
+    """
+    deployments = [
+        {
+            "name": spec.name,
+            "entrypoint": ENTRYPOINTS[spec.flow],
+            "description": spec.description,
+            "tags": ["curate", spec.flow, spec.name],
+            "parameters": spec.parameters,
+            "schedules": [{"cron": spec.cron, "timezone": spec.timezone, "active": True}]
+            if spec.cron
+            else [],
+            "concurrency_limit": {"limit": spec.concurrency_limit, "collision_strategy": COLLISION},
+            "work_pool": {"name": work_pool, "work_queue_name": None, "job_variables": {}},
+        }
+        for spec in deployment_specs(cfg, concurrency_limit)
+    ]
+    return {"name": "clip-curate", "build": None, "push": None, "deployments": deployments}
+
+
+def prefect_yaml_text(cfg: CurateConfig, work_pool: str = WORK_POOL) -> str:
+    import yaml
+
+    class _NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump(prefect_yaml(cfg, work_pool), Dumper=_NoAliases, sort_keys=False)

@@ -1,0 +1,255 @@
+"""Dask and Ray execution: join a cluster or start a local one, with a Prefect API it can reach.
+
+Task runs on Dask/Ray workers report their states to the Prefect API named in the flow's
+settings. Prefect's ephemeral API lives inside one process, so a run without
+`PREFECT_API_URL` gets a local server on 127.0.0.1 for its duration (local clusters only:
+remote workers could not reach it, so joining one without an API is a clear error).
+
+One model per worker process: `tasks.model.load_model` is cached per process, and workers
+are long-lived processes (Dask: `threads_per_worker=1`; Ray reuses its worker processes), so
+each worker builds the model once and keeps it for every shard it scores. With
+`model.device: cuda` the scoring tasks ask for one `GPU` resource (Dask annotation / Ray
+`num_gpus`), local Dask workers get one GPU each, and a remote cluster's workers must be
+started with `--resources GPU=1` (else the tasks run without the annotation, with a warning).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+from schemas.config import ModelConfig, RunnerConfig
+
+logger = logging.getLogger(__name__)
+
+GPU_TASKS = frozenset({"score-shard", "score-video"})  # the tasks that run the model
+DASK_MISSING = "runner.kind 'dask' needs Dask: pip install prefect-dask 'dask[distributed]'"
+RAY_MISSING = "runner.kind 'ray' needs Ray: pip install 'clip-curate[ray]' (ray + prefect-ray)"
+LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
+
+
+class ClusterError(RuntimeError):
+    """The cluster or its API cannot be set up: one line that says what to do."""
+
+
+def machine_cores() -> int:
+    """Cores this process may use (the container's share, not the host's)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def local_workers(runner: RunnerConfig, gpu: bool) -> int:
+    """Workers for a local cluster: as configured, else one per GPU, else one per core."""
+    if runner.workers:
+        return runner.workers
+    if gpu:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return machine_cores()
+
+
+# --- the Prefect API the workers report to ------------------------------------------------
+
+
+def configured_api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
+
+
+def drain_prefect_clients() -> None:
+    """Send what Prefect's background event/log workers still hold before their API goes."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=10, at_exit=False)
+
+
+@contextmanager
+def prefect_api(remote_cluster: bool = False) -> Iterator[str]:
+    """The API every worker reports to: the configured one, else a local server for the run."""
+    url = configured_api_url()
+    if url:
+        yield url
+        return
+    if remote_cluster:
+        raise ClusterError(
+            "runner.address joins a cluster whose workers need a Prefect API they can reach: "
+            "set PREFECT_API_URL (e.g. start `prefect server start --host 0.0.0.0`)"
+        )
+    from infra.server import prefect_server
+
+    with prefect_server() as server, server.activate():
+        logger.info(
+            "PREFECT_API_URL is not set: started a local Prefect server at %s for this run "
+            "(temporary database; set PREFECT_API_URL to keep the run history)",
+            server.api_url,
+        )
+        try:
+            yield server.api_url
+        finally:
+            drain_prefect_clients()
+
+
+def is_remote(address: str | None) -> bool:
+    """True when `address` names another machine (its workers cannot see our 127.0.0.1)."""
+    if not address or address == "auto":
+        return False
+    host = urlparse(address if "://" in address else f"tcp://{address}").hostname or ""
+    return host not in LOOPBACK
+
+
+# --- Dask ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def dask_runner_class() -> type:
+    """DaskTaskRunner plus GPU annotations (built on first use: Dask is an optional extra)."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ClusterError(DASK_MISSING) from None
+
+    class CurateDaskTaskRunner(DaskTaskRunner):
+        """DaskTaskRunner that asks for one GPU for the model tasks when `gpu` is on."""
+
+        def __init__(self, *args: Any, gpu: bool = False, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.gpu = gpu
+            self._gpu_ok: bool | None = None
+
+        def duplicate(self) -> CurateDaskTaskRunner:
+            return type(self)(address=self.address, gpu=self.gpu)
+
+        def submit(self, task: Any, parameters: Any, wait_for: Any = None, **kw: Any) -> Any:
+            if not (self.gpu and task.name in GPU_TASKS and self._workers_have_gpus()):
+                return super().submit(task, parameters, wait_for, **kw)
+            import dask
+
+            with dask.annotate(resources={"GPU": 1}):
+                return super().submit(task, parameters, wait_for, **kw)
+
+        def _workers_have_gpus(self) -> bool:
+            if self._gpu_ok is None:
+                workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+                self._gpu_ok = any(w.get("resources", {}).get("GPU") for w in workers)
+                if not self._gpu_ok:
+                    logger.warning(
+                        "no Dask worker has a GPU resource: start them with "
+                        "--resources GPU=1; model tasks run unannotated"
+                    )
+            return self._gpu_ok
+
+    return CurateDaskTaskRunner
+
+
+class PinGpu:
+    """Dask worker plugin: worker `i` of a local cluster uses GPU `i mod count`."""
+
+    name = "clip-curate-pin-gpu"
+
+    def setup(self, worker: Any) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(worker.name) % torch.cuda.device_count())
+
+
+@contextmanager
+def dask_execution(runner: RunnerConfig, gpu: bool) -> Iterator[Any]:
+    """A Dask task runner on `runner.address`, else on a local cluster for the run."""
+    cls = dask_runner_class()
+    if runner.address:
+        logger.info("runner dask: joining the cluster at %s", runner.address)
+        yield cls(address=runner.address, gpu=gpu)
+        return
+    from distributed import Client, LocalCluster
+
+    n = local_workers(runner, gpu)
+    threads = str(max(1, machine_cores() // n))  # torch threads per worker: no oversubscription
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    kwargs: dict[str, Any] = {"resources": {"GPU": 1}} if gpu else {}
+    with LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        env=env,
+        **kwargs,
+    ) as cluster:
+        if gpu:
+            with Client(cluster) as client:
+                client.register_plugin(PinGpu())
+        logger.info("runner dask: local cluster of %d workers at %s", n, cluster.scheduler_address)
+        yield cls(address=cluster.scheduler_address, gpu=gpu)
+
+
+# --- Ray ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def ray_runner_class() -> type:
+    """RayTaskRunner plus GPU requests (built on first use: Ray is an optional extra)."""
+    try:
+        import ray  # noqa: F401
+        from prefect_ray import RayTaskRunner
+        from prefect_ray.context import remote_options
+    except ImportError:
+        raise ClusterError(RAY_MISSING) from None
+
+    class CurateRayTaskRunner(RayTaskRunner):
+        """RayTaskRunner that asks for one GPU (`num_gpus=1`) for the model tasks."""
+
+        def __init__(self, *args: Any, gpu: bool = False, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.gpu = gpu
+
+        def duplicate(self) -> CurateRayTaskRunner:
+            return type(self)(address=self.address, init_kwargs=self.init_kwargs, gpu=self.gpu)
+
+        def submit(self, task: Any, parameters: Any, wait_for: Any = None, **kw: Any) -> Any:
+            if not (self.gpu and task.name in GPU_TASKS):
+                return super().submit(task, parameters, wait_for, **kw)
+            with remote_options(num_gpus=1):
+                return super().submit(task, parameters, wait_for, **kw)
+
+    return CurateRayTaskRunner
+
+
+@contextmanager
+def ray_execution(runner: RunnerConfig, gpu: bool) -> Iterator[Any]:
+    """A Ray task runner on `runner.address`, else on a local Ray instance for the run."""
+    cls = ray_runner_class()
+    if runner.address:
+        logger.info("runner ray: joining the cluster at %s", runner.address)
+        yield cls(address=runner.address, gpu=gpu)
+        return
+    n = local_workers(runner, gpu)
+    init = {"num_cpus": n, "include_dashboard": False, "log_to_driver": False}
+    if gpu:
+        init["num_gpus"] = n
+    logger.info("runner ray: local Ray instance with %d CPUs", n)
+    yield cls(init_kwargs=init, gpu=gpu)
+
+
+@contextmanager
+def cluster_execution(runner: RunnerConfig, model: ModelConfig | None = None) -> Iterator[Any]:
+    """The Prefect task runner for `runner.kind` dask or ray, with its cluster and API up.
+
+    `model` decides the GPU annotations (`model.device: cuda`); without it there are none.
+    """
+    if runner.kind not in ("dask", "ray"):
+        raise ValueError(f"cluster_execution handles dask and ray, not {runner.kind!r}")
+    gpu = model is not None and model.device == "cuda"
+    start = dask_execution if runner.kind == "dask" else ray_execution
+    if runner.kind == "ray":
+        ray_runner_class()  # a missing extra fails before any server starts
+    with ExitStack() as stack:
+        stack.enter_context(prefect_api(remote_cluster=is_remote(runner.address)))
+        yield stack.enter_context(start(runner, gpu))
