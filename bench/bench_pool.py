@@ -103,14 +103,14 @@ def peak_rss_bytes() -> int:
 def score_rss(cfg_dict: dict, shards: list[str]) -> int:
     """Peak RSS (bytes) of a fresh process that scores `shards` one after another."""
     code = (
-        "import json,sys; sys.path.insert(0, %r)\n"
+        f"import json,sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "from bench.bench_pool import peak_rss_bytes\n"
         "from schemas.config import parse_config\nfrom tasks.score import score_shard\n"
         "cfg = parse_config(json.loads(sys.argv[1]))\n"
         "for u in json.loads(sys.argv[2]):\n"
         "    score_shard(u, cfg.pool, cfg.model, cfg.cache, force=True)\n"
         "print(peak_rss_bytes())\n"
-    ) % str(ROOT)
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, json.dumps(cfg_dict), json.dumps(shards)],
         capture_output=True,
@@ -157,8 +157,10 @@ def main() -> None:
         rss = {f"{k}x": score_rss(cfg, (shards * 4)[: k * 1]) for k in (1, 2, 4)}
         result = {
             "benchmark": "pool_flow",
-            "workload": f"{len(pairs)} images, {len(shards)} shards, {args.model} {args.precision}, "
-            f"batch {args.batch_size}, cpu threads {os.cpu_count()}",
+            "workload": (
+                f"{len(pairs)} images, {len(shards)} shards, {args.model} {args.precision}, "
+                f"batch {args.batch_size}, cpu threads {os.cpu_count()}"
+            ),
             "flow_images_per_s": round(flow, 2),
             "bound": "bare forward loop (encode_image + encode_text on ready batches)",
             "bound_images_per_s": round(bare, 2),

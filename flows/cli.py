@@ -99,7 +99,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, args.train_steps)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate a small pool and model, run the pool flow")
     demo.add_argument("--workdir", default="demo")
+    demo.add_argument("--train-steps", type=int, default=200, help="0 = random weights")
     demo.set_defaults(func=cmd_demo)
     return parser
 

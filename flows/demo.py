@@ -24,7 +24,7 @@ def write_demo_config(workdir: Path, arch: Path, ckpt: Path, pool: Path) -> Path
         },
         "pool": {
             "input": str(pool / "*.tar"),
-            "clip_filter": {"top_fraction": 0.5},
+            "clip_filter": {"threshold": 0.3},
             "shard": {"max_samples": 25},
         },
         "runner": {"kind": "threads"},
@@ -34,13 +34,14 @@ def write_demo_config(workdir: Path, arch: Path, ckpt: Path, pool: Path) -> Path
     return path
 
 
-def run_demo(workdir: str = "demo") -> int:
+def run_demo(workdir: str = "demo", train_steps: int = 200) -> int:
     from flows.pool import run_pool
     from infra.demo_data import make_pool, make_tiny_model
 
     root = Path(workdir).resolve()
     pool = make_pool(root)
-    arch, ckpt = make_tiny_model(root)
+    logger.info("training the tiny demo model for %d steps on drawn shapes", train_steps)
+    arch, ckpt = make_tiny_model(root, train_steps=train_steps)
     config_path = write_demo_config(root, arch, ckpt, pool)
     result = run_pool(load_config(config_path), partition="2026-01-01", force=True)
     uri = result["uri"]

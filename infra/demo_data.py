@@ -14,6 +14,7 @@ import shutil
 import tarfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -111,8 +112,44 @@ def make_pool(root: Path, shards: int = 3, per_shard: int = 40) -> Path:
     return pool
 
 
-def make_tiny_model(root: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Copy the tiny architecture JSON and write a random-init checkpoint (state dict only)."""
+def train_on_shapes(
+    model: Any, preprocess: Any, tokenizer: Any, steps: int, seed: int = 0
+) -> float:
+    """A few hundred contrastive steps on drawn shapes, so the demo's scores mean something.
+
+    Real open_clip training (ClipLoss, AdamW) on the demo's own kind of pictures: afterwards
+    matching captions score far above mismatching ones. Returns the last loss.
+    """
+    import open_clip
+    import torch
+
+    rng = random.Random(seed)
+    classes = [(c, s) for c in COLORS for s in SHAPES]
+    pics = {
+        k: [preprocess(Image.open(io.BytesIO(draw(*k, seed=i)))) for i in range(8)] for k in classes
+    }
+    loss_fn = open_clip.ClipLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    model.train()
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        batch = rng.sample(classes, len(classes))
+        x = torch.stack([rng.choice(pics[k]) for k in batch])
+        t = tokenizer([f"a {c} {s} on a white background" for c, s in batch])
+        img, txt = model.encode_image(x, normalize=True), model.encode_text(t, normalize=True)
+        loss = loss_fn(img, txt, model.logit_scale.exp())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return float(loss)
+
+
+def make_tiny_model(root: Path, seed: int = 0, train_steps: int = 0) -> tuple[Path, Path]:
+    """Copy the tiny architecture JSON and write a checkpoint (state dict only).
+
+    Random-init by default (tests); `train_steps` > 0 trains it on drawn shapes (the demo).
+    """
     import open_clip
     import torch
 
@@ -123,7 +160,9 @@ def make_tiny_model(root: Path, seed: int = 0) -> tuple[Path, Path]:
         shutil.copyfile(src, arch)
     open_clip.add_model_config(arch)
     torch.manual_seed(seed)
-    model = open_clip.create_model(arch.stem, pretrained=None)
-    ckpt = models / "tiny-clip-random.pt"
+    model, _, preprocess = open_clip.create_model_and_transforms(arch.stem, pretrained=None)
+    if train_steps:
+        train_on_shapes(model, preprocess, open_clip.get_tokenizer(arch.stem), train_steps, seed)
+    ckpt = models / ("tiny-clip-shapes.pt" if train_steps else "tiny-clip-random.pt")
     torch.save({"state_dict": model.state_dict()}, ckpt)
     return arch, ckpt

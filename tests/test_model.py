@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from tasks.model import ModelLoadError, load_model, model_identity
 
 def test_checkpoint_sha256_recorded(model_cfg, tiny_model):
     info = model_identity(model_cfg)
-    expected = hashlib.sha256(open(tiny_model["pretrained"], "rb").read()).hexdigest()
+    expected = hashlib.sha256(Path(tiny_model["pretrained"]).read_bytes()).hexdigest()
     assert info["checkpoint_sha256"] == expected
     assert info["architecture"] == "tiny-clip"
     assert info["precision"] == "fp32"

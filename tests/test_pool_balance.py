@@ -8,9 +8,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from pool_factory import PoolSample, make_image, write_tar
 
 from flows.pool import run_pool
-from pool_factory import PoolSample, make_image, write_tar
 from schemas.config import parse_config
 
 WORDS = ["dog", "cat", "red car", "beach", "sunset", "tree", "city", "New York", "bike", "snow"]
@@ -23,8 +23,9 @@ def samples(n: int) -> list[PoolSample]:
         # skewed: "dog" and "cat" are frequent, the rest rare -> balancing drops some
         words = rng.choices(WORDS, weights=[30, 20, 3, 3, 2, 2, 2, 1, 1, 1], k=2)
         caption = f"a photo of {words[0]} and {words[1]} today"
-        out.append(PoolSample(f"{i:06d}", make_image(seed=i), caption=caption,
-                              meta={"uid": f"uid{i:05d}"}))
+        out.append(
+            PoolSample(f"{i:06d}", make_image(seed=i), caption=caption, meta={"uid": f"uid{i:05d}"})
+        )
     return out
 
 
@@ -40,14 +41,19 @@ def run(tmp_path: Path, tiny_model: dict, name: str, parts: int, runner: str) ->
     write_pool(tmp_path / name, parts, pool)
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(WORDS))
-    cfg = parse_config({
-        "dataset": name, "output": str(tmp_path / "out"),
-        "model": {**tiny_model, "precision": "fp32", "batch_size": 8},
-        "runner": {"kind": runner, "workers": 2},
-        "pool": {"input": str(tmp_path / name / "*.tar"),
-                 "balance": {"metadata": str(meta), "t": 5, "seed": 3},
-                 "shard": {"max_samples": 16}},
-    })
+    cfg = parse_config(
+        {
+            "dataset": name,
+            "output": str(tmp_path / "out"),
+            "model": {**tiny_model, "precision": "fp32", "batch_size": 8},
+            "runner": {"kind": runner, "workers": 2},
+            "pool": {
+                "input": str(tmp_path / name / "*.tar"),
+                "balance": {"metadata": str(meta), "t": 5, "seed": 3},
+                "shard": {"max_samples": 16},
+            },
+        }
+    )
     result = run_pool(cfg, "2026-03-01")
     return pl.read_parquet(Path(result["uri"]) / "samples.parquet")
 

@@ -8,18 +8,17 @@ import shutil
 import tarfile
 from pathlib import Path
 
-import pytest
-
 import av  # noqa: F401  - PyAV before decord (see tests/video_factory.py)
 import decord
 import polars as pl
-
+import pytest
 from conftest import shared_path
+from video_factory import make_empty, make_truncated
+
 from flows.pool import run_pool
 from flows.video import run_video
 from schemas.config import parse_config
 from tasks.verify import verify_partition
-from video_factory import make_empty, make_truncated
 
 pytestmark = pytest.mark.shared
 
@@ -28,23 +27,35 @@ def test_flickr_pool_publishes_and_rerun_is_a_noop(tmp_path, tiny_model, prefect
     import webdataset as wds
 
     images = shared_path("data", "images")
-    cfg = parse_config({
-        "dataset": "flickr",
-        "output": str(tmp_path / "out"),
-        "model": {**tiny_model, "precision": "fp32", "batch_size": 64},
-        "pool": {"input": str(images / "flickr8k-*.tar"), "clip_filter": {"top_fraction": 0.5},
-                 "shard": {"max_samples": 400}},
-    })
+    cfg = parse_config(
+        {
+            "dataset": "flickr",
+            "output": str(tmp_path / "out"),
+            "model": {**tiny_model, "precision": "fp32", "batch_size": 64},
+            "pool": {
+                "input": str(images / "flickr8k-*.tar"),
+                "clip_filter": {"top_fraction": 0.5},
+                "shard": {"max_samples": 400},
+            },
+        }
+    )
     first = run_pool(cfg, "2026-11-24")
     part = Path(first["uri"])
     assert verify_partition(str(part)) == []
     samples = pl.read_parquet(part / "samples.parquet")
-    n_input = sum(1 for p in images.glob("flickr8k-*.tar")
-                  for m in tarfile.open(p).getnames() if m.endswith(".jpg"))
+    n_input = 0
+    for p in images.glob("flickr8k-*.tar"):
+        with tarfile.open(p) as tar:
+            n_input += sum(1 for m in tar.getnames() if m.endswith(".jpg"))
     assert samples.height == n_input
     kept = samples.filter(pl.col("status") == "kept")
-    read = list(wds.WebDataset(sorted(str(p) for p in (part / "shards").glob("*.tar")),
-                               shardshuffle=False, empty_check=False))
+    read = list(
+        wds.WebDataset(
+            sorted(str(p) for p in (part / "shards").glob("*.tar")),
+            shardshuffle=False,
+            empty_check=False,
+        )
+    )
     assert [s["__key__"] for s in read] == kept["out_key"].to_list()
     before = (part / "samples.parquet").read_bytes()
     second = run_pool(cfg, "2026-11-24")
@@ -60,13 +71,15 @@ def test_shared_videos_with_broken_copies(tmp_path, tiny_model, prefect_harness)
         (src / p.name).symlink_to(p)
     make_truncated(videos / "dashcam_kb0.mp4", src / "truncated.mp4", 0.5)
     make_empty(src / "zero.mp4")
-    cfg = parse_config({
-        "dataset": "fleet",
-        "output": str(tmp_path / "out"),
-        "model": {**tiny_model, "precision": "fp32", "batch_size": 64},
-        # thresholds at 0: every frame is "near-miss", so clips are cut from every real video
-        "video": {"input": str(src / "*.mp4"), "events": {"start": 0.0, "stop": 0.0}},
-    })
+    cfg = parse_config(
+        {
+            "dataset": "fleet",
+            "output": str(tmp_path / "out"),
+            "model": {**tiny_model, "precision": "fp32", "batch_size": 64},
+            # thresholds at 0: every frame is "near-miss", so clips are cut from every real video
+            "video": {"input": str(src / "*.mp4"), "events": {"start": 0.0, "stop": 0.0}},
+        }
+    )
     result = run_video(cfg, "2026-11-24")
     part = Path(result["uri"])
     assert verify_partition(str(part)) == []

@@ -12,11 +12,11 @@ import pytest
 av = pytest.importorskip("av")  # import PyAV before decord (see tests/video_factory.py)
 import decord  # noqa: E402
 import polars as pl  # noqa: E402
+from video_factory import make_empty, make_not_video, make_truncated, make_video, write_sidecar  # noqa: E402
 
 from flows.video import run_video  # noqa: E402
 from schemas.config import parse_config  # noqa: E402
 from tasks.verify import verify_partition  # noqa: E402
-from video_factory import make_empty, make_not_video, make_truncated, make_video, write_sidecar  # noqa: E402
 
 PARTITION = "2026-02-03"
 
@@ -58,9 +58,16 @@ def test_video_flow_end_to_end(tmp_path, tiny_model, videos, prefect_harness):
 
     vids = pl.read_parquet(part / "videos.parquet")
     assert vids.height == 5
-    status = dict(zip(vids["video"].str.split("/").list.last(), vids["status"].cast(pl.String), strict=True))
-    assert status == {"cam_a.mp4": "ok", "cam_b.mp4": "ok", "cut.mp4": "quarantined",
-                      "empty.mp4": "quarantined", "text.mp4": "quarantined"}
+    status = dict(
+        zip(vids["video"].str.split("/").list.last(), vids["status"].cast(pl.String), strict=True)
+    )
+    assert status == {
+        "cam_a.mp4": "ok",
+        "cam_b.mp4": "ok",
+        "cut.mp4": "quarantined",
+        "empty.mp4": "quarantined",
+        "text.mp4": "quarantined",
+    }
     assert vids.filter(pl.col("status") == "quarantined")["error"].null_count() == 0
     assert vids.filter(pl.col("video").str.ends_with("cam_a.mp4"))["vehicle_id"][0] == "truck-7"
 
