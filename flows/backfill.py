@@ -9,6 +9,7 @@ only what it changes.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -109,8 +110,9 @@ def run_dates(dates: list[str], one: Callable[[str], Row], max_parallel: int) ->
             return Row(date, "failed", f"{type(err).__name__}: {one_line(err)}")
 
     pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="backfill")
-    try:
-        return list(pool.map(safe, dates))
+    try:  # each date runs in a copy of this context: Prefect's settings live in contextvars
+        futures = [pool.submit(contextvars.copy_context().run, safe, d) for d in dates]
+        return [f.result() for f in futures]
     finally:  # on Ctrl-C, dates not started yet are dropped; running ones finish
         pool.shutdown(wait=True, cancel_futures=True)
 

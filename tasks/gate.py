@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -99,9 +100,15 @@ def previous_partition(
 
 
 def gate_artifact(flow: str, dataset: str, partition: str, prev: str, checks: list[Check]) -> None:
-    """The comparison as a Prefect table artifact (best effort: no API, no artifact)."""
+    """The comparison as a Prefect table artifact, when running inside a flow run."""
+    if "prefect" not in sys.modules:  # not running under Prefect
+        return
     try:
         from prefect.artifacts import create_table_artifact
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is None:  # a plain call: no run to attach it to
+            return
 
         key = f"gate-{flow}-{dataset}".lower().replace("_", "-").replace(".", "-")
         rows = [asdict(c) for c in checks]

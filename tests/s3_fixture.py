@@ -1,6 +1,6 @@
 """Shared S3 fixtures: one moto server per test session on 127.0.0.1, a fresh bucket per test.
 
-Import the fixtures into a test module with `from s3_fixture import s3, bucket  # noqa: F401`.
+Use in a test module: `pytest_plugins = ["s3_fixture"]`, then ask for `s3` and/or `bucket`.
 """
 
 from __future__ import annotations

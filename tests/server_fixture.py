@@ -1,8 +1,9 @@
 """A real `prefect server start` on 127.0.0.1, started once per test session, on first use.
 
-Usage in a test module:
+Usage in a test module (either line makes pytest see the fixture):
 
-    from server_fixture import prefect_server  # noqa: F401  (pytest finds it by name)
+    pytest_plugins = ["server_fixture"]
+    from server_fixture import prefect_server  # noqa: F401 (ruff then wants noqa: F811 on tests)
 
     @pytest.mark.server
     def test_something(prefect_server):
