@@ -35,6 +35,7 @@ from pool_factory import (
     write_tar,
 )
 
+from tasks.source_tar import split_member_name
 from tasks.sources import (
     RawSample,
     ShardReadError,
@@ -43,7 +44,6 @@ from tasks.sources import (
     sample_uid,
     sample_url,
     sniff_image_ext,
-    split_member_name,
 )
 
 
