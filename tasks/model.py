@@ -146,6 +146,14 @@ class ClipModel:
     def dtype(self) -> torch.dtype:
         return DTYPES[self.precision]
 
+    def stage(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """Stack a batch for the model; on CUDA into pinned memory so the copy is async.
+
+        Called in the producer thread, off the model's critical path.
+        """
+        batch = torch.stack(pixels)
+        return batch.pin_memory() if self.device == "cuda" else batch
+
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """L2-normalised fp32 image embeddings for a preprocessed batch (N, 3, H, W)."""

@@ -43,6 +43,7 @@ class _Batch:
     rows: list[dict[str, Any]]
     model_rows: list[int] = field(default_factory=list)
     pixels: list[torch.Tensor] = field(default_factory=list)
+    batch: torch.Tensor | None = None  # the stacked pixels (pinned on CUDA)
     captions: list[str] = field(default_factory=list)
     tokens: torch.Tensor | None = None
 
@@ -112,6 +113,7 @@ def _prepare(
         batch.captions.append(samples[i].caption)
     if batch.captions:
         batch.tokens = model.tokenize(batch.captions)
+        batch.batch, batch.pixels = model.stage(batch.pixels), []
     return batch
 
 
@@ -144,7 +146,7 @@ def score_samples(
     batches = _prepared(samples, source, model, pool, batch_size)
     for item in prefetch(batches, PREFETCH_BATCHES, name="score-producer"):
         if item.model_rows:
-            img = model.encode_images(torch.stack(item.pixels))
+            img = model.encode_images(item.batch)
             txt = model.encode_tokens(item.tokens)
             scores = np.einsum("ij,ij->i", img, txt)
             for j, i in enumerate(item.model_rows):

@@ -61,7 +61,7 @@ def _paths(cache_root: str, key: str) -> tuple[str, str, str]:
 
 
 def _pixels(model: ClipModel, frames: np.ndarray) -> torch.Tensor:
-    return torch.stack([model.preprocess(Image.fromarray(f)) for f in frames])
+    return model.stage([model.preprocess(Image.fromarray(f)) for f in frames])
 
 
 def _chunks(url: str, so: dict | None, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
