@@ -141,7 +141,8 @@ def counts_detail(cfg: CurateConfig, flow: str, date: str) -> str:
     except (OSError, ValueError):
         return ""
     counts = stats.get("counts", {})
-    pairs = {k: v for k, v in counts.items() if v or k in ("input", "kept", "ok")}
+    first = [k for k in ("input", "kept", "ok") if k in counts]
+    pairs = {k: counts[k] for k in first} | {k: v for k, v in counts.items() if v}
     if "events" in stats:
         pairs["events"] = stats["events"]
     return " ".join(f"{k}={v}" for k, v in pairs.items())

@@ -77,15 +77,20 @@ def run_remote(
     force_token: str = "",
 ) -> Row:
     """One date as a deployment run; a finished run for the same request is reused."""
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
     so = cfg.storage_options
     final = partition_url(cfg.output, cfg.dataset, flow, date)
     inputs = [storage.fingerprint(u, so) for u in _inputs(cfg, flow, date)]
-    base = idempotency_key(cfg, flow, date, inputs)
-    key, done = settle_key(
-        cfg, flow, date, base + (f"-force-{force_token}" if force else ""), inputs
-    )
+    key = idempotency_key(cfg, flow, date, inputs) + (f"-force-{force_token}" if force else "")
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment_name(flow, cfg.dataset))
+        key, done = settle_key(
+            key,
+            find=lambda k: _find_run(client, dep.id, k),
+            matches=lambda: published_matches(cfg, flow, date, inputs),
+        )
     if done is not None:
         return Row(date, "skipped", f"{counts_detail(cfg, flow, date)} (run {done.name})".strip())
     before = read_manifest(final, so)
@@ -114,26 +119,23 @@ def idempotency_key(cfg: CurateConfig, flow: str, date: str, inputs: list[dict])
 
 
 def settle_key(
-    cfg: CurateConfig, flow: str, date: str, key: str, inputs: list[dict]
+    key: str, find: Callable[[str], Any], matches: Callable[[], bool]
 ) -> tuple[str, Any]:
     """The key to submit under, or the finished run whose partition is still what we ask for.
 
     A finished run under the key that failed, or whose partition has since been replaced or
-    removed, must not block a new attempt: the next key is derived from that run's id, so
-    two backfills racing on the same date still agree on one run.
+    removed (`matches()` is false), must not block a new attempt: the next key derives from
+    that run's id, so two backfills racing on the same date still agree on one run. A run
+    still in flight is attached to by submitting under its key.
     """
-    from prefect.client.orchestration import get_client
-
     base = key
-    with get_client(sync_client=True) as client:
-        dep = client.read_deployment_by_name(deployment_name(flow, cfg.dataset))
-        for _ in range(MAX_RESUBMITS):
-            run = _find_run(client, dep.id, key)
-            if run is None or run.state is None or not run.state.is_final():
-                return key, None
-            if run.state.is_completed() and published_matches(cfg, flow, date, inputs):
-                return key, run
-            key = f"{base}-after-{run.id.hex[:8]}"
+    for _ in range(MAX_RESUBMITS):
+        run = find(key)
+        if run is None or run.state is None or not run.state.is_final():
+            return key, None
+        if run.state.is_completed() and matches():
+            return key, run
+        key = f"{base}-after-{run.id.hex[:8]}"
     raise RuntimeError(f"more than {MAX_RESUBMITS} finished runs under {base}")
 
 

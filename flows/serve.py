@@ -83,18 +83,42 @@ def flows_in(cfg: CurateConfig) -> list[str]:
 
 
 def deployment_specs(cfg: CurateConfig, concurrency_limit: int = 1) -> list[DeploymentSpec]:
-    params = deployment_parameters(cfg)
+    if concurrency_limit < 1:
+        raise ConfigError("serve: --concurrency-limit must be at least 1")
+    check_schedule(cfg)
     return [
         DeploymentSpec(
             flow=f,
             name=cfg.dataset,
             cron=getattr(cfg.schedule, f),
             timezone=cfg.schedule.timezone,
-            parameters=params,
+            parameters=deployment_parameters(cfg),
             concurrency_limit=concurrency_limit,
         )
         for f in flows_in(cfg)
     ]
+
+
+def check_schedule(cfg: CurateConfig) -> None:
+    """Bad cron strings and timezones fail before anything is registered, naming the key."""
+    from zoneinfo import ZoneInfo
+
+    from prefect.schedules import validate_cron_string
+
+    try:
+        ZoneInfo(cfg.schedule.timezone)
+    except (ValueError, KeyError):
+        raise ConfigError(
+            f"config: invalid value for 'schedule.timezone': unknown timezone "
+            f"{cfg.schedule.timezone!r} (use an IANA name such as Europe/Berlin)"
+        ) from None
+    for f in flows_in(cfg):
+        cron = getattr(cfg.schedule, f)
+        try:
+            if cron:
+                validate_cron_string(cron)
+        except ValueError as err:
+            raise ConfigError(f"config: invalid value for 'schedule.{f}': {err}") from None
 
 
 def flow_object(flow: str) -> Any:
