@@ -179,12 +179,42 @@ class CurateConfig(Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     cache: str | None = None
 
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Credentials belong in the environment: configs end up in Prefect's parameters."""
+        for path in _secret_paths(v):
+            raise ValueError(
+                f"'{path}' looks like a credential; set it in the environment instead "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or a profile)"
+            )
+        return v
+
     @field_validator("dataset")
     @classmethod
     def _dataset_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
             raise ValueError("use letters, digits, '_', '.', '-' only (it becomes a folder)")
         return v
+
+
+_CREDENTIAL = re.compile(
+    r"^(key|secret|token|password|passwd|session_token|access_key|secret_key|"
+    r"aws_access_key_id|aws_secret_access_key|aws_session_token|account_key|sas_token)$",
+    re.I,
+)
+
+
+def _secret_paths(value: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of credential-looking keys (with a value) in a nested mapping."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if _CREDENTIAL.match(str(k)) and v not in (None, ""):
+                found.append(path)
+            found += _secret_paths(v, path)
+    return found
 
 
 class ConfigError(ValueError):

@@ -157,14 +157,12 @@ def apply_gate(cfg: CurateConfig, flow: str, stats: dict[str, Any], stage: Stagi
     checks = compare(flow, stats, prev_stats, gate)
     gate_artifact(flow, cfg.dataset, partition, prev_url, checks)
     failed = [c for c in checks if not c.ok]
+    reason = "; ".join(c.reason() for c in failed)
     if not failed or gate.override:
         if failed:
-            logger.warning(
-                "gate overridden for %s: %s", partition, "; ".join(map(Check.reason, failed))
-            )
+            logger.warning("gate overridden for %s: %s", partition, reason)
         discard_held(stage)
         return
-    reason = "; ".join(c.reason() for c in failed)
     record = {"previous": prev_url, "reason": reason, "checks": [asdict(c) for c in checks]}
     where = hold(stage, record)
     raise GateHeld(

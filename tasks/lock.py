@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -111,8 +111,10 @@ def holder_alive(holder: Holder) -> bool | None:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         started = proc.create_time()
-    except psutil.Error:
+    except psutil.NoSuchProcess:  # gone (zombies included)
         return False
+    except psutil.Error:  # exists but not ours to inspect: let the lease decide
+        return None
     return holder.pid_start is None or abs(started - holder.pid_start) < 1.0
 
 
@@ -138,12 +140,16 @@ def lock_url(final: str) -> str:
 
 @dataclass
 class _Held:
+    """A lock this process holds: what it wrote, its current version, who entered it."""
+
+    final: str
     backend: Backend
     holder: Holder
     version: Any
     thread: int
     depth: int = 1
     lost: bool = False
+    guard: threading.Lock = field(default_factory=threading.Lock)
 
 
 _HELD: dict[str, _Held] = {}
@@ -174,23 +180,55 @@ def _acquire(backend: Backend, me: Holder, final: str, timeout_s: float) -> Any:
         time.sleep(poll)
 
 
-def _heartbeat(key: str, stop: threading.Event, every_s: float) -> None:
+def _heartbeat(held: _Held, stop: threading.Event, every_s: float) -> None:
     """Refresh the lease while the run goes on; flag the lock lost if someone took it."""
     while not stop.wait(every_s):
+        with held.guard:
+            try:
+                beat = replace(held.holder, heartbeat=_now())
+                version = held.backend.refresh(held.version, beat.to_bytes())
+            except Exception as err:  # a flaky store: the lease leaves room for a few misses
+                logger.warning("lock heartbeat for %s failed: %s", held.final, err)
+                continue
+            if version is None:
+                held.lost = True
+                logger.error("lock of %s was taken over: this run will not publish", held.final)
+                return
+            held.holder, held.version = beat, version
+
+
+def _reenter(key: str) -> _Held | None:
+    """The lock this thread already holds on `key` (its depth counted up), else None."""
+    with _HELD_GUARD:
         held = _HELD.get(key)
-        if held is None:
-            return
-        try:
-            beat = replace(held.holder, heartbeat=_now())
-            version = held.backend.refresh(held.version, beat.to_bytes())
-        except Exception as err:  # a flaky store: the lease leaves room for a few misses
-            logger.warning("lock heartbeat for %s failed: %s", key, err)
-            continue
-        if version is None:
-            held.lost = True
-            logger.error("lock of %s was taken over: this run will not publish", key)
-            return
-        held.holder, held.version = beat, version
+        if held is None or held.thread != threading.get_ident():
+            return None
+        held.depth += 1
+        return held
+
+
+def _take(final: str, so: dict[str, Any] | None, timeout_s: float, lease_s: float) -> _Held:
+    backend = backend_for(lock_url(final), so)
+    pid = os.getpid()
+    me = Holder(
+        _run_id(), uuid.uuid4().hex, socket.gethostname(), pid, _process_start(pid), _now(), lease_s
+    )
+    version = _acquire(backend, me, final, timeout_s)
+    held = _Held(final, backend, me, version, threading.get_ident())
+    with _HELD_GUARD:
+        _HELD[final.rstrip("/")] = held
+    return held
+
+
+def _release(held: _Held) -> None:
+    with _HELD_GUARD:
+        _HELD.pop(held.final.rstrip("/"), None)
+    if held.lost:
+        return
+    try:
+        held.backend.release(held.version)
+    except Exception as err:  # the lease expires on its own
+        logger.warning("could not release the lock of %s: %s", held.final, err)
 
 
 @contextmanager
@@ -207,49 +245,30 @@ def partition_lock(
     (120). Re-entering from the same thread is allowed. While holding the lock, staging
     leftovers of dead runs beside the partition are removed.
     """
-    key = final.rstrip("/")
-    with _HELD_GUARD:
-        held = _HELD.get(key)
-        if held is not None and held.thread == threading.get_ident():
-            held.depth += 1
-        else:
-            held = None
-    if held is not None:
+    again = _reenter(final.rstrip("/"))
+    if again is not None:
         try:
             yield
         finally:
-            held.depth -= 1
+            again.depth -= 1
         return
     timeout_s = _env_float(TIMEOUT_ENV, DEFAULT_TIMEOUT_S) if timeout_s is None else timeout_s
     lease_s = _env_float(LEASE_ENV, DEFAULT_LEASE_S) if lease_s is None else lease_s
-    backend = backend_for(lock_url(final), storage_options)
-    pid = os.getpid()
-    me = Holder(
-        _run_id(), uuid.uuid4().hex, socket.gethostname(), pid, _process_start(pid), _now(), lease_s
-    )
-    version = _acquire(backend, me, final, timeout_s)
-    with _HELD_GUARD:
-        _HELD[key] = _Held(backend, me, version, threading.get_ident())
+    held = _take(final, storage_options, timeout_s, lease_s)
     stop = threading.Event()
     beat = threading.Thread(
-        target=_heartbeat, args=(key, stop, lease_s / 4), name="lock-heartbeat", daemon=True
+        target=_heartbeat, args=(held, stop, lease_s / 4), name="lock-heartbeat", daemon=True
     )
     beat.start()
     try:
-        from tasks.publish import clean_stale_staging
+        from tasks.publish import clean_stale_staging  # (publish imports this module)
 
         clean_stale_staging(final, storage_options)
         yield
     finally:
         stop.set()
         beat.join()
-        with _HELD_GUARD:
-            held = _HELD.pop(key)
-        if not held.lost:
-            try:
-                backend.release(held.version)
-            except Exception as err:  # the lease expires on its own
-                logger.warning("could not release the lock of %s: %s", final, err)
+        _release(held)
 
 
 def assert_held(final: str) -> None:
@@ -260,6 +279,7 @@ def assert_held(final: str) -> None:
     held = _HELD.get(final.rstrip("/"))
     if held is None:
         return
-    if held.lost or not held.backend.holds(held.version):
-        held.lost = True
-        raise LockLost(f"partition {final}: this run's lock expired or was taken over")
+    with held.guard:
+        if held.lost or not held.backend.holds(held.version):
+            held.lost = True
+            raise LockLost(f"partition {final}: this run's lock expired or was taken over")

@@ -268,8 +268,8 @@ def test_deployment_parameters_refuse_credentials(tiny_model):
     assert params["config"]["storage_options"] == config["storage_options"]
     assert (params["partition"], params["force"]) == ("2026-01-01", True)
     config["storage_options"]["secret"] = "hunter2"
-    with pytest.raises(ConfigError, match=r"storage_options\.secret") as err:
-        deployment_parameters(parse_config(config))
+    with pytest.raises(ConfigError, match=r"'secret' looks like a credential") as err:
+        parse_config(config)  # refused before it can reach a deployment's parameters
     assert "hunter2" not in str(err.value)
 
 
