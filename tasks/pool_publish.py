@@ -7,7 +7,6 @@ So output shards can be written in parallel, and a source shard is read at most 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,6 @@ from tasks.shards import (
     WrittenFile,
     pool_sample_json,
     shard_index,
-    write_file,
     write_index,
     write_tar,
 )
@@ -77,12 +75,3 @@ def write_pool_shard(
         shard_index(rows), stage.url(f"shards/{index_name}"), f"shards/{index_name}", so
     )
     return [tar, index]
-
-
-def write_sizes(shards: list[WrittenFile], stage: Staging) -> WrittenFile:
-    """`shards/sizes.json`: {shard file name: sample count}, as open_clip's loader reads it."""
-    sizes = {w.path.removeprefix("shards/"): w.count for w in shards if w.path.endswith(".tar")}
-    data = json.dumps(dict(sorted(sizes.items())), indent=2).encode()
-    return write_file(
-        stage.url("shards/sizes.json"), "shards/sizes.json", data, stage.storage_options
-    )

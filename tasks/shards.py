@@ -87,6 +87,16 @@ def write_file(
     return WrittenFile(rel_path, hashlib.sha256(data).hexdigest(), len(data))
 
 
+def write_sizes(
+    written: list[WrittenFile], stage_url: str, storage_options: dict[str, Any] | None = None
+) -> WrittenFile:
+    """`shards/sizes.json`: {shard file name: sample count}, as open_clip's loader reads it."""
+    sizes = {w.path.removeprefix("shards/"): w.count for w in written if w.path.endswith(".tar")}
+    data = json.dumps(dict(sorted(sizes.items())), indent=2).encode()
+    url = f"{stage_url.rstrip('/')}/shards/sizes.json"
+    return write_file(url, "shards/sizes.json", data, storage_options)
+
+
 def describe_file(
     url: str, rel_path: str, storage_options: dict[str, Any] | None = None
 ) -> WrittenFile:
