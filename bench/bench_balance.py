@@ -5,7 +5,10 @@ perturbations (extra words, title case, numbers) up to --captions; the metadata 
 500k-entry proxy list. t defaults to MetaCLIP 400M's ratio (20,000 per 1.6B captions) scaled to
 the pool, which makes most captions need a draw (the expensive case). Prints one JSON object.
 
-    .venv/bin/python bench/bench_balance.py [--captions N] [--t T]
+    .venv/bin/python bench/bench_balance.py [--captions N] [--t T] [--compare REPS]
+
+--compare REPS also times REPS warm runs with forked workers off and on, alternating in the
+same process (the fair comparison on a shared, noisy machine), and reports each one's range.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import tasks.balance as balance_mod  # noqa: E402
+import tasks.metadata as metadata_mod  # noqa: E402
 from tasks.balance import balance_file  # noqa: E402
 from tasks.metadata import Matcher, get_matcher, load_metadata  # noqa: E402
 
@@ -63,7 +68,35 @@ def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run(n: int, t: int | None) -> dict:
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds of this process and of its finished children (the forked workers)."""
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {"self": own.ru_utime + own.ru_stime, "children": kids.ru_utime + kids.ru_stime}
+
+
+def compare(inp: str, out: str, t: int, reps: int) -> dict:
+    """captions/s of warm `balance_file` runs, single-process vs forked, interleaved."""
+    default = metadata_mod.PARALLEL_MIN_ROWS
+    rates: dict[str, list[float]] = {"single_process": [], "forked": []}
+    stages: dict[str, list[dict]] = {"single_process": [], "forked": []}
+    try:
+        for _ in range(reps):
+            for mode, threshold in (("single_process", 1 << 62), ("forked", default)):
+                metadata_mod.PARALLEL_MIN_ROWS = balance_mod.PARALLEL_MIN_ROWS = threshold
+                cpu0 = cpu_seconds()
+                stats = balance_file(str(METADATA), inp, out, t=t, seed=0)
+                rates[mode].append(stats["captions_per_s"])
+                cpu = {k: round(v - cpu0[k], 2) for k, v in cpu_seconds().items()}
+                stages[mode].append({**stats["stage_seconds"], "cpu_s": cpu})
+    finally:
+        metadata_mod.PARALLEL_MIN_ROWS = balance_mod.PARALLEL_MIN_ROWS = default
+    return {
+        m: {"captions_per_s_min": min(r), "captions_per_s_max": max(r), "stages": stages[m]}
+        for m, r in rates.items()
+    }
+
+
+def run(n: int, t: int | None, reps: int = 0) -> dict:
     t = t or max(1, round(n * 20_000 / 1.6e9))
     captions = perturbed(base_captions(), n)
     md = load_metadata(str(METADATA))
@@ -77,6 +110,7 @@ def run(n: int, t: int | None) -> dict:
         ).write_parquet(inp)
         cold = balance_file(str(METADATA), inp, out, t=t, seed=0)  # builds the cached matcher
         warm = balance_file(str(METADATA), inp, out, t=t, seed=0)
+        compared = compare(inp, out, t, reps) if reps else None
         series = pl.read_parquet(inp)["caption"]
     t0 = time.perf_counter()
     get_matcher(md).match_series(series)
@@ -96,6 +130,7 @@ def run(n: int, t: int | None) -> dict:
         "matched_fraction": round(warm["matched"] / n, 4),
         "kept_fraction": round(warm["kept"] / n, 4),
         "peak_rss_mib": peak_rss_mib(),
+        **({"compare": compared} if compared else {}),
     }
 
 
@@ -103,12 +138,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--captions", type=int, default=100_000, help="pool size (1M for the target)")
     ap.add_argument("--t", type=int, default=None, help="balancing threshold (default: scaled)")
+    ap.add_argument("--compare", type=int, default=0, metavar="REPS", help="forked vs not")
     args = ap.parse_args()
     missing = [str(p) for p in (METADATA, LAION, CC3M) if not p.exists()]
     if missing:
         print(json.dumps({"bench": "balance", "skipped": f"shared data absent: {missing}"}))
         return
-    print(json.dumps(run(args.captions, args.t)))
+    print(json.dumps(run(args.captions, args.t, args.compare)))
 
 
 if __name__ == "__main__":

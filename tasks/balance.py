@@ -22,7 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks import storage
-from tasks.metadata import get_matcher, load_metadata
+from tasks.metadata import (
+    PARALLEL_MIN_ROWS,
+    cpu_count,
+    entry_ids_series,
+    get_matcher,
+    load_metadata,
+    run_forked,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +71,11 @@ def keep_probabilities(entry_ids: pl.Series, counts: np.ndarray, t: int) -> np.n
     lengths, values = _flatten(entry_ids)
     if len(values) and values.max() >= len(counts):
         raise ValueError(f"entry id {values.max()} has no count (only {len(counts)} entries)")
+    return _keep_prob(lengths, values, counts, t)
+
+
+def _keep_prob(lengths: np.ndarray, values: np.ndarray, counts: np.ndarray, t: int) -> np.ndarray:
+    """`keep_probabilities` on flattened, validated ids (`lengths` per caption, `values`)."""
     p = t / np.maximum(np.asarray(counts, np.int64), t)
     out = np.zeros(len(lengths), np.float64)
     nonempty = lengths > 0
@@ -81,6 +93,11 @@ def uniform_draws(uids: pl.Series | Sequence[str], seed: int) -> np.ndarray:
     items = uids.to_list() if isinstance(uids, pl.Series) else list(uids)
     if any(u is None for u in items):
         raise ValueError("uids must not be null")
+    return _uid_draws(items, seed)
+
+
+def _uid_draws(items: Sequence[str], seed: int) -> np.ndarray:
+    """`uniform_draws` on a list of non-null uids, without polars (runs in forked children)."""
     prefix, b2 = f"{int(seed)}\0".encode(), hashlib.blake2b
     enc = "surrogatepass"
     return _unit([b2(prefix + u.encode("utf-8", enc), digest_size=8).digest() for u in items])
@@ -88,8 +105,12 @@ def uniform_draws(uids: pl.Series | Sequence[str], seed: int) -> np.ndarray:
 
 def caption_draws(captions: pl.Series, seed: int) -> np.ndarray:
     """`uniform_draws(caption_uids(captions), seed)` in one pass: the hashing dominates."""
+    return _caption_draws(captions.fill_null("").to_list(), seed)
+
+
+def _caption_draws(texts: Sequence[str], seed: int) -> np.ndarray:
+    """`caption_draws` on a list of non-null captions, without polars (runs in forked children)."""
     sha, b2, prefix = hashlib.sha256, hashlib.blake2b, f"{int(seed)}\0".encode()
-    texts = captions.fill_null("").to_list()
     return _unit(
         [b2(prefix + sha(c.encode()).hexdigest().encode(), digest_size=8).digest() for c in texts]
     )
@@ -197,14 +218,29 @@ def _uid_column(df: pl.DataFrame, uid_column: str | None, url: str) -> str | Non
 def _row_draws(
     df: pl.DataFrame, captions: pl.Series, uid_col: str | None, rows: np.ndarray, seed: int
 ) -> np.ndarray:
-    """Draws of `rows` only: by the uid column's value, else (or when null) the caption hash."""
+    """Draws of `rows` only: by the uid column's value, else (or when null) the caption hash.
+
+    Many rows are hashed in forked processes (the hashing holds the GIL); draws depend only
+    on each row's key, so the split cannot change them.
+    """
     if uid_col is None:
-        return caption_draws(captions.gather(rows), seed)
-    given = df[uid_col].cast(pl.String).gather(rows).to_list()
-    hashed = caption_uids(captions.gather(rows)) if None in given else given
-    return uniform_draws(
-        [g if g is not None else h for g, h in zip(given, hashed, strict=True)], seed
-    )
+        keys, draw = captions.gather(rows).fill_null("").to_list(), _caption_draws
+    else:
+        given = df[uid_col].cast(pl.String).gather(rows).to_list()
+        hashed = caption_uids(captions.gather(rows)) if None in given else given
+        keys = [g if g is not None else h for g, h in zip(given, hashed, strict=True)]
+        draw = _uid_draws
+    if len(keys) < PARALLEL_MIN_ROWS:
+        return draw(keys, seed)
+    parts = run_forked(lambda lo, hi: draw(keys[lo:hi], seed), len(keys), cpu_count())
+    return np.concatenate(parts)
+
+
+def _write_parquet(df: pl.DataFrame, url: str, storage_options: dict[str, Any] | None) -> None:
+    """Like `storage.write_parquet`, at zstd level 1: ~40% faster, ~25% larger than level 3."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", compression_level=1, statistics=True)
+    storage.write_bytes(url, buf.getvalue(), storage_options)
 
 
 class _Clock:
@@ -246,24 +282,27 @@ def balance_file(
     clock.lap("read")
     matcher = get_matcher(md)
     clock.lap("build")  # ~0 once this process has built the matcher for this metadata
-    entry_ids = matcher.match_series(captions)
+    offsets, values = matcher.match_arrays(captions, allow_fork=True)
     clock.lap("match")
-    keep_prob = keep_probabilities(entry_ids, entry_counts(entry_ids, len(md)), t)
+    # Matcher ids are unique per caption and in range: count and multiply without re-checking.
+    lengths = np.diff(offsets)
+    counts = np.bincount(values, minlength=len(md)).astype(np.int64)
+    keep_prob = _keep_prob(lengths, values, counts, t)
     keep = keep_prob >= 1.0
     rows = undecided_rows(keep_prob)
     keep[rows] = _row_draws(df, captions, uid_col, rows, seed) < keep_prob[rows]
     clock.lap("decide")
     result = df.with_columns(
-        entry_ids.alias("entry_ids"),
+        entry_ids_series(offsets, values),
         pl.Series("keep_prob", keep_prob, pl.Float64),
         pl.Series("keep", keep, pl.Boolean),
     )
-    storage.write_parquet(result, out, storage_options)
+    _write_parquet(result, out, storage_options)
     clock.lap("write")
     seconds = sum(clock.laps.values())
     stats = {
         "rows": df.height,
-        "matched": int((entry_ids.list.len() > 0).sum()),
+        "matched": int((lengths > 0).sum()),
         "kept": int(keep.sum()),
         "seconds": round(seconds, 3),
         "captions_per_s": round(df.height / seconds, 1) if seconds > 0 else None,

@@ -7,25 +7,30 @@ padded entries finds every occurrence in a single pass. Captions are normalised 
 searched in chunks: each chunk is joined with "\n" (which no normalised caption contains and
 no searched pattern contains, so no match can cross two captions) and searched in one call;
 match positions map back to captions through the chunk's offsets. The Rust automaton
-(`ahocorasick_rs`) releases the GIL while searching, so chunks run on threads, one per core;
-`pyahocorasick` is the (slower, single-threaded) fallback when it is not installed.
+(`ahocorasick_rs`) releases the GIL while searching but not while it builds one Python tuple
+per match, so threads barely scale: small inputs run on threads, large ones (>=
+`PARALLEL_MIN_ROWS`) are split across forked processes that inherit the built automaton and
+return numpy arrays. `pyahocorasick` is the (slower, single-threaded) fallback.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing as mp
 import os
 import threading
 import time
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -34,11 +39,13 @@ import pyarrow as pa
 from tasks import storage
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WRAPPED = (",", ".", ";", ":", "?", "!", "`")
 SPACED = ("\t", "\n", "\r")
 _SEP = "\n"
 CHUNK_ROWS = 16_384
+PARALLEL_MIN_ROWS = 100_000  # below this, forking costs more than it saves
 _CACHE_MAX = 2
 
 
@@ -170,7 +177,8 @@ def _default_backend() -> str:
     return "ahocorasick_rs"
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity), not the machine's total."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -183,7 +191,7 @@ class Matcher:
         if self.backend not in _SEARCHERS:
             raise ValueError(f"unknown matcher backend {self.backend!r} (one of {_SEARCHERS})")
         # pyahocorasick holds the GIL while searching, so threads would only add overhead.
-        self.threads = threads or (_cpu_count() if self.backend == "ahocorasick_rs" else 1)
+        self.threads = threads or (cpu_count() if self.backend == "ahocorasick_rs" else 1)
         # A pattern with a tab/newline/CR can never occur in a normalised caption; dropping it
         # keeps the "\n" joiner match-free. Later duplicates are dropped: first id wins.
         first: dict[str, int] = {}
@@ -197,53 +205,117 @@ class Matcher:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.metadata, self.backend))
 
-    def match_series(self, captions: pl.Series) -> pl.Series:
+    def match_series(self, captions: pl.Series, allow_fork: bool = False) -> pl.Series:
         """Entry ids per caption as `List(UInt32)`, ascending and unique; nulls match nothing."""
-        offsets, values = self._find(captions.cast(pl.String))
-        arr = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, pa.uint32()))
-        return pl.Series("entry_ids", arr, dtype=pl.List(pl.UInt32))
+        return entry_ids_series(*self.match_arrays(captions, allow_fork))
 
     def match(self, captions: Sequence[str | None]) -> list[np.ndarray]:
         """Entry ids per caption as sorted unique uint32 arrays."""
-        offsets, values = self._find(pl.Series("caption", list(captions), dtype=pl.String))
+        offsets, values = self.match_arrays(pl.Series("caption", list(captions), dtype=pl.String))
         return np.split(values, offsets[1:-1]) if len(captions) else []
 
-    def _find(self, captions: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        n = len(captions)
-        bounds = list(range(0, n, CHUNK_ROWS))
-        parts = [captions.slice(b, CHUNK_ROWS) for b in bounds]
-        workers = min(self.threads, len(parts))
-        if workers <= 1:
-            found = [self._find_chunk(p) for p in parts]
-        else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="metaclip-match") as ex:
-                found = list(ex.map(self._find_chunk, parts))
-        rows = np.concatenate([r + b for (r, _), b in zip(found, bounds, strict=True)] or [[]])
-        values = np.concatenate([v for _, v in found] or [[]]).astype(np.uint32)
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(rows.astype(np.int64), minlength=n), out=offsets[1:])
-        return offsets, values
+    def match_arrays(
+        self, captions: pl.Series, allow_fork: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n + 1 int64 offsets, flat uint32 ids): caption i's ids are ids[off[i]:off[i + 1]].
 
-    def _find_chunk(self, captions: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        """(row, entry id) of every match in one chunk, sorted by row then entry, unique."""
-        empty = np.zeros(0, np.int64)
-        if self._searcher is None:
-            return empty, empty
-        norm = normalize(captions)
-        binary = self._searcher.binary
-        lens = (norm.str.len_bytes() if binary else norm.str.len_chars()).to_numpy()
-        sizes = lens.astype(np.int64) + 1  # each caption plus its "\n"
-        starts = np.cumsum(sizes) - sizes
-        joined = norm.str.join(_SEP)
-        hay = joined.cast(pl.Binary).item() if binary else joined.item()
-        pats, pos = self._searcher.find(hay)
-        rows = np.searchsorted(starts, pos, side="right") - 1
+        Inputs are searched on threads; with `allow_fork`, large ones (`PARALLEL_MIN_ROWS`)
+        in forked processes, for the same result. Forking is only safe in a process whose
+        other threads hold no locks (the `curate balance` command), never inside a Prefect
+        worker, so it is opt-in.
+        """
+        captions = captions.cast(pl.String)
+        n = len(captions)
+        if self._searcher is None or n == 0:
+            return np.zeros(n + 1, np.int64), np.zeros(0, np.uint32)
+        hay, starts = self._haystack(captions)
+        workers = min(self.threads, cpu_count())
+        if allow_fork and n >= PARALLEL_MIN_ROWS and workers > 1:
+            parts = run_forked(lambda lo, hi: self._search(hay, starts, lo, hi), n, workers)
+        else:
+            bounds = [(b, min(b + CHUNK_ROWS, n)) for b in range(0, n, CHUNK_ROWS)]
+            workers = min(self.threads, len(bounds))
+            with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="metaclip-match") as ex:
+                parts = list(ex.map(lambda b: self._search(hay, starts, *b), bounds))
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(np.concatenate([c for c, _ in parts]), out=offsets[1:])
+        return offsets, np.concatenate([v for _, v in parts])
+
+    def _haystack(self, captions: pl.Series) -> tuple[bytes | str, np.ndarray]:
+        """All normalised captions, each followed by "\n", and each one's start (n + 1 offsets).
+
+        Built with polars in the calling process, so `_search` needs no polars (safe to fork).
+        """
+        norm = normalize(captions) + _SEP
+        lens = norm.str.len_bytes() if self._searcher.binary else norm.str.len_chars()
+        starts = np.zeros(len(norm) + 1, np.int64)
+        np.cumsum(lens.to_numpy(), out=starts[1:])
+        joined = norm.str.join("")
+        return (joined.cast(pl.Binary) if self._searcher.binary else joined).item(), starts
+
+    def _search(
+        self, hay: bytes | str, starts: np.ndarray, lo: int, hi: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(matches per row, uint32 entry ids) of rows lo..hi, searched CHUNK_ROWS at a time.
+
+        Chunks bound the searcher's per-match Python objects; ids are ascending and unique.
+        """
+        counts, ids = [], []
         n_entries = max(len(self.metadata), 1)
-        # Matches arrive in text order, so keys are nearly sorted: a stable (run-aware) sort
-        # plus a neighbour check is much faster than np.unique's hashing.
-        key = np.sort(rows * n_entries + self._entry_of[pats], kind="stable")
-        key = key[np.diff(key, prepend=-1) != 0]
-        return key // n_entries, key % n_entries
+        for a in range(lo, hi, CHUNK_ROWS):
+            b = min(a + CHUNK_ROWS, hi)
+            pats, pos = self._searcher.find(hay[starts[a] : starts[b]])
+            rows = np.searchsorted(starts[a : b + 1] - starts[a], pos, side="right") - 1
+            # Matches arrive in text order, so keys are nearly sorted: a stable (run-aware)
+            # sort plus a neighbour check is much faster than np.unique's hashing.
+            key = np.sort(rows * n_entries + self._entry_of[pats], kind="stable")
+            key = key[np.diff(key, prepend=-1) != 0]
+            counts.append(np.bincount(key // n_entries, minlength=b - a))
+            ids.append((key % n_entries).astype(np.uint32))
+        return np.concatenate(counts), np.concatenate(ids)
+
+
+def entry_ids_series(offsets: np.ndarray, values: np.ndarray) -> pl.Series:
+    """`Matcher.match_arrays` output as the `List(UInt32)` Series named "entry_ids"."""
+    arr = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, pa.uint32()))
+    return pl.Series("entry_ids", arr, dtype=pl.List(pl.UInt32))
+
+
+def run_forked(fn: Callable[[int, int], T], n: int, workers: int) -> list[T]:
+    """`fn(lo, hi)` for `workers` contiguous ranges of `range(n)`, all but the first forked.
+
+    The CPU-bound Python part of matching and hashing holds the GIL, so only processes scale.
+    `fn` reaches the children through fork (nothing big is pickled; results are numpy arrays)
+    and must not use polars or logging: locks and thread pools held by other threads at fork
+    time do not survive it. The parent computes the first range itself. Without fork (or in a
+    daemon process) every range runs here.
+    """
+    cuts = [n * i // workers for i in range(workers + 1)]
+    ranges = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+    can_fork = "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
+    if len(ranges) < 2 or not can_fork:
+        return [fn(a, b) for a, b in ranges]
+    key = next(_fork_keys)
+    _forked[key] = fn  # set before the pool forks: the children inherit it
+    try:
+        ctx = mp.get_context("fork")
+        with ProcessPoolExecutor(len(ranges) - 1, mp_context=ctx) as ex:
+            futures = [ex.submit(_call_forked, key, a, b) for a, b in ranges[1:]]
+            first = fn(*ranges[0])
+            return [first, *(f.result() for f in futures)]
+    except BrokenProcessPool:  # a child died (out of memory, killed): redo its rows here
+        logger.warning("a forked worker died; computing its rows in this process instead")
+        return [fn(a, b) for a, b in ranges]
+    finally:
+        del _forked[key]
+
+
+def _call_forked(key: int, lo: int, hi: int) -> Any:
+    return _forked[key](lo, hi)
+
+
+_forked: dict[int, Callable[[int, int], Any]] = {}
+_fork_keys = itertools.count()
 
 
 def _rebuild(md: Metadata, backend: str) -> Matcher:

@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tasks import balance as balmod
+from tasks import metadata as mdmod
 from tasks.balance import (
     balance_file,
     caption_draws,
@@ -247,6 +249,32 @@ def test_balance_file_null_uid_falls_back_to_caption_hash(tmp_path) -> None:
     expected = uniform_draws(draw_uids, 2) < df["keep_prob"].to_numpy()
     assert df["keep"].to_list() == expected.tolist()
     assert df["key"].to_list() == uids
+
+
+@pytest.mark.parametrize("with_uid", [False, True])
+def test_balance_file_forked_equals_single_process(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, with_uid: bool
+) -> None:
+    captions = corpus(3000, seed=4)
+    extra = {"uid": [None if i % 7 == 0 else f"u{i}" for i in range(3000)]} if with_uid else {}
+    meta, inp = write_inputs(tmp_path, captions, **extra)
+    monkeypatch.setattr(mdmod, "CHUNK_ROWS", 64)
+    single = str(tmp_path / "single.parquet")
+    balance_file(meta, inp, single, t=40, seed=3)
+    monkeypatch.setattr(mdmod, "PARALLEL_MIN_ROWS", 500)
+    monkeypatch.setattr(balmod, "PARALLEL_MIN_ROWS", 500)
+    forks: list[int] = []
+    real = mdmod.run_forked
+    spy = lambda fn, n, w: forks.append(n) or real(fn, n, w)  # noqa: E731
+    monkeypatch.setattr(mdmod, "run_forked", spy)
+    monkeypatch.setattr(balmod, "run_forked", spy)
+    forked = str(tmp_path / "forked.parquet")
+    balance_file(meta, inp, forked, t=40, seed=3)
+    assert forks[0] == 3000 and len(forks) == 2  # matching and the draws both forked
+    a, b = pl.read_parquet(single), pl.read_parquet(forked)
+    assert a.equals(b) and a["entry_ids"].to_list() == [slow_match(c, ENTRIES) for c in captions]
+    assert a["keep_prob"].to_numpy().tobytes() == b["keep_prob"].to_numpy().tobytes()
+    assert 0 < a["keep"].sum() < 3000
 
 
 def test_balance_file_bad_columns(tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import pickle
 import random
 import threading
@@ -152,6 +153,44 @@ def test_chunked_threaded_search(monkeypatch: pytest.MonkeyPatch, backend: str) 
     expected = [slow_match(c, entries) for c in captions]
     assert got == expected
     assert sum(map(len, expected)) > 400  # the corpus really exercises matching
+
+
+def test_run_forked_splits_rows_across_processes() -> None:
+    got = mdmod.run_forked(lambda lo, hi: (os.getpid(), lo, hi), 10, 3)
+    assert [(lo, hi) for _, lo, hi in got] == [(0, 3), (3, 6), (6, 10)]
+    pids = [pid for pid, _, _ in got]
+    assert pids[0] == os.getpid() and len(set(pids)) == 3  # the first range runs here
+    assert mdmod.run_forked(lambda lo, hi: (lo, hi), 2, 4) == [(0, 1), (1, 2)]
+    assert mdmod.run_forked(lambda lo, hi: (lo, hi), 0, 2) == []
+
+
+def test_forked_search_equals_single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(11)
+    vocab = ["a", "b", "new", "york", "city", "x.y", "日本", "😀", ""]
+    seps = [" ", ", ", ". ", "\t", "\n", "!"]
+    captions = [
+        "".join(rng.choice(vocab) + rng.choice(seps) for _ in range(rng.randint(0, 8)))
+        if rng.random() > 0.05
+        else None
+        for _ in range(1000)
+    ]
+    entries = [*vocab, "new york", "york city", "a b", "a", "b , a"]
+    monkeypatch.setattr(mdmod, "CHUNK_ROWS", 17)
+    matcher = Matcher(Metadata.from_entries(entries), backend="ahocorasick_rs", threads=3)
+    single = matcher.match_arrays(pl.Series(captions))
+    monkeypatch.setattr(mdmod, "PARALLEL_MIN_ROWS", 100)
+    monkeypatch.setattr(mdmod, "cpu_count", lambda: 3)
+    calls: list[int] = []
+    real = mdmod.run_forked
+    monkeypatch.setattr(mdmod, "run_forked", lambda fn, n, w: calls.append(w) or real(fn, n, w))
+    assert np.array_equal(matcher.match_arrays(pl.Series(captions))[1], single[1])
+    assert calls == []  # forking is opt-in: never inside a Prefect worker's process
+    forked = matcher.match_arrays(pl.Series(captions), allow_fork=True)
+    assert calls == [3]
+    for a, b in zip(single, forked, strict=True):
+        assert np.array_equal(a, b) and a.dtype == b.dtype
+    got = mdmod.entry_ids_series(*forked).to_list()
+    assert got == [slow_match(c, entries) for c in captions]
 
 
 def test_get_matcher_is_cached_and_thread_safe() -> None:
