@@ -53,6 +53,13 @@ def local_workers(runner: RunnerConfig, gpu: bool) -> int:
     return machine_cores()
 
 
+def torch_threads_env(workers: int) -> dict[str, str]:
+    """Each of `workers` local processes gets cores // workers torch threads: together they use
+    every core once (Dask and Ray would otherwise give each worker one thread)."""
+    threads = str(max(1, machine_cores() // workers))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 # --- the Prefect API the workers report to ------------------------------------------------
 
 
@@ -98,11 +105,27 @@ def prefect_api(remote_cluster: bool = False) -> Iterator[str]:
 
 
 def is_remote(address: str | None) -> bool:
-    """True when `address` names another machine (its workers cannot see our 127.0.0.1)."""
-    if not address or address == "auto":
+    """True unless `address` is empty or on this machine: a joined cluster's workers may be
+    elsewhere (Ray's `auto` included) and could not reach a server on our 127.0.0.1."""
+    if not address:
         return False
+    if address == "auto":
+        return True
     host = urlparse(address if "://" in address else f"tcp://{address}").hostname or ""
     return host not in LOOPBACK
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Keep a library's INFO chatter (Dask: ~30 lines a run) out of the log unless debugging."""
+    log = logging.getLogger(name)
+    old = log.level
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        log.setLevel(max(old, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(old)
 
 
 # --- Dask ---------------------------------------------------------------------------------
@@ -149,7 +172,13 @@ def dask_runner_class() -> type:
     return CurateDaskTaskRunner
 
 
-class PinGpu:
+try:  # Dask is an optional extra: without it there is no plugin to register
+    from distributed import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover
+    _WorkerPlugin = object
+
+
+class PinGpu(_WorkerPlugin):
     """Dask worker plugin: worker `i` of a local cluster uses GPU `i mod count`."""
 
     name = "clip-curate-pin-gpu"
@@ -172,17 +201,18 @@ def dask_execution(runner: RunnerConfig, gpu: bool) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     n = local_workers(runner, gpu)
-    threads = str(max(1, machine_cores() // n))  # torch threads per worker: no oversubscription
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     kwargs: dict[str, Any] = {"resources": {"GPU": 1}} if gpu else {}
-    with LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        env=env,
-        **kwargs,
-    ) as cluster:
+    with (
+        _quiet("distributed"),
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            env=torch_threads_env(n),
+            **kwargs,
+        ) as cluster,
+    ):
         if gpu:
             with Client(cluster) as client:
                 client.register_plugin(PinGpu())
@@ -209,15 +239,26 @@ def ray_runner_class() -> type:
         def __init__(self, *args: Any, gpu: bool = False, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.gpu = gpu
+            self._gpu_ok: bool | None = None
 
         def duplicate(self) -> CurateRayTaskRunner:
             return type(self)(address=self.address, init_kwargs=self.init_kwargs, gpu=self.gpu)
 
         def submit(self, task: Any, parameters: Any, wait_for: Any = None, **kw: Any) -> Any:
-            if not (self.gpu and task.name in GPU_TASKS):
+            if not (self.gpu and task.name in GPU_TASKS and self._cluster_has_gpus()):
                 return super().submit(task, parameters, wait_for, **kw)
             with remote_options(num_gpus=1):
                 return super().submit(task, parameters, wait_for, **kw)
+
+        def _cluster_has_gpus(self) -> bool:
+            """A GPU request on a cluster without GPUs would wait forever: warn instead."""
+            if self._gpu_ok is None:
+                import ray
+
+                self._gpu_ok = ray.cluster_resources().get("GPU", 0) > 0
+                if not self._gpu_ok:
+                    logger.warning("the Ray cluster has no GPUs: model tasks run on CPU slots")
+            return self._gpu_ok
 
     return CurateRayTaskRunner
 
@@ -231,7 +272,12 @@ def ray_execution(runner: RunnerConfig, gpu: bool) -> Iterator[Any]:
         yield cls(address=runner.address, gpu=gpu)
         return
     n = local_workers(runner, gpu)
-    init = {"num_cpus": n, "include_dashboard": False, "log_to_driver": False}
+    init: dict[str, Any] = {
+        "num_cpus": n,  # n tasks at a time, each in a reused worker process
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "runtime_env": {"env_vars": torch_threads_env(n)},
+    }
     if gpu:
         init["num_gpus"] = n
     logger.info("runner ray: local Ray instance with %d CPUs", n)

@@ -8,6 +8,7 @@ cluster tests run against the session's test server.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -95,30 +96,71 @@ def test_processes_publish_the_same(pool_root, tiny_model, threads_pool, prefect
     assert_same(run_pool_with(pool_root, tiny_model, "processes", workers=2), threads_pool)
 
 
+@pytest.fixture(scope="module")
+def video_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two good videos of different sizes and rates, and a truncated one."""
+    pytest.importorskip("av")  # PyAV before decord (see tests/video_factory.py)
+    from video_factory import make_truncated, make_video
+
+    root = tmp_path_factory.mktemp("runners-video")
+    d = root / "in"
+    d.mkdir()
+    a = make_video(d / "cam_a.mp4", duration_s=5.0, fps=10, size=(96, 64))
+    make_video(d / "cam_b.mp4", duration_s=3.0, fps=15, size=(64, 48))
+    make_truncated(a, d / "cut.mp4", 0.5)
+    return root
+
+
+def run_video_with(root: Path, tiny_model: dict, kind: str, **runner: Any) -> dict[str, Any]:
+    from flows.video import run_video
+
+    cfg = {
+        "dataset": "r",
+        "output": str(root / f"out-{kind}"),
+        "cache": str(root / f"cache-{kind}"),
+        "model": {**tiny_model, "precision": "fp32", "device": "cpu", "batch_size": 8},
+        "video": {
+            "input": str(root / "in" / "*.mp4"),
+            "sample_fps": 4,
+            "chunk_frames": 8,
+            "shard": {"max_samples": 1},
+            # thresholds at 0: every sampled frame is in an event, so clips are certain
+            "events": {"start": 0.0, "stop": 0.0, "clip_before_s": 1.0, "clip_after_s": 1.0},
+        },
+        "runner": {"kind": kind, **runner},
+    }
+    assert run_video(parse_config(cfg), PARTITION)["status"] == "published"
+    return published(root / f"out-{kind}", "video", VIDEO_TABLES)
+
+
 @pytest.mark.server
 def test_dask_cluster_publishes_the_same_with_one_model_per_worker(
-    pool_root, tiny_model, threads_pool
+    pool_root, video_root, tiny_model, threads_pool, prefect_harness
 ):
-    """A 2-process Dask cluster joined by address; the run starts its own Prefect server."""
+    """A 2-process Dask cluster joined by address runs the pool flow (starting its own
+    Prefect server: no PREFECT_API_URL), then the video flow (on the test server)."""
     distributed = pytest.importorskip("distributed")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    threads_video = run_video_with(video_root, tiny_model, "threads", workers=4)
+    assert threads_video["events.parquet"].height >= 2 and len(threads_video["shards"]) >= 3
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as lc,
         distributed.Client(lc) as client,
-        temporary_settings(restore_defaults={PREFECT_API_URL}),
     ):
-        assert cluster.configured_api_url() is None
-        got = run_pool_with(pool_root, tiny_model, "dask", address=lc.scheduler_address)
+        with temporary_settings(restore_defaults={PREFECT_API_URL}):
+            assert cluster.configured_api_url() is None
+            pool = run_pool_with(pool_root, tiny_model, "dask", address=lc.scheduler_address)
         loads = client.run(model_cache_info)  # {worker address: (builds, calls)}
-    assert_same(got, threads_pool)
+        video = run_video_with(video_root, tiny_model, "dask", address=lc.scheduler_address)
+    assert_same(pool, threads_pool)
+    assert_same(video, threads_video)
     builds = [b for b, _ in loads.values()]
-    calls = sum(c for _, c in loads.values())
-    assert calls == 4  # load_model once per input shard (none cached) ...
+    assert sum(c for _, c in loads.values()) == 4  # load_model once per input shard ...
     assert builds and all(b <= 1 for b in builds)  # ... but built at most once per worker
-    assert sum(builds) == sum(1 for b, c in loads.values() if c)
+    assert sum(builds) == sum(1 for _, c in loads.values() if c)
 
 
 def model_cache_info() -> tuple[int, int]:
@@ -129,50 +171,50 @@ def model_cache_info() -> tuple[int, int]:
     return info.misses, info.hits + info.misses
 
 
+def worker_settings() -> tuple[str | None, int]:
+    import torch
+
+    return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+
+
+def resource_restrictions(x: int) -> dict | None:
+    """The Dask resources the running task asked for (read on the worker)."""
+    from distributed import get_worker
+    from distributed.worker import thread_state
+
+    return get_worker().state.tasks[thread_state.key].resource_restrictions
+
+
+@pytest.mark.server
+def test_local_dask_cluster_threads_and_gpu_annotations(prefect_harness):
+    """A local cluster of N workers gives each cores // N torch threads; with model.device
+    cuda every worker declares a GPU and only the model tasks ask for one (the resource is a
+    label, so this runs on CPU too)."""
+    distributed = pytest.importorskip("distributed")
+    from prefect import flow, task
+
+    model_task = task(resource_restrictions, name="score-shard")
+    other_task = task(resource_restrictions, name="write-shard")
+    cores = cluster.machine_cores()
+    with cluster.dask_execution(RunnerConfig(kind="dask", workers=1), gpu=True) as runner:
+        with distributed.Client(runner.address) as client:
+            settings = list(client.run(worker_settings).values())
+            resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+
+        @flow(task_runner=runner)
+        def both() -> tuple:
+            return model_task.submit(1).result(), other_task.submit(2).result()
+
+        assert both() == ({"GPU": 1}, None)
+    assert settings == [(str(cores), cores)]
+    assert resources == [{"GPU": 1}]
+
+
 @pytest.mark.server
 def test_ray_publishes_the_same(pool_root, tiny_model, threads_pool, prefect_harness):
     pytest.importorskip("ray")
     pytest.importorskip("prefect_ray")
     assert_same(run_pool_with(pool_root, tiny_model, "ray", workers=2), threads_pool)
-
-
-# --- video ---------------------------------------------------------------------------------
-
-
-@pytest.mark.server
-def test_video_dask_local_cluster_publishes_the_same(tmp_path, tiny_model, prefect_harness):
-    pytest.importorskip("distributed")
-    pytest.importorskip("av")  # PyAV before decord (see tests/video_factory.py)
-    from video_factory import make_truncated, make_video
-
-    from flows.video import run_video
-
-    d = tmp_path / "in"
-    d.mkdir()
-    a = make_video(d / "cam_a.mp4", duration_s=5.0, fps=10, size=(96, 64))
-    make_video(d / "cam_b.mp4", duration_s=3.0, fps=15, size=(64, 48))
-    make_truncated(a, d / "cut.mp4", 0.5)
-
-    def run(kind: str) -> dict[str, Any]:
-        cfg = {
-            "dataset": "r",
-            "output": str(tmp_path / f"out-{kind}"),
-            "cache": str(tmp_path / f"cache-{kind}"),
-            "model": {**tiny_model, "precision": "fp32", "device": "cpu", "batch_size": 8},
-            "video": {
-                "input": str(d / "*.mp4"),
-                "sample_fps": 4,
-                "chunk_frames": 8,
-                "events": {"start": 0.0, "stop": 0.0, "clip_before_s": 1.0, "clip_after_s": 1.0},
-            },
-            "runner": {"kind": kind, "workers": 2},
-        }
-        assert run_video(parse_config(cfg), PARTITION)["status"] == "published"
-        return published(tmp_path / f"out-{kind}", "video", VIDEO_TABLES)
-
-    threads = run("threads")
-    assert threads["events.parquet"].height >= 2 and len(threads["shards"]) >= 2
-    assert_same(run("dask"), threads)
 
 
 # --- the pieces ----------------------------------------------------------------------------
@@ -211,7 +253,7 @@ def test_remote_cluster_without_api_is_one_clear_line(monkeypatch):
 
 def test_is_remote():
     assert not cluster.is_remote(None)
-    assert not cluster.is_remote("auto")
+    assert cluster.is_remote("auto")  # Ray: whatever cluster this node belongs to
     assert not cluster.is_remote("tcp://127.0.0.1:8786")
     assert not cluster.is_remote("localhost:6379")
     assert cluster.is_remote("tcp://scheduler.internal:8786")
@@ -242,6 +284,9 @@ def test_local_workers_sizing(monkeypatch):
     monkeypatch.setattr(cluster, "machine_cores", lambda: 6)
     assert cluster.local_workers(RunnerConfig(kind="dask"), gpu=False) == 6
     assert cluster.local_workers(RunnerConfig(kind="dask", workers=3), gpu=False) == 3
+    assert cluster.torch_threads_env(1)["OMP_NUM_THREADS"] == "6"
+    assert cluster.torch_threads_env(4)["OMP_NUM_THREADS"] == "1"
+    assert cluster.torch_threads_env(3) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
