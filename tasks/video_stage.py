@@ -60,8 +60,31 @@ def _paths(cache_root: str, key: str) -> tuple[str, str, str]:
     return f"{base}.frames.parquet", f"{base}.emb.npy", f"{base}.probe.json"
 
 
-def _pixels(model: ClipModel, frames: np.ndarray) -> torch.Tensor:
-    return model.stage([model.preprocess(Image.fromarray(f)) for f in frames])
+def _normalize_stats(model: ClipModel) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(mean, std) of the model's preprocess, when it ends in a plain Normalize."""
+    steps = getattr(model.preprocess, "transforms", [])
+    norm = steps[-1] if steps else None
+    if type(norm).__name__ != "Normalize":
+        return None
+    return torch.tensor(norm.mean).view(1, 3, 1, 1), torch.tensor(norm.std).view(1, 3, 1, 1)
+
+
+def pixels(model: ClipModel, frames: np.ndarray) -> torch.Tensor:
+    """Model input for a chunk of RGB frames, vectorised over the chunk.
+
+    decord already resized each frame so that its short side is the model's input size;
+    what open_clip's preprocess still does (its resize is then a no-op) is a center crop
+    and a normalisation, done here for the whole chunk at once instead of frame by frame
+    through PIL. Frames of another size fall back to the preprocess itself.
+    """
+    size, stats = model.image_size, _normalize_stats(model)
+    h, w = frames.shape[1:3]
+    if stats is None or min(h, w) != size:
+        return model.stage([model.preprocess(Image.fromarray(f)) for f in frames])
+    top, left = round((h - size) / 2.0), round((w - size) / 2.0)  # as CenterCrop
+    crop = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + size, left : left + size]))
+    batch = crop.permute(0, 3, 1, 2).float().div_(255.0).sub_(stats[0]).div_(stats[1])
+    return model.stage(list(batch.contiguous())) if model.device == "cuda" else batch.contiguous()
 
 
 def _chunks(url: str, so: dict | None, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
@@ -69,7 +92,7 @@ def _chunks(url: str, so: dict | None, video: VideoConfig, model: ClipModel) -> 
     for idx, times, frames in iter_frame_chunks(
         url, so, video.sample_fps, size, video.chunk_frames
     ):
-        yield idx, times, _pixels(model, frames)
+        yield idx, times, pixels(model, frames)
 
 
 def embed_frames(

@@ -95,3 +95,22 @@ def test_video_flow_end_to_end(tmp_path, tiny_model, videos, prefect_harness):
 
     again = run_video(cfg, PARTITION)
     assert again["status"] == "skipped"
+
+
+def test_vectorised_frame_preprocess_equals_open_clip(model_cfg):
+    """The chunk-wise crop + normalise gives exactly what open_clip's preprocess gives."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tasks.model import load_model
+    from tasks.video_stage import pixels
+
+    model = load_model(model_cfg)
+    rng = np.random.default_rng(0)
+    for h, w in ((64, 97), (115, 64), (64, 64)):  # short side = the model's input size (64)
+        frames = rng.integers(0, 256, size=(5, h, w, 3), dtype=np.uint8)
+        fast = pixels(model, frames)
+        slow = torch.stack([model.preprocess(Image.fromarray(f)) for f in frames])
+        assert fast.shape == slow.shape == (5, 3, 64, 64)
+        assert torch.allclose(fast, slow, atol=1e-6), (h, w)
