@@ -8,6 +8,7 @@ cluster tests run against the session's test server.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -22,13 +23,15 @@ from infra import cluster
 from schemas.config import RunnerConfig, parse_config
 
 PARTITION = "2026-03-04"
+METADATA = ["dog", "beach", "park", "car", "street", "sunset", "mountains", "kitchen"]
 POOL_TABLES = ("samples.parquet",)
 VIDEO_TABLES = ("videos.parquet", "frames.parquet", "events.parquet")
 
 
 @pytest.fixture(scope="module")
 def pool_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four input shards: good samples, a uid repeated across shards, every breakage, empty."""
+    """Four input shards (good samples, a uid repeated across shards, every breakage, empty)
+    and MetaCLIP metadata their captions match, so balancing runs too."""
     root = tmp_path_factory.mktemp("runners-pool")
     d = root / "in"
     d.mkdir()
@@ -38,6 +41,7 @@ def pool_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tar(d / "00001.tar", again)
     broken_pool(d / "00002.tar")
     write_empty(d / "00003.tar")
+    (root / "metadata.json").write_text(json.dumps(METADATA))
     return root
 
 
@@ -49,7 +53,8 @@ def pool_config(root: Path, tiny_model: dict, kind: str, **runner: Any) -> dict:
         "model": {**tiny_model, "precision": "fp32", "device": "cpu", "batch_size": 4},
         "pool": {
             "input": str(root / "in" / "*.tar"),
-            "clip_filter": {"top_fraction": 0.5},
+            "clip_filter": {"top_fraction": 0.7},
+            "balance": {"metadata": str(root / "metadata.json"), "t": 2, "seed": 5},
             "shard": {"max_samples": 5},
         },
         "runner": {"kind": kind, **runner},
@@ -86,8 +91,10 @@ def threads_pool(pool_root: Path, tiny_model: dict, prefect_harness) -> dict[str
     got = run_pool_with(pool_root, tiny_model, "threads", workers=4)
     samples = got["samples.parquet"]
     # the comparison is only worth something if the partition has every kind of row
-    assert {"kept", "filtered_clip", "duplicate", "quarantined"} <= set(samples["status"])
+    statuses = {"kept", "filtered_clip", "filtered_balance", "duplicate", "quarantined"}
+    assert statuses <= set(samples["status"])
     assert samples["clip_score"].drop_nulls().n_unique() > 10
+    assert samples["entry_ids"].list.len().max() >= 2 and samples["keep_prob"].n_unique() > 2
     return got
 
 
