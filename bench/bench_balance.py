@@ -28,10 +28,11 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tasks.balance as balance_mod  # noqa: E402
-import tasks.metadata as metadata_mod  # noqa: E402
-from tasks.balance import balance_file  # noqa: E402
-from tasks.metadata import Matcher, get_matcher, load_metadata  # noqa: E402
+import tasks.metaclip.balance as balance_mod  # noqa: E402
+import tasks.metaclip.matcher as metadata_mod  # noqa: E402
+from tasks.metaclip.balance import balance_file  # noqa: E402
+from tasks.metaclip.matcher import Matcher, get_matcher  # noqa: E402
+from tasks.metaclip.metadata import load_metadata  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 METADATA = DATA / "metaclip" / "proxy_metadata.json.gz"

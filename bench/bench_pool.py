@@ -65,7 +65,7 @@ def bare_forward(model_cfg, pairs, batch_size: int) -> float:
     import torch
     from PIL import Image
 
-    from tasks.model import load_model
+    from tasks.model.clip import load_model
 
     m = load_model(model_cfg)
     batches = []
@@ -105,7 +105,7 @@ def score_rss(cfg_dict: dict, shards: list[str]) -> int:
     code = (
         f"import json,sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "from bench.bench_pool import peak_rss_bytes\n"
-        "from schemas.config import parse_config\nfrom tasks.score import score_shard\n"
+        "from schemas.config import parse_config\nfrom tasks.pool.score import score_shard\n"
         "cfg = parse_config(json.loads(sys.argv[1]))\n"
         "for u in json.loads(sys.argv[2]):\n"
         "    score_shard(u, cfg.pool, cfg.model, cfg.cache, force=True)\n"

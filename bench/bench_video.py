@@ -128,7 +128,7 @@ def child_flow(args: argparse.Namespace) -> dict:
 
 
 def child_decode(args: argparse.Namespace) -> dict:
-    from tasks.video_decode import iter_frame_chunks
+    from tasks.video.decode import iter_frame_chunks
 
     size = 224  # ViT-B-32's input: decord resizes the short side while decoding
     t0 = time.perf_counter()
@@ -148,7 +148,7 @@ def child_model(args: argparse.Namespace) -> dict:
     import torch
 
     from schemas.config import ModelConfig
-    from tasks.model import load_model
+    from tasks.model.clip import load_model
 
     model = load_model(ModelConfig(**model_dict(args)))
     size = model.image_size

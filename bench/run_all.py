@@ -148,7 +148,7 @@ def targets(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def machine() -> dict[str, Any]:
     import torch
 
-    from tasks.model import cpu_supports_fast_bf16
+    from tasks.model.clip import cpu_supports_fast_bf16
 
     return {
         "cpu": platform.processor() or platform.machine(),

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from schemas.config import ConfigError, CurateConfig
-from tasks import storage
-from tasks.publish import partition_url
+from tasks.io import storage
+from tasks.publish.commit import partition_url
 
 logger = logging.getLogger(__name__)
 

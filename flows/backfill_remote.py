@@ -16,8 +16,8 @@ from flows.backfill import Mode, Row, counts_detail, one_line
 from flows.common import list_inputs, output_config
 from flows.serve import deployment_name, deployment_parameters
 from schemas.config import ConfigError, CurateConfig, config_hash
-from tasks import storage
-from tasks.publish import partition_url, read_manifest
+from tasks.io import storage
+from tasks.publish.commit import partition_url, read_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
-    from tasks.balance import balance_file
+    from tasks.metaclip.balance import balance_file
 
     stats = balance_file(
         args.metadata,

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import CurateConfig, config_hash, redacted
-from tasks import storage
+from tasks.io import storage
 
 PUBLISH_VERSION = 1  # bump when what a published partition holds changes meaning
 

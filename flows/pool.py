@@ -18,16 +18,16 @@ from flows.common import (
 )
 from flows.run import RunPlan, already_published, finish, plan_run, skipped, staged, total_time
 from schemas.config import CurateConfig, ModelConfig, PoolConfig, parse_config
-from tasks import storage
-from tasks.lock import partition_lock
-from tasks.pool_balance import balance_inputs, load_matches, save_partition_counts
-from tasks.pool_publish import plan_shards, write_pool_shard
-from tasks.publish import Staging
-from tasks.report import entry_distribution_summary, write_pool_report
-from tasks.score import ShardScores, score_shard
-from tasks.select import BalanceInputs, Selection, select
-from tasks.shards import WrittenFile, write_index, write_sizes
-from tasks.stats import pool_stats
+from tasks.io import storage
+from tasks.io.lock import partition_lock
+from tasks.metaclip.counts import balance_inputs, load_matches, save_partition_counts
+from tasks.pool.score import ShardScores, score_shard
+from tasks.pool.select import BalanceInputs, Selection, select
+from tasks.pool.shards import plan_shards, write_pool_shard
+from tasks.pool.stats import pool_stats
+from tasks.publish.commit import Staging
+from tasks.publish.report import entry_distribution_summary, write_pool_report
+from tasks.publish.writer import WrittenFile, write_index, write_sizes
 
 
 @task(name="score-shard", task_run_name="score {url}", **IO_RETRIES)
@@ -39,7 +39,7 @@ def score_shard_task(
 
 @task(name="match-shard", **IO_RETRIES)
 def match_shard_task(scores: ShardScores, metadata: str, cache: str, so: dict, force: bool) -> str:
-    from tasks.matches import match_shard
+    from tasks.metaclip.matches import match_shard
 
     return match_shard(scores.table, scores.key, metadata, cache, so, force)
 

@@ -10,11 +10,19 @@ from typing import Any
 
 from flows.common import list_inputs, output_config, resolve_partition, run_key, to_json
 from schemas.config import CurateConfig, config_hash, redacted
-from tasks import storage
-from tasks.gate import apply_gate
-from tasks.model import model_identity
-from tasks.publish import Staging, abort, begin, code_version, commit, partition_url, read_manifest
-from tasks.shards import WrittenFile, describe_file, write_file
+from tasks.io import storage
+from tasks.model.clip import model_identity
+from tasks.publish.commit import (
+    Staging,
+    abort,
+    begin,
+    code_version,
+    commit,
+    partition_url,
+    read_manifest,
+)
+from tasks.publish.gate import apply_gate
+from tasks.publish.writer import WrittenFile, describe_file, write_file
 
 
 @dataclass

@@ -19,13 +19,13 @@ from flows.common import (
 from flows.run import RunPlan, already_published, finish, plan_run, skipped, staged, total_time
 from schemas.config import CurateConfig, ModelConfig, VideoConfig, parse_config
 from schemas.tables import EVENTS, FRAMES, VIDEOS, conform
-from tasks.lock import partition_lock
-from tasks.publish import Staging
-from tasks.shards import WrittenFile, write_index, write_sizes
-from tasks.video_publish import assign_event_shards, frame_scores, video_events, write_event_shard
-from tasks.video_report import write_video_report
-from tasks.video_score import prompt_set_hash
-from tasks.video_stage import VideoScores, load_video_scores, prompt_embeddings, score_video
+from tasks.io.lock import partition_lock
+from tasks.publish.commit import Staging
+from tasks.publish.writer import WrittenFile, write_index, write_sizes
+from tasks.video.publish import assign_event_shards, frame_scores, video_events, write_event_shard
+from tasks.video.report import write_video_report
+from tasks.video.score import VideoScores, load_video_scores, prompt_embeddings, score_video
+from tasks.video.zero_shot import prompt_set_hash
 
 
 @task(name="score-video", task_run_name="score {url}", **IO_RETRIES)

@@ -5,7 +5,7 @@ settings. Prefect's ephemeral API lives inside one process, so a run without
 `PREFECT_API_URL` gets a local server on 127.0.0.1 for its duration (local clusters only:
 remote workers could not reach it, so joining one without an API is a clear error).
 
-One model per worker process: `tasks.model.load_model` is cached per process, and workers
+One model per worker process: `tasks.model.clip.load_model` is cached per process, and workers
 are long-lived processes (Dask: `threads_per_worker=1`; Ray reuses its worker processes), so
 each worker builds the model once and keeps it for every shard it scores. With
 `model.device: cuda` the scoring tasks ask for one `GPU` resource (Dask annotation / Ray
@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
 from schemas.config import ModelConfig, RunnerConfig
+from tasks.parallel import cpu_count
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ClusterError(RuntimeError):
 
 def machine_cores() -> int:
     """Cores this process may use (the container's share, not the host's)."""
-    return max(1, len(os.sched_getaffinity(0)))
+    return cpu_count()
 
 
 def local_workers(runner: RunnerConfig, gpu: bool) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from schemas.tables import STATUSES
-from tasks import storage
+from tasks.io import storage
 
 logger = logging.getLogger(__name__)
 

@@ -18,17 +18,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 
 import pytest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared, skipping the test when it is absent."""
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"shared data not available: {p}")
-    return p
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,126 @@
+"""Frame sampling and chunked decoding of one video with decord.
+
+Times are relative to the video's first frame and assume a constant frame rate: frame `i`
+shows at `i / fps`. This is how decord indexes frames, and `tasks.video.clips` uses the same rule,
+so a time found here cuts the same frame there.
+
+decord 0.6 cannot stream: given a file object it reads the whole file into memory
+(`bytearray(f.read())`). Remote videos are therefore spooled to a local temporary file in
+fixed-size pieces (`local_video`), which bounds memory at the cost of local disk; local
+paths are opened in place. A flow that runs several stages on one remote video can enter
+`local_video` once and pass the local path to each stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import av
+import decord
+import numpy as np
+
+from tasks.io import storage
+
+logger = logging.getLogger(__name__)
+
+SPOOL_CHUNK = 8 << 20
+
+
+@contextmanager
+def local_video(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[str]:
+    """Yield a local path for `url`: the file itself when local, else a temporary copy."""
+    fs, path = storage.get_fs(url, storage_options)
+    if storage.is_local(fs):
+        yield path
+        return
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix="clip-curate-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as dst, fs.open(path, "rb") as src:
+            shutil.copyfileobj(src, dst, SPOOL_CHUNK)
+        yield tmp
+    finally:
+        os.remove(tmp)
+
+
+def frame_at(t_s: float, fps: float) -> int:
+    """Index of the frame shown at `t_s`: nearest frame, halves rounding up (not to even)."""
+    return math.floor(t_s * fps + 0.5)
+
+
+def sample_times(duration_s: float, fps: float, sample_fps: float) -> list[tuple[int, float]]:
+    """Frames to score: `(frame_index, t_s)` for targets `k / sample_fps` below `duration_s`.
+
+    Each target maps to the nearest source frame (`frame_at`, clamped to the last
+    frame); when `sample_fps` exceeds `fps` several targets hit one frame and it is kept
+    once. `t_s` is the time of the frame actually shown (`index / fps`), so scores line up
+    with what a clip cut at that time contains.
+    """
+    if not (duration_s > 0 and fps > 0 and sample_fps > 0):
+        return []
+    last = max(0, math.ceil(duration_s * fps - 1e-9) - 1)
+    out: list[tuple[int, float]] = []
+    k = 0
+    while (t := k / sample_fps) < duration_s - 1e-9:
+        index = min(frame_at(t, fps), last)
+        if not out or index > out[-1][0]:
+            out.append((index, index / fps))
+        k += 1
+    return out
+
+
+def decode_size(width: int, height: int, size: int | tuple[int, int]) -> tuple[int, int]:
+    """Output (width, height) for decord's resize-on-decode.
+
+    An int keeps the aspect ratio and makes the short side `size` (the model's preprocess
+    then center-crops, as for images); a tuple is an exact `(height, width)`, like
+    torchvision's `Resize`.
+    """
+    if isinstance(size, tuple):
+        return int(size[1]), int(size[0])
+    if width <= height:
+        return size, max(1, round(height * size / width))
+    return max(1, round(width * size / height)), size
+
+
+def _source_size(path: str) -> tuple[int, int]:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height
+
+
+def iter_frame_chunks(
+    url: str,
+    storage_options: dict[str, Any] | None,
+    sample_fps: float,
+    size: int | tuple[int, int],
+    chunk_frames: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield `(frame_indices, t_s, frames)` chunks of at most `chunk_frames` sampled frames.
+
+    Frames are uint8 RGB `(N, H, W, 3)`, resized by decord while decoding (see
+    `decode_size`). Only one chunk is decoded at a time, so memory is bounded by
+    `chunk_frames` whatever the video's length. Errors from a bad file propagate: probe
+    first (`tasks.video.probe`), which quarantines what this could not read.
+    """
+    if chunk_frames < 1:
+        raise ValueError("chunk_frames must be >= 1")
+    with local_video(url, storage_options) as path:
+        width, height = decode_size(*_source_size(path), size)
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height)
+        fps, n_frames = float(reader.get_avg_fps()), len(reader)
+        picks = sample_times(n_frames / fps, fps, sample_fps)
+        logger.debug("%s: %d of %d frames at %.3g fps", url, len(picks), n_frames, sample_fps)
+        for lo in range(0, len(picks), chunk_frames):
+            part = picks[lo : lo + chunk_frames]
+            indices = np.array([i for i, _ in part], dtype=np.int64)
+            times = np.array([t for _, t in part], dtype=np.float64)
+            frames = reader.get_batch(indices.tolist()).asnumpy()
+            yield indices, times, frames

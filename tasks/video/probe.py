@@ -1,0 +1,188 @@
+"""Probe one input video: metadata for `videos.parquet`, or a quarantine reason. Never raises.
+
+Checks run cheapest first and the first failure is the reason:
+
+- `empty_file`: zero bytes.
+- `not_a_video: ...`: the container cannot be parsed and does not start like an
+  ISO-BMFF/Matroska file, or it holds no video stream.
+- `truncated: ...`: the container starts like a video but cannot be parsed (an mp4 cut
+  before its moov atom), or decord stops reading before the end (an mp4 whose moov atom
+  is present but whose media data is cut), or the first or last frame cannot be decoded.
+  A partly decodable file is quarantined rather than scored: its tail is missing, and a
+  recorder that cut one file is more likely to have corrupted the rest of it.
+- `unsupported_codec: ...`: a video stream that decord's FFmpeg has no decoder for.
+- `no_frames`, `zero_fps`, `absurd_duration: ...`: decodable but unusable timing.
+
+fps and the frame count come from decord, the decoder the scoring stage uses; the codec
+name and size from PyAV. Everything opens through `tasks.io.storage`, so s3:// works too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from typing import Any
+
+import av
+import decord
+
+from tasks.io import storage
+from tasks.video.decode import local_video
+
+logger = logging.getLogger(__name__)
+
+VIDEO_MAGIC = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+# Frames may end this much before the header's duration (audio, rounding) without the file
+# counting as cut: a container without an index (Matroska) just ends early when truncated.
+MISSING_TAIL_S = 1.0
+
+
+class Quarantine(Exception):
+    """A probe check failed; the message is the reason string."""
+
+
+def _result(url: str, **fields: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "video": url,
+        "status": "ok",
+        "error": None,
+        "duration_s": None,
+        "fps": None,
+        "width": None,
+        "height": None,
+        "codec": None,
+        "n_frames": None,
+    }
+    row.update(fields)
+    return row
+
+
+def _looks_like_video(head: bytes) -> bool:
+    return head[4:8] in VIDEO_MAGIC or head.startswith(EBML_MAGIC)
+
+
+def _short(err: BaseException) -> str:
+    """First line of an error without source locations or file paths (those of temp copies)."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    text = re.sub(r"(\[[\d:]+\]\s*)?\S+\.(cc|h|c|cpp):\d+:\s*", "", text)
+    return re.sub(r":\s*'[^']*'$", "", text)[:200]
+
+
+def _container_info(path: str, info: dict[str, Any]) -> None:
+    """Checks PyAV answers from the container header and first packet; fills `info`."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError, ValueError) as err:
+        kind = "truncated" if _looks_like_video(head) else "not_a_video"
+        raise Quarantine(f"{kind}: container unreadable ({_short(err)})") from None
+    with container:
+        if not container.streams.video:
+            raise Quarantine("not_a_video: no video stream")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        info.update(codec=ctx.codec.canonical_name, width=ctx.width, height=ctx.height)
+        info["duration_s"] = _declared_duration(container, stream)
+        if not _has_packet(container, stream):
+            raise Quarantine("no_frames")
+
+
+def _has_packet(container: Any, stream: Any) -> bool:
+    """True when the stream holds at least one media packet (reads up to the first one)."""
+    return any(packet.size > 0 for packet in container.demux(stream))
+
+
+def _declared_duration(container: Any, stream: Any) -> float | None:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1e6
+    return None
+
+
+def _check_duration(seconds: float | None, max_duration_s: float) -> None:
+    if seconds is not None and seconds > max_duration_s:
+        raise Quarantine(f"absurd_duration: {seconds:.1f}s > {max_duration_s:g}s")
+
+
+def _decode_info(path: str, info: dict[str, Any]) -> None:
+    """Checks that need decord, which indexes every packet on open: a cut file fails here."""
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    except AssertionError:
+        raise Quarantine("no_frames") from None
+    except (decord.DECORDError, RuntimeError) as err:
+        msg = _short(err)
+        if "cannot find video stream" in msg:
+            raise Quarantine(f"unsupported_codec: {info['codec']}") from None
+        raise Quarantine(f"truncated: media data unreadable ({msg})") from None
+    n_frames, fps = len(reader), float(reader.get_avg_fps())
+    if not math.isfinite(fps) or fps <= 0:
+        raise Quarantine("zero_fps")
+    declared, decoded = info.get("duration_s"), n_frames / fps
+    info.update(fps=fps, n_frames=n_frames, duration_s=decoded)
+    if declared is not None and decoded < declared - max(MISSING_TAIL_S, 3 / fps):
+        raise Quarantine(f"truncated: {decoded:.2f}s of frames, header says {declared:.2f}s")
+    for index in sorted({0, n_frames - 1}):
+        try:
+            reader[index].asnumpy()
+        except (decord.DECORDError, RuntimeError, IndexError) as err:
+            raise Quarantine(f"truncated: frame {index} of {n_frames} ({_short(err)})") from None
+
+
+def probe_video(
+    url: str, storage_options: dict | None = None, max_duration_s: float = 6 * 3600
+) -> dict[str, Any]:
+    """Metadata of one video, `status` "ok" or "quarantined" with the reason in `error`."""
+    info: dict[str, Any] = {}
+    try:
+        with local_video(url, storage_options) as path:
+            if os.path.getsize(path) == 0:
+                raise Quarantine("empty_file")
+            _container_info(path, info)
+            _check_duration(info["duration_s"], max_duration_s)
+            _decode_info(path, info)
+            _check_duration(info["duration_s"], max_duration_s)
+    except Quarantine as reason:
+        logger.warning("quarantined %s: %s", url, reason)
+        return _result(url, status="quarantined", error=str(reason), **info)
+    except Exception as err:  # unreadable store object, odd library failure: still a row
+        logger.warning("quarantined %s: unreadable (%s)", url, _short(err))
+        return _result(url, status="quarantined", error=f"unreadable: {_short(err)}", **info)
+    return _result(url, **info)
+
+
+def sidecar_url(url: str) -> str:
+    """The sidecar's URL: the video's, with its extension replaced by `.json`."""
+    base, ext = os.path.splitext(url)
+    return f"{base}.json" if ext and "/" not in ext else f"{url}.json"
+
+
+def read_sidecar(url: str, storage_options: dict | None = None) -> dict[str, str | None]:
+    """`vehicle_id` and `start_time` from the optional sidecar JSON; None when absent or bad.
+
+    A sidecar is metadata from the fleet, not the data itself: a broken one is logged and
+    ignored, never a reason to drop the video.
+    """
+    out: dict[str, str | None] = {"vehicle_id": None, "start_time": None}
+    side = sidecar_url(url)
+    try:
+        if not storage.exists(side, storage_options):
+            return out
+        data = json.loads(storage.read_bytes(side, storage_options))
+    except (OSError, ValueError) as err:
+        logger.warning("ignoring sidecar %s: %s", side, _short(err))
+        return out
+    if not isinstance(data, dict):
+        logger.warning("ignoring sidecar %s: not a JSON object", side)
+        return out
+    for key in out:
+        value = data.get(key)
+        out[key] = None if value is None else str(value)
+    return out

@@ -1,0 +1,176 @@
+"""Human report of a video partition: per-video table, event rate, score timelines.
+
+A reviewer checks the detector by eye: the timeline of each video shows the raw and smoothed
+score against the start/stop thresholds, with detected events shaded, so a missed or spurious
+event is visible at a glance. Plots are capped so a night with thousands of videos stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from tasks.publish.report import (
+    md_table,
+    new_figure,
+    plot_status_counts,
+    reasons_table,
+    save_figure,
+    status_counts_table,
+    timings_table,
+    write_text,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_TIMELINES = 50
+MAX_EVENT_ROWS = 200
+PLOT_STATUS = "plots/video_status_counts.png"
+
+
+def timeline_path(n: int) -> str:
+    return f"plots/timeline_{n}.png"
+
+
+def _events_per_video(events: pl.DataFrame) -> dict[str, int]:
+    if events.is_empty():
+        return {}
+    return dict(events.group_by("video").len().iter_rows())
+
+
+def plot_timeline(
+    video: str,
+    frames: pl.DataFrame,
+    events: pl.DataFrame,
+    thresholds: Mapping[str, float],
+    out_url: str,
+    rel: str,
+    so: dict | None,
+) -> str:
+    """Score and smoothed score vs time, thresholds as lines, events shaded."""
+    fig, ax = new_figure()
+    f = frames.sort("t_s")
+    ax.plot(f["t_s"].to_numpy(), f["score"].to_numpy(), linewidth=0.8, alpha=0.6, label="score")
+    ax.plot(f["t_s"].to_numpy(), f["smoothed"].to_numpy(), linewidth=1.5, label="smoothed")
+    if thresholds.get("start") is not None:
+        ax.axhline(thresholds["start"], color="red", linestyle="--", linewidth=1, label="start")
+    if thresholds.get("stop") is not None:
+        ax.axhline(thresholds["stop"], color="orange", linestyle=":", linewidth=1, label="stop")
+    for i, (s, e) in enumerate(events.select("start_s", "end_s").iter_rows()):
+        ax.axvspan(s, e, color="red", alpha=0.15, label="event" if i == 0 else None)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("score")
+    ax.set_title(f"{posixpath.basename(video)} ({events.height} events)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    return save_figure(fig, out_url, rel, so)
+
+
+def _timelines(
+    videos: pl.DataFrame,
+    frames: pl.DataFrame,
+    events: pl.DataFrame,
+    thresholds: Mapping[str, float],
+    out_url: str,
+    so: dict | None,
+) -> dict[str, str]:
+    """One timeline per ok video (in table order, up to MAX_TIMELINES): {video: rel path}."""
+    ok = videos.filter(pl.col("status").cast(pl.String) == "ok")["video"].to_list()
+    out: dict[str, str] = {}
+    for n, video in enumerate(ok[:MAX_TIMELINES]):
+        vf = frames.filter(pl.col("video") == video)
+        ve = events.filter(pl.col("video") == video)
+        out[video] = plot_timeline(video, vf, ve, thresholds, out_url, timeline_path(n), so)
+    return out
+
+
+def _video_table(videos: pl.DataFrame, per_video: dict[str, int], plots: dict[str, str]) -> str:
+    rows: list[list[Any]] = []
+    for n, v in enumerate(videos.iter_rows(named=True)):
+        link = f"[plot]({plots[v['video']]})" if v["video"] in plots else ""
+        name = posixpath.basename(v["video"] or "")
+        status = str(v["status"])
+        rows.append(
+            [n, name, v["duration_s"], status, v["error"], per_video.get(v["video"], 0), link]
+        )
+    return md_table(["#", "video", "duration s", "status", "error", "events", "timeline"], rows)
+
+
+def _events_table(events: pl.DataFrame) -> str:
+    if events.is_empty():
+        return "No events detected."
+    cols = ["event_id", "video", "start_s", "end_s", "peak_s", "peak_score", "key"]
+    ev = events.sort("video", "start_s").head(MAX_EVENT_ROWS)
+    rows = [[*r[:1], posixpath.basename(r[1] or ""), *r[2:]] for r in ev.select(cols).iter_rows()]
+    table = md_table(cols, rows)
+    if events.height > MAX_EVENT_ROWS:
+        table += f"\n\nShowing the first {MAX_EVENT_ROWS} of {events.height} events."
+    return table
+
+
+def _rate_line(stats: Mapping[str, Any], videos: pl.DataFrame, events: pl.DataFrame) -> str:
+    hours = stats.get("video_hours")
+    if hours is None:
+        ok = videos.filter(pl.col("status").cast(pl.String) == "ok")
+        hours = float(ok["duration_s"].fill_null(0).sum()) / 3600.0
+    n = int(stats.get("events", events.height))
+    rate = stats.get("events_per_hour", n / hours if hours else None)
+    rate_s = f"{rate:.3g}" if rate is not None else "–"
+    return f"{n} events in {hours:.3g} h of video: **{rate_s} events per hour**."
+
+
+def _video_markdown(
+    videos: pl.DataFrame,
+    events: pl.DataFrame,
+    stats: Mapping[str, Any],
+    thresholds: Mapping[str, float],
+    plots: dict[str, str],
+) -> str:
+    n_ok = videos.filter(pl.col("status").cast(pl.String) == "ok").height
+    capped = (
+        f"Timelines shown for the first {MAX_TIMELINES} of {n_ok} ok videos (capped)."
+        if n_ok > MAX_TIMELINES
+        else f"Timelines for all {n_ok} ok videos."
+    )
+    parts = [
+        f"# Video report: {stats.get('dataset')} / {stats.get('partition')}",
+        "## Counts by status",
+        status_counts_table(stats.get("counts") or {}),
+        f"![status counts]({PLOT_STATUS})",
+        "## Events",
+        _rate_line(stats, videos, events),
+        f"Frames scored: {stats.get('frames', '–')}. "
+        f"Thresholds: start {thresholds.get('start')}, stop {thresholds.get('stop')}.",
+        "## Reasons",
+        reasons_table(stats.get("reasons") or {}),
+        "## Videos",
+        capped,
+        _video_table(videos, _events_per_video(events), plots),
+        "## Event list",
+        _events_table(events),
+        "## Timings",
+        timings_table(stats.get("timings") or {}),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_video_report(
+    videos: pl.DataFrame,
+    frames: pl.DataFrame,
+    events: pl.DataFrame,
+    stats: dict,
+    thresholds: dict,
+    out_url: str,
+    storage_options: dict | None = None,
+) -> list[str]:
+    """Write report.md and plots/*.png under `out_url`; return the relative paths written."""
+    so = storage_options
+    plots = _timelines(videos, frames, events, thresholds, out_url, so)
+    status_plot = plot_status_counts(stats.get("counts") or {}, out_url, PLOT_STATUS, so)
+    md = _video_markdown(videos, events, stats, thresholds, plots)
+    written = [status_plot, *plots.values(), write_text(out_url, "report.md", md, so)]
+    logger.info("wrote video report to %s (%d files)", out_url, len(written))
+    return written

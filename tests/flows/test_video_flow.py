@@ -1,0 +1,116 @@
+"""The video flow end to end on generated videos, broken files included."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+av = pytest.importorskip("av")  # import PyAV before decord (see tests/video_factory.py)
+import decord  # noqa: E402
+import polars as pl  # noqa: E402
+from video_factory import make_empty, make_not_video, make_truncated, make_video, write_sidecar  # noqa: E402
+
+from flows.video import run_video  # noqa: E402
+from schemas.config import parse_config  # noqa: E402
+from tasks.verify import verify_partition  # noqa: E402
+
+PARTITION = "2026-02-03"
+
+
+def video_config(tmp_path: Path, tiny_model: dict, **events) -> dict:
+    return {
+        "dataset": "fleet",
+        "output": str(tmp_path / "out"),
+        "model": {**tiny_model, "precision": "fp32", "device": "cpu", "batch_size": 16},
+        "video": {
+            "input": str(tmp_path / "in" / "*.mp4"),
+            "sample_fps": 4,
+            "chunk_frames": 8,
+            "events": {"clip_before_s": 1.0, "clip_after_s": 1.0, **events},
+        },
+    }
+
+
+@pytest.fixture
+def videos(tmp_path: Path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    a = make_video(d / "cam_a.mp4", duration_s=6.0, fps=10, size=(96, 64))
+    write_sidecar(a, {"vehicle_id": "truck-7", "start_time": "2026-02-03T08:00:00Z"})
+    make_video(d / "cam_b.mp4", duration_s=3.0, fps=15, size=(64, 48))
+    make_truncated(a, d / "cut.mp4", 0.5)
+    make_empty(d / "empty.mp4")
+    make_not_video(d / "text.mp4")
+    return d
+
+
+def test_video_flow_end_to_end(tmp_path, tiny_model, videos, prefect_harness):
+    # thresholds at 0 make every sampled frame part of an event: clips are certain to exist
+    cfg = parse_config(video_config(tmp_path, tiny_model, start=0.0, stop=0.0))
+    result = run_video(cfg, PARTITION)
+    part = tmp_path / "out" / "fleet" / "video" / PARTITION
+    assert result["status"] == "published"
+    assert verify_partition(str(part)) == []
+
+    vids = pl.read_parquet(part / "videos.parquet")
+    assert vids.height == 5
+    status = dict(
+        zip(vids["video"].str.split("/").list.last(), vids["status"].cast(pl.String), strict=True)
+    )
+    assert status == {
+        "cam_a.mp4": "ok",
+        "cam_b.mp4": "ok",
+        "cut.mp4": "quarantined",
+        "empty.mp4": "quarantined",
+        "text.mp4": "quarantined",
+    }
+    assert vids.filter(pl.col("status") == "quarantined")["error"].null_count() == 0
+    assert vids.filter(pl.col("video").str.ends_with("cam_a.mp4"))["vehicle_id"][0] == "truck-7"
+
+    frames = pl.read_parquet(part / "frames.parquet")
+    for row in vids.filter(pl.col("status") == "ok").iter_rows(named=True):
+        f = frames.filter(pl.col("video") == row["video"])
+        assert f["t_s"].min() >= 0 and f["t_s"].max() < row["duration_s"]
+        assert abs(f.height - row["duration_s"] * 4) <= 1
+
+    events = pl.read_parquet(part / "events.parquet")
+    assert events.height >= 2  # at least one per ok video
+    interval = {r["video"]: 1.0 / r["fps"] for r in vids.iter_rows(named=True) if r["fps"]}
+    for tar_path in sorted((part / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            names = tar.getnames()
+            for ev in events.filter(pl.col("shard") == tar_path.name).iter_rows(named=True):
+                assert {f"{ev['key']}.{e}" for e in ("mp4", "jpg", "json")} <= set(names)
+                clip = tar.extractfile(f"{ev['key']}.mp4").read()
+                reader = decord.VideoReader(io.BytesIO(clip))
+                length = len(reader) / reader.get_avg_fps()
+                expected = ev["clip_end_s"] - ev["clip_start_s"]
+                assert abs(length - expected) <= interval[ev["video"]] + 1e-6
+                meta = json.loads(tar.extractfile(f"{ev['key']}.json").read())
+                assert meta["model"]["checkpoint_sha256"] and meta["prompt_set_hash"]
+
+    again = run_video(cfg, PARTITION)
+    assert again["status"] == "skipped"
+
+
+def test_vectorised_frame_preprocess_equals_open_clip(model_cfg):
+    """The chunk-wise crop + normalise gives exactly what open_clip's preprocess gives."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tasks.model.clip import load_model
+    from tasks.video.score import pixels
+
+    model = load_model(model_cfg)
+    rng = np.random.default_rng(0)
+    for h, w in ((64, 97), (115, 64), (64, 64)):  # short side = the model's input size (64)
+        frames = rng.integers(0, 256, size=(5, h, w, 3), dtype=np.uint8)
+        fast = pixels(model, frames)
+        slow = torch.stack([model.preprocess(Image.fromarray(f)) for f in frames])
+        assert fast.shape == slow.shape == (5, 3, 64, 64)
+        assert torch.allclose(fast, slow, atol=1e-6), (h, w)

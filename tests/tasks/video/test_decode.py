@@ -1,0 +1,113 @@
+"""Frame sampling and chunked decoding: right frames at the right times, bounded memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+from video_factory import frame_code, make_video
+
+from tasks.video.decode import decode_size, frame_at, iter_frame_chunks, sample_times
+
+
+def collect(url: str, sample_fps: float, size, chunk: int, **kw):
+    chunks = list(iter_frame_chunks(url, kw.get("storage_options"), sample_fps, size, chunk))
+    idx = np.concatenate([c[0] for c in chunks])
+    t = np.concatenate([c[1] for c in chunks])
+    frames = np.concatenate([c[2] for c in chunks])
+    return chunks, idx, t, frames
+
+
+def test_frame_at_rounds_half_up() -> None:
+    assert [frame_at(t, 10) for t in (0.0, 0.04, 0.05, 0.25, 0.35, 1.26)] == [0, 0, 1, 3, 4, 13]
+
+
+def test_sample_times_hand_worked() -> None:
+    # targets 0, 0.25, ..., 1.75 s at 10 fps -> nearest frames, halves up
+    got = sample_times(2.0, 10.0, 4.0)
+    assert [i for i, _ in got] == [0, 3, 5, 8, 10, 13, 15, 18]
+    np.testing.assert_allclose([t for _, t in got], [0, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8])
+
+
+def test_sample_times_faster_than_video_keeps_each_frame_once() -> None:
+    got = sample_times(1.0, 5.0, 12.0)
+    assert [i for i, _ in got] == [0, 1, 2, 3, 4]
+    assert [t for _, t in got] == [0.0, 0.2, 0.4, 0.6, 0.8]
+
+
+def test_sample_times_ntsc_rate_and_bounds() -> None:
+    fps = 30000 / 1001
+    got = sample_times(10.0, fps, 2.0)
+    assert len(got) == 20
+    assert all(0 <= i < round(10.0 * fps) for i, _ in got)
+    assert all(abs(t - k / 2.0) <= 0.5 / fps + 1e-12 for k, (_, t) in enumerate(got))
+    assert sample_times(0.0, 10.0, 2.0) == []
+    assert sample_times(5.0, 0.0, 2.0) == []
+
+
+def test_decode_size() -> None:
+    assert decode_size(64, 48, 32) == (43, 32)  # landscape: short side is the height
+    assert decode_size(48, 64, 32) == (32, 43)
+    assert decode_size(1280, 720, 224) == (398, 224)
+    assert decode_size(1280, 720, (100, 200)) == (200, 100)  # tuple is (height, width)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("dec") / "v.mp4", 3.0, 10, (64, 48), gop=10)
+
+
+def test_decodes_requested_frames_at_requested_fps(video: Path) -> None:
+    chunks, idx, t, frames = collect(str(video), 4.0, 32, 5)
+    assert [len(c[0]) for c in chunks] == [5, 5, 2]  # 3 s * 4 fps = 12 frames
+    expected = sample_times(3.0, 10.0, 4.0)
+    assert idx.tolist() == [i for i, _ in expected]
+    np.testing.assert_allclose(t, idx / 10.0)
+    assert frames.dtype == np.uint8 and frames.shape == (12, 32, 43, 3)
+    # each frame is the one asked for: the factory wrote its index into the pixels
+    assert [frame_code(f) for f in frames] == idx.tolist()
+
+
+def test_chunking_does_not_change_frames(video: Path) -> None:
+    _, idx1, _, frames1 = collect(str(video), 2.5, (24, 40), 1)
+    chunks, idx2, _, frames2 = collect(str(video), 2.5, (24, 40), 100)
+    assert len(chunks) == 1
+    assert frames1.shape[1:] == (24, 40, 3)
+    np.testing.assert_array_equal(idx1, idx2)
+    np.testing.assert_array_equal(frames1, frames2)
+
+
+def test_remote_video_decodes_like_local(video: Path) -> None:
+    fsspec.filesystem("memory").pipe("/dec/v.mp4", video.read_bytes())
+    _, idx_r, _, frames_r = collect("memory://dec/v.mp4", 4.0, 32, 8)
+    _, idx_l, _, frames_l = collect(str(video), 4.0, 32, 8)
+    np.testing.assert_array_equal(idx_r, idx_l)
+    np.testing.assert_array_equal(frames_r, frames_l)
+
+
+def test_long_video_memory_is_bounded_by_chunk(tmp_path: Path) -> None:
+    # 10 minutes at 2 fps: 1200 frames, all sampled; 16 per chunk
+    long = make_video(tmp_path / "long.mp4", 600.0, 2, (64, 48), gop=20)
+    frame_bytes = 48 * 64 * 3
+    tracemalloc.start()
+    try:
+        n, largest = 0, 0
+        for idx, t, frames in iter_frame_chunks(str(long), None, 2.0, 48, 16):
+            assert len(idx) == len(t) == len(frames) <= 16
+            n, largest = n + len(frames), max(largest, frames.nbytes)
+            assert frame_code(frames[-1]) == idx[-1] % 256
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 1200
+    assert largest == 16 * frame_bytes
+    # holding every frame would take n * frame_bytes (11 MB); chunks keep the peak far below
+    assert peak < n * frame_bytes / 8, peak
+
+
+def test_rejects_bad_chunk_size(video: Path) -> None:
+    with pytest.raises(ValueError):
+        next(iter_frame_chunks(str(video), None, 2.0, 32, 0))

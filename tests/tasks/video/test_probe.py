@@ -1,0 +1,144 @@
+"""Probe: metadata of good videos, one quarantine reason per kind of bad file, sidecars."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import fsspec
+import pytest
+from video_factory import (
+    make_audio_only,
+    make_empty,
+    make_no_frames,
+    make_not_video,
+    make_truncated,
+    make_video,
+    make_zero_fps,
+    write_sidecar,
+)
+
+from schemas.tables import VIDEOS
+from tasks.video.probe import probe_video, read_sidecar
+
+PROBE_KEYS = {"video", "status", "error", "duration_s", "fps", "width", "height", "codec"}
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("probe") / "good.mp4", 3.0, 10, (64, 48), gop=10)
+
+
+def test_good_video_metadata(good: Path) -> None:
+    row = probe_video(str(good))
+    assert row == {
+        "video": str(good),
+        "status": "ok",
+        "error": None,
+        "duration_s": 3.0,
+        "fps": 10.0,
+        "width": 64,
+        "height": 48,
+        "codec": "h264",
+        "n_frames": 30,
+    }
+    assert set(row) <= set(VIDEOS) and set(row) >= PROBE_KEYS
+
+
+def test_other_containers_and_codecs(tmp_path: Path) -> None:
+    mkv = probe_video(str(make_video(tmp_path / "a.mkv", 2.0, 5, container="matroska")))
+    mp4v = probe_video(str(make_video(tmp_path / "b.mp4", 2.0, 5, codec="mpeg4")))
+    assert (mkv["status"], mkv["n_frames"], mkv["fps"]) == ("ok", 10, 5.0)
+    assert (mp4v["status"], mp4v["codec"], mp4v["n_frames"]) == ("ok", "mpeg4", 10)
+
+
+def quarantined(path: Path, **kw: float) -> str:
+    row = probe_video(str(path), **kw)
+    assert row["status"] == "quarantined"
+    assert set(row) <= set(VIDEOS)
+    return row["error"]
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    assert quarantined(make_empty(tmp_path / "e.mp4")) == "empty_file"
+
+
+def test_not_a_video(tmp_path: Path) -> None:
+    assert quarantined(make_not_video(tmp_path / "t.mp4")).startswith("not_a_video: ")
+    audio = make_audio_only(tmp_path / "a.mp4")
+    assert quarantined(audio) == "not_a_video: no video stream"
+
+
+def test_truncated_before_moov(good: Path, tmp_path: Path) -> None:
+    # moov written last (the default): the first 60% has media data but no index
+    error = quarantined(make_truncated(good, tmp_path / "cut.mp4", 0.6))
+    assert error.startswith("truncated: container unreadable")
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.95])
+def test_truncated_with_moov_first(tmp_path: Path, fraction: float) -> None:
+    # moov first: the header opens fine and promises frames the file no longer holds
+    src = make_video(tmp_path / "fs.mp4", 10.0, 10, faststart=True, gop=10)
+    assert probe_video(str(src))["status"] == "ok"
+    assert quarantined(make_truncated(src, tmp_path / "cut.mp4", fraction)).startswith("truncated:")
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.8])
+def test_truncated_matroska_ends_early(tmp_path: Path, fraction: float) -> None:
+    src = make_video(tmp_path / "v.mkv", 10.0, 10, container="matroska", gop=10)
+    error = quarantined(make_truncated(src, tmp_path / "cut.mkv", fraction))
+    assert error.startswith("truncated:") and "header says 10.00s" in error
+
+
+def test_unsupported_codec(tmp_path: Path) -> None:
+    # PyAV's FFmpeg encodes AV1; decord's older FFmpeg has no AV1 decoder
+    av1 = make_video(tmp_path / "av1.mp4", 1.0, 10, codec="libsvtav1")
+    assert quarantined(av1) == "unsupported_codec: av1"
+
+
+def test_zero_fps(good: Path, tmp_path: Path) -> None:
+    assert quarantined(make_zero_fps(good, tmp_path / "z.mp4")) == "zero_fps"
+
+
+def test_no_frames(good: Path, tmp_path: Path) -> None:
+    assert quarantined(make_no_frames(good, tmp_path / "n.mp4")) == "no_frames"
+
+
+def test_absurd_duration(good: Path) -> None:
+    assert quarantined(good, max_duration_s=2.5) == "absurd_duration: 3.0s > 2.5s"
+    assert probe_video(str(good), max_duration_s=3.0)["status"] == "ok"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert quarantined(tmp_path / "nope.mp4").startswith("unreadable: ")
+
+
+def test_remote_video(good: Path) -> None:
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/probe/good.mp4", good.read_bytes())
+    row = probe_video("memory://probe/good.mp4")
+    assert row["video"] == "memory://probe/good.mp4"
+    assert {k: v for k, v in row.items() if k != "video"} == {
+        k: v for k, v in probe_video(str(good)).items() if k != "video"
+    }
+
+
+def test_sidecar(tmp_path: Path) -> None:
+    video = tmp_path / "cam.mp4"
+    assert read_sidecar(str(video)) == {"vehicle_id": None, "start_time": None}
+    write_sidecar(video, {"vehicle_id": 17, "start_time": "2024-05-01T08:00:00Z", "x": 1})
+    assert read_sidecar(str(video)) == {"vehicle_id": "17", "start_time": "2024-05-01T08:00:00Z"}
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/side/cam.json", b'{"vehicle_id": "v9"}')
+    assert read_sidecar("memory://side/cam.mp4") == {"vehicle_id": "v9", "start_time": None}
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\xff\xfe"])
+def test_bad_sidecar_is_ignored_with_warning(
+    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    video = tmp_path / "cam.mp4"
+    write_sidecar(video, content)
+    with caplog.at_level(logging.WARNING, logger="tasks.video.probe"):
+        assert read_sidecar(str(video)) == {"vehicle_id": None, "start_time": None}
+    assert "ignoring sidecar" in caplog.text
