@@ -1,8 +1,10 @@
 """Backfill against a Prefect server: one deployment run per date, with an idempotency key.
 
-The key names the request (flow, dataset, date, output config, input fingerprints), so a
-repeated or concurrent backfill attaches to the run already made for it instead of adding
-one. A finished run is reused only while its partition is still what the key asks for.
+The key names the request (flow, dataset, date and the run key: input fingerprints, output
+config, model identity, publish version), so a repeated or concurrent backfill attaches to
+the run already made for it instead of adding one. A finished run is reused only while its
+partition is still published under that run key: the same rule (`flows.run`) that a local
+run uses to skip.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from flows.backfill import Mode, Row, counts_detail, one_line
-from flows.common import list_inputs, output_config
+from flows.dates import Mode, Row, counts_detail, one_line
+from flows.run import already_published, plan_run
 from flows.serve import deployment_name, deployment_parameters
-from schemas.config import ConfigError, CurateConfig, config_hash
-from tasks.io import storage
-from tasks.publish.commit import partition_url, read_manifest
+from schemas.config import ConfigError, CurateConfig
+from tasks.publish.manifest import partition_url, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +82,15 @@ def run_remote(
     from prefect.deployments import run_deployment
 
     so = cfg.storage_options
-    final = partition_url(cfg.output, cfg.dataset, flow, date)
-    inputs = [storage.fingerprint(u, so) for u in _inputs(cfg, flow, date)]
-    key = idempotency_key(cfg, flow, date, inputs) + (f"-force-{force_token}" if force else "")
+    plan = plan_run(cfg, flow, date)
+    final = plan.final
+    key = idempotency_key(cfg, flow, date, plan.key) + (f"-force-{force_token}" if force else "")
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(deployment_name(flow, cfg.dataset))
         key, done = settle_key(
             key,
             find=lambda k: _find_run(client, dep.id, k),
-            matches=lambda: published_matches(cfg, flow, date, inputs),
+            matches=lambda: already_published(plan, so),
         )
     if done is not None:
         return Row(date, "skipped", f"{counts_detail(cfg, flow, date)} (run {done.name})".strip())
@@ -107,15 +108,9 @@ def run_remote(
     return outcome(cfg, flow, date, run, before, timeout)
 
 
-def _inputs(cfg: CurateConfig, flow: str, date: str) -> list[str]:
-    section = getattr(cfg, flow)
-    return list_inputs(section.input, date, cfg.storage_options, f"{flow}.input")
-
-
-def idempotency_key(cfg: CurateConfig, flow: str, date: str, inputs: list[dict]) -> str:
-    """Same flow, dataset, date, output config and input fingerprints: same key."""
-    digest = config_hash({"config": output_config(cfg, flow), "inputs": inputs})
-    return f"{flow}-{cfg.dataset}-{date}-{digest[:16]}"
+def idempotency_key(cfg: CurateConfig, flow: str, date: str, run_key: str) -> str:
+    """Same flow, dataset, date and run key (inputs, output config, model): same key."""
+    return f"{flow}-{cfg.dataset}-{date}-{run_key[:16]}"
 
 
 def settle_key(
@@ -153,17 +148,6 @@ def _find_run(client: Any, deployment_id: Any, key: str) -> Any:
         limit=1,
     )
     return runs[0] if runs else None
-
-
-def published_matches(cfg: CurateConfig, flow: str, date: str, inputs: list[dict]) -> bool:
-    """The date is published with this output config and these inputs."""
-    final = partition_url(cfg.output, cfg.dataset, flow, date)
-    manifest = read_manifest(final, cfg.storage_options)
-    return bool(
-        manifest
-        and manifest.get("config_hash") == config_hash(output_config(cfg, flow))
-        and manifest.get("inputs") == inputs
-    )
 
 
 def outcome(

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import CurateConfig, config_hash, redacted
 from tasks.io import storage
 
-PUBLISH_VERSION = 1  # bump when what a published partition holds changes meaning
+PUBLISH_VERSION = 2  # bump when what a published partition holds changes meaning
 
 
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -119,7 +119,7 @@ def execution(cfg: CurateConfig) -> Iterator[Any]:
     if cfg.runner.kind in ("dask", "ray"):
         from infra.cluster import cluster_execution
 
-        with cluster_execution(cfg.runner) as runner:
+        with cluster_execution(cfg.runner, cfg.model) as runner:
             yield runner
     else:
         yield task_runner(cfg)

@@ -47,6 +47,6 @@ def run_demo(workdir: str = "demo", train_steps: int = 200) -> int:
     uri = result["uri"]
     print(f"demo config:     {config_path}")
     print(f"curated output:  {uri}")
-    print(f"report:          {uri}/report.md")
+    print(f"report:          {result['report']}")
     print(f"counts:          {result.get('counts')}")
     return 0

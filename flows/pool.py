@@ -16,25 +16,48 @@ from flows.common import (
     publish_artifacts,
     summary_markdown,
 )
-from flows.run import RunPlan, already_published, finish, plan_run, skipped, staged, total_time
+from flows.run import (
+    RunPlan,
+    already_published,
+    finish,
+    gather,
+    plan_run,
+    report_url,
+    run_partition,
+    skipped,
+    total_time,
+    versioned,
+)
 from schemas.config import CurateConfig, ModelConfig, PoolConfig, parse_config
 from tasks.io import storage
-from tasks.io.lock import partition_lock
-from tasks.metaclip.counts import balance_inputs, load_matches, save_partition_counts
+from tasks.metaclip.counts import (
+    COUNTS_FILE,
+    BalanceInputs,
+    balance_inputs,
+    load_matches,
+    save_partition_counts,
+)
+from tasks.pool.report import entry_distribution_summary, write_pool_report
 from tasks.pool.score import ShardScores, score_shard
-from tasks.pool.select import BalanceInputs, Selection, select
+from tasks.pool.select import Selection, select
 from tasks.pool.shards import plan_shards, write_pool_shard
 from tasks.pool.stats import pool_stats
-from tasks.publish.commit import Staging
-from tasks.publish.report import entry_distribution_summary, write_pool_report
-from tasks.publish.writer import WrittenFile, write_index, write_sizes
+from tasks.publish.commit import Version
+from tasks.publish.writer import WrittenFile, describe_file, write_sizes, write_table
+from tasks.stats import Counts
 
 
 @task(name="score-shard", task_run_name="score {url}", **IO_RETRIES)
 def score_shard_task(
-    url: str, pool: PoolConfig, model: ModelConfig, cache: str, so: dict[str, Any], force: bool
+    url: str,
+    pool: PoolConfig,
+    model: ModelConfig,
+    cache: str,
+    so: dict[str, Any],
+    force: bool,
+    run: str,
 ) -> ShardScores:
-    return score_shard(url, pool, model, cache, so, force)
+    return score_shard(url, pool, model, cache, so, force, run)
 
 
 @task(name="match-shard", **IO_RETRIES)
@@ -45,8 +68,10 @@ def match_shard_task(scores: ShardScores, metadata: str, cache: str, so: dict, f
 
 
 @task(name="write-shard", task_run_name="write {name}", **IO_RETRIES)
-def write_shard_task(name: str, rows: pl.DataFrame, stage: Staging, pool: PoolConfig) -> list:
-    return write_pool_shard(name, rows, stage, pool)
+def write_shard_task(
+    name: str, rows: pl.DataFrame, base: str, pool: PoolConfig, so: dict[str, Any]
+) -> list[WrittenFile]:
+    return write_pool_shard(name, rows, base, pool, so)
 
 
 def load_scores(results: list[ShardScores], so: dict[str, Any]) -> pl.DataFrame:
@@ -55,18 +80,18 @@ def load_scores(results: list[ShardScores], so: dict[str, Any]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
 
 
-def score_all(cfg: CurateConfig, force: bool, urls: list[str]) -> list[ShardScores]:
+def score_all(cfg: CurateConfig, force: bool, urls: list[str], run: str) -> list[ShardScores]:
     """One task per input shard; cached shards return at once."""
     cache, so = cache_root(cfg), cfg.storage_options
-    futures = [score_shard_task.submit(u, cfg.pool, cfg.model, cache, so, force) for u in urls]
-    return [f.result() for f in futures]
+    futures = [score_shard_task.submit(u, cfg.pool, cfg.model, cache, so, force, run) for u in urls]
+    return gather(futures, run)
 
 
-def match_all(cfg: CurateConfig, results: list[ShardScores], force: bool) -> pl.DataFrame:
+def match_all(cfg: CurateConfig, results: list[ShardScores], force: bool, run: str) -> pl.DataFrame:
     """One task per shard: MetaCLIP matches of its captions (cached apart from the scores)."""
     cache, so, meta = cache_root(cfg), cfg.storage_options, cfg.pool.balance.metadata
     futures = [match_shard_task.submit(r, meta, cache, so, force) for r in results]
-    return load_matches([f.result() for f in futures], [r.url for r in results], so)
+    return load_matches(gather(futures, run), [r.url for r in results], so)
 
 
 def publish(
@@ -76,26 +101,32 @@ def publish(
     results: list[ShardScores],
     bal: BalanceInputs | None,
     timings: dict[str, float],
+    run: str,
 ) -> dict[str, Any]:
-    """Reshard the kept samples, write tables, stats and report, then commit."""
+    """Reshard the kept samples into a new version, write tables, stats, report; commit."""
     so = cfg.storage_options
-    with staged(plan, so) as stage:
+    with versioned(plan, so) as version:
         t0 = time.perf_counter()
         shards = plan_shards(sel.samples)
-        futures = [write_shard_task.submit(n, rows, stage, cfg.pool) for n, rows in shards]
-        outputs: list[WrittenFile] = [w for f in futures for w in f.result()]
-        outputs.append(write_sizes(outputs, stage.staging, so))
-        samples_url = stage.url("samples.parquet")
-        outputs.append(write_index(sel.samples, samples_url, "samples.parquet", so))
+        futures = [
+            write_shard_task.submit(n, rows, version.root, cfg.pool, so) for n, rows in shards
+        ]
+        outputs: list[WrittenFile] = [w for ws in gather(futures, run) for w in ws]
+        outputs.append(write_sizes(outputs, version.root, so))
+        samples_url = version.url("samples.parquet")
+        outputs.append(write_table(sel.samples, samples_url, "samples.parquet", so))
+        if bal is not None:  # running counts commit with the partition they describe
+            save_partition_counts(version.url(COUNTS_FILE), bal, sel.pool_counts, so)
+            outputs.append(describe_file(version.url(COUNTS_FILE), COUNTS_FILE, so))
         timings["publish_s"] = time.perf_counter() - t0
         stats = partition_stats(cfg, plan.partition, sel, results, bal, total_time(timings))
         stats["shards"]["output"] = len(shards)
         counts = (sel.counts_before, sel.counts_after) if bal is not None else None
 
-        def report(stage: Staging) -> list[str]:
-            return write_pool_report(sel.samples, stats, stage.staging, so, counts)
+        def report(version: Version) -> list[str]:
+            return write_pool_report(sel.samples, stats, version.root, so, counts)
 
-        finish(cfg, plan, stage, outputs, stats, report, {"balance": stats["balance"]})
+        finish(cfg, plan, version, outputs, stats, report, {"balance": stats["balance"]})
     return stats
 
 
@@ -136,6 +167,7 @@ def partition_stats(
         balance=balance,
         timings=timings,
     )
+    stats["stages"] = {"score": Counts.total(r.stats["counts"] for r in results).sorted()}
     stats["unreadable_shards"] = {
         r.url: r.stats["shard_error"] for r in results if r.stats.get("shard_error")
     }
@@ -145,30 +177,21 @@ def partition_stats(
 @flow(name="curate-pool", log_prints=False)
 def pool_flow(config: dict[str, Any], partition: str | None = None, force: bool = False) -> dict:
     """Score every pair with CLIP, drop bad captions and poor matches, publish shards."""
-    log = get_run_logger()
     cfg = parse_config(config)
     if cfg.pool is None:
         raise InputError("config: the pool flow needs a 'pool' section")
-    plan = plan_run(cfg, "pool", partition)
-    log.info("partition %s: %d input shards", plan.partition, len(plan.urls))
-    with partition_lock(plan.final, cfg.storage_options):
-        if not force and already_published(plan, cfg.storage_options):
-            log.info(
-                "partition %s already published with the same inputs and config", plan.partition
-            )
-            return skipped(plan)
-        return _pool_run(cfg, plan, force)
+    return run_partition(cfg, "pool", partition, force, _pool_run, get_run_logger())
 
 
-def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool) -> dict:
+def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     """score -> select -> publish for one partition (the caller holds its lock)."""
     log = get_run_logger()
     t0 = time.perf_counter()
-    results = score_all(cfg, force, plan.urls)
+    results = score_all(cfg, force, plan.urls, run)
     scored = sum(not r.cached for r in results)
     log.info("scores ready: %d shards scored, %d from cache", scored, len(results) - scored)
     bal = balance_inputs(cfg, plan.partition)
-    matches = match_all(cfg, results, force) if bal is not None else None
+    matches = match_all(cfg, results, force, run) if bal is not None else None
     timings = {"score_s": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
@@ -176,15 +199,14 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool) -> dict:
     timings["select_s"] = time.perf_counter() - t1
     log.info("selected: %s", sel.samples.group_by("status").len().sort("status").rows())
 
-    stats = publish(cfg, plan, sel, results, bal, timings)
-    if bal is not None and bal.cfg.running_counts:
-        save_partition_counts(cfg, plan.partition, bal, sel.pool_counts)
+    stats = publish(cfg, plan, sel, results, bal, timings, run)
     publish_artifacts("pool", stats, summary_markdown(stats, plan.final))
     log.info("published %s: %s", plan.final, stats["counts"])
     return {
         "status": "published",
         "partition": plan.partition,
         "uri": plan.final,
+        "report": report_url(plan.final, cfg.storage_options),
         "counts": stats["counts"],
     }
 
@@ -192,12 +214,14 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool) -> dict:
 def run_pool(cfg: CurateConfig, partition: str | None = None, force: bool = False) -> dict:
     """Run the pool flow with the config's task runner.
 
-    Inputs and model are checked before the flow starts, so a wrong input root or model
-    fails fast with one line instead of a failed flow run.
+    Inputs and model are checked, and a partition already published with the same inputs
+    and config is skipped, before any task runner or API starts.
     """
     if cfg.pool is None:
         raise InputError("config: the pool flow needs a 'pool' section")
     plan = plan_run(cfg, "pool", partition)
+    if not force and already_published(plan, cfg.storage_options):
+        return skipped(plan, cfg.storage_options)
     with execution(cfg) as runner:
         return pool_flow.with_options(task_runner=runner)(
             config=cfg.model_dump(mode="json"), partition=plan.partition, force=force

@@ -1,28 +1,24 @@
 """The run skeleton both flows share: plan a partition, skip it when already published,
-stage its outputs, and commit them with lineage (after the publish gate)."""
+write a new version of it, and commit that with lineage (after the publish gate)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from flows.common import list_inputs, output_config, resolve_partition, run_key, to_json
 from schemas.config import CurateConfig, config_hash, redacted
+from tasks import cancel
 from tasks.io import storage
+from tasks.io.lock import partition_lock
 from tasks.model.clip import model_identity
-from tasks.publish.commit import (
-    Staging,
-    abort,
-    begin,
-    code_version,
-    commit,
-    partition_url,
-    read_manifest,
-)
-from tasks.publish.gate import apply_gate
+from tasks.publish.commit import Version, abort, begin, commit
+from tasks.publish.gate import GateHeld, apply_gate
+from tasks.publish.manifest import code_version, partition_url, read_manifest, read_published
 from tasks.publish.writer import WrittenFile, describe_file, write_file
+from tasks.video.sidecar import video_fingerprint
 
 
 @dataclass
@@ -38,14 +34,23 @@ class RunPlan:
     final: str
 
 
+def input_fingerprint(flow: str, url: str, so: dict[str, Any]) -> dict[str, Any]:
+    """What an input's published output depends on: its bytes, and a video's sidecar."""
+    return video_fingerprint(url, so) if flow == "video" else storage.fingerprint(url, so)
+
+
 def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
-    """Resolve the partition, list and fingerprint its inputs, derive the run key."""
+    """Resolve the partition, list and fingerprint its inputs, derive the run key.
+
+    The model identity here is the configured one (`device: cuda` is not checked against
+    this machine, which may be a CPU-only driver); workers resolve it where they run.
+    """
     section = getattr(cfg, flow)
     partition = resolve_partition(partition, cfg.schedule.timezone)
     so = cfg.storage_options
     urls = list_inputs(section.input, partition, so, f"{flow}.input")
-    model = model_identity(cfg.model)
-    inputs = [storage.fingerprint(u, so) for u in urls]
+    model = model_identity(cfg.model, resolved=False)
+    inputs = [input_fingerprint(flow, u, so) for u in urls]
     key = run_key(inputs, output_config(cfg, flow), model)
     final = partition_url(cfg.output, cfg.dataset, flow, partition)
     return RunPlan(flow, partition, urls, inputs, model, key, final)
@@ -57,34 +62,78 @@ def already_published(plan: RunPlan, so: dict[str, Any]) -> bool:
     return bool(manifest and manifest.get("run_key") == plan.key)
 
 
-def skipped(plan: RunPlan) -> dict[str, Any]:
-    return {"status": "skipped", "partition": plan.partition, "uri": plan.final}
+def report_url(final: str, so: dict[str, Any]) -> str | None:
+    """Where the published version's report is (readers follow the manifest)."""
+    published = read_published(final, so)
+    return published.url("report.md") if published else None
+
+
+def skipped(plan: RunPlan, so: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": "skipped",
+        "partition": plan.partition,
+        "uri": plan.final,
+        "report": report_url(plan.final, so),
+    }
+
+
+Body = Callable[[CurateConfig, RunPlan, bool, str], dict[str, Any]]
+
+
+def run_partition(
+    cfg: CurateConfig, flow: str, partition: str | None, force: bool, body: Body, log: Any
+) -> dict[str, Any]:
+    """Plan, lock, skip what is published, else `body(cfg, plan, force, cancel_token)`."""
+    plan = plan_run(cfg, flow, partition)
+    log.info("partition %s: %d inputs", plan.partition, len(plan.urls))
+    with partition_lock(plan.final, cfg.storage_options):
+        if not force and already_published(plan, cfg.storage_options):
+            log.info("partition %s already published with the same inputs", plan.partition)
+            return skipped(plan, cfg.storage_options)
+        token = cancel.new_token()
+        try:
+            return body(cfg, plan, force, token)
+        finally:
+            cancel.forget(token)
+
+
+def gather(futures: Iterable[Any], token: str) -> list[Any]:
+    """Every future's result, in order. If waiting fails (a task failed, SIGTERM, Ctrl-C),
+    the run's other in-flight tasks are told to stop before the error goes on."""
+    try:
+        return [f.result() for f in futures]
+    except BaseException:
+        cancel.cancel(token)
+        raise
 
 
 @contextmanager
-def staged(plan: RunPlan, so: dict[str, Any]) -> Iterator[Staging]:
-    """A staging area for the partition, dropped again if anything fails before the commit."""
-    stage = begin(plan.final, so)
+def versioned(plan: RunPlan, so: dict[str, Any]) -> Iterator[Version]:
+    """A new version of the partition; its files are removed again if the run fails before
+    the commit (a held version stays for inspection)."""
+    version = begin(plan.final, so)
     try:
-        yield stage
+        yield version
+    except GateHeld:
+        raise
     except BaseException:
-        abort(stage)
+        abort(version)
         raise
 
 
 def finish(
     cfg: CurateConfig,
     plan: RunPlan,
-    stage: Staging,
+    version: Version,
     outputs: list[WrittenFile],
     stats: dict[str, Any],
-    write_report: Callable[[Staging], list[str]],
+    write_report: Callable[[Version], list[str]],
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write stats and report, then the manifest, and commit (the gate may hold it)."""
-    so = stage.storage_options
-    outputs.append(write_file(stage.url("stats.json"), "stats.json", to_json(stats), so))
-    outputs += [describe_file(stage.url(rel), rel, so) for rel in write_report(stage)]
+    """Write stats and report, then commit with the manifest (the gate may hold it)."""
+    so = version.storage_options
+    outputs.append(write_file(version.url("stats.json"), "stats.json", to_json(stats), so))
+    outputs += [describe_file(version.url(rel), rel, so) for rel in write_report(version)]
     manifest = {
         "flow": plan.flow,
         "dataset": cfg.dataset,
@@ -97,8 +146,8 @@ def finish(
         "inputs": plan.inputs,
         **(extra or {}),
     }
-    apply_gate(cfg, plan.flow, stats, stage)
-    commit(stage, manifest, outputs)
+    apply_gate(cfg, plan.flow, stats, version)
+    commit(version, manifest, outputs)
 
 
 def total_time(timings: dict[str, float]) -> dict[str, float]:

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.config import ConfigError, CurateConfig, redacted
+from schemas.config import ConfigError, CurateConfig, find_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +61,14 @@ def deployment_parameters(
     credentials is refused: give them through the environment instead.
     """
     data = cfg.model_dump(mode="json")
-    secrets = _changed_keys(data["storage_options"], redacted(cfg)["storage_options"])
-    if secrets:
+    # the detector config validation uses, again: a config built without validation
+    # (model_construct) must not reach the server either
+    found = find_credentials(data)
+    if found:
         raise ConfigError(
-            f"config: storage_options.{secrets[0]} looks like a credential; deployment "
-            "parameters are stored on the Prefect server, so set it in the environment "
-            "(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead"
+            found[0].line("deployment parameters are stored on the Prefect server, so ")
         )
     return {"config": data, "partition": partition, "force": force}
-
-
-def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [p for k in a for p in _changed_keys(a[k], b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def flows_in(cfg: CurateConfig) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import polars as pl
 from prefect import flow, get_run_logger, task
 
@@ -16,47 +17,100 @@ from flows.common import (
     publish_artifacts,
     summary_markdown,
 )
-from flows.run import RunPlan, already_published, finish, plan_run, skipped, staged, total_time
+from flows.run import (
+    RunPlan,
+    already_published,
+    finish,
+    gather,
+    plan_run,
+    report_url,
+    run_partition,
+    skipped,
+    total_time,
+    versioned,
+)
 from schemas.config import CurateConfig, ModelConfig, VideoConfig, parse_config
 from schemas.tables import EVENTS, FRAMES, VIDEOS, conform
-from tasks.io.lock import partition_lock
-from tasks.publish.commit import Staging
-from tasks.publish.writer import WrittenFile, write_index, write_sizes
-from tasks.video.publish import assign_event_shards, frame_scores, video_events, write_event_shard
+from tasks.publish.commit import Version
+from tasks.publish.writer import WrittenFile, write_sizes, write_table
+from tasks.stats import Counts
+from tasks.video.publish import (
+    assign_event_shards,
+    frame_scores,
+    mark_clip_failures,
+    video_events,
+    write_event_shard,
+)
 from tasks.video.report import write_video_report
 from tasks.video.score import VideoScores, load_video_scores, prompt_embeddings, score_video
+from tasks.video.sidecar import read_sidecar
 from tasks.video.zero_shot import prompt_set_hash
+
+Prompts = tuple[np.ndarray, np.ndarray, float]
 
 
 @task(name="score-video", task_run_name="score {url}", **IO_RETRIES)
 def score_video_task(
-    url: str, video: VideoConfig, model: ModelConfig, cache: str, so: dict[str, Any], force: bool
+    url: str,
+    video: VideoConfig,
+    model: ModelConfig,
+    cache: str,
+    so: dict[str, Any],
+    force: bool,
+    run: str,
 ) -> VideoScores:
-    return score_video(url, video, model, cache, so, force)
+    return score_video(url, video, model, cache, so, force, run)
+
+
+@task(name="embed-prompts", **IO_RETRIES)
+def embed_prompts_task(
+    model: ModelConfig, prompts: dict[str, list[str]], cache: str, so: dict[str, Any]
+) -> Prompts:
+    return prompt_embeddings(model, prompts, cache, so)
 
 
 @task(name="write-clips", task_run_name="write {name}", **IO_RETRIES)
-def write_clips_task(name: str, events: pl.DataFrame, stage: Staging, lineage: dict) -> WrittenFile:
-    return write_event_shard(name, events, stage, lineage)
+def write_clips_task(
+    name: str, events: pl.DataFrame, base: str, lineage: dict, so: dict[str, Any]
+) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
+    return write_event_shard(name, events, base, lineage, so)
+
+
+def prompts_for(cfg: CurateConfig, run: str) -> Prompts:
+    """The prompt sets' embeddings (cached per model and prompts).
+
+    Computed in this process when the model can run here, so that every runner (threads,
+    processes, Dask, Ray) gets bit-identical prompt embeddings (a text tower run with
+    another thread count can differ in the last bits); on a driver without the configured
+    GPU they are computed by a worker instead.
+    """
+    import torch
+
+    so, cache, prompts = cfg.storage_options, cache_root(cfg), cfg.video.prompts.model_dump()
+    if cfg.model.device != "cuda" or torch.cuda.is_available():
+        return prompt_embeddings(cfg.model, prompts, cache, so)
+    return gather([embed_prompts_task.submit(cfg.model, prompts, cache, so)], run)[0]
 
 
 def detect(
-    cfg: CurateConfig, results: list[VideoScores], cache: str
+    cfg: CurateConfig, results: list[VideoScores], prompts: Prompts
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Frame scores and events of every video (cheap: cached embeddings in, tables out)."""
     video, so = cfg.video, cfg.storage_options
-    near, normal, scale = prompt_embeddings(cfg.model, video.prompts.model_dump(), cache, so)
+    near, normal, scale = prompts
     videos, frames, events = [], [], []
     for vs in results:
         f = pl.DataFrame()
+        n_events = 0
         if vs.probe["status"] == "ok":
             table, emb = load_video_scores(vs, so)
             f = frame_scores(vs.url, table, emb, near, normal, scale, video)
             ev = video_events(vs.url, f, vs.probe["duration_s"], vs.probe["fps"], video)
             frames.append(f)
             events.append(ev)
-        n_events = events[-1].height if vs.probe["status"] == "ok" else 0
-        videos.append({**vs.probe, "video": vs.url, "sampled_frames": f.height, "events": n_events})
+            n_events = ev.height
+        row = {**vs.probe, **read_sidecar(vs.url, so), "video": vs.url}
+        videos.append({**row, "sampled_frames": f.height, "events": n_events})
     videos_df = conform(pl.DataFrame(videos, infer_schema_length=None), VIDEOS)
     frames_df = pl.concat(frames) if frames else pl.DataFrame(schema=FRAMES)
     events_df = pl.concat(events) if events else pl.DataFrame(schema=EVENTS)
@@ -66,18 +120,15 @@ def detect(
 def video_stats(
     cfg: CurateConfig,
     partition: str,
-    videos: pl.DataFrame,
-    frames: pl.DataFrame,
-    events: pl.DataFrame,
+    tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
+    results: list[VideoScores],
     timings: dict[str, float],
 ) -> dict[str, Any]:
+    videos, frames, events = tables
     ok = videos.filter(pl.col("status") == "ok")
     hours = float(ok["duration_s"].sum() or 0.0) / 3600.0
-    reasons = (
-        videos.filter(pl.col("error").is_not_null())
-        .select(pl.col("error").str.split(":").list.first())["error"]
-        .value_counts(sort=True)
-    )
+    reasons = videos["error"].drop_nulls().value_counts(sort=True)
+    clips = Counts(events=events.height).add_codes("error", events["error"].to_list())
     return {
         "flow": "video",
         "dataset": cfg.dataset,
@@ -90,8 +141,13 @@ def video_stats(
         "reasons": {str(r): int(n) for r, n in reasons.iter_rows()},
         "frames": frames.height,
         "events": events.height,
+        "clips": int((events["status"] == "ok").sum()),
+        "clip_errors": int((events["status"] == "clip_error").sum()),
         "video_hours": round(hours, 6),
         "events_per_hour": round(events.height / hours, 6) if hours else 0.0,
+        "videos_scored": sum(not r.cached for r in results),
+        "videos_cached": sum(r.cached for r in results),
+        "stages": {"clips": clips.sorted()},
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
 
@@ -100,9 +156,11 @@ def publish(
     cfg: CurateConfig,
     plan: RunPlan,
     tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
+    results: list[VideoScores],
     timings: dict[str, float],
+    run: str,
 ) -> dict[str, Any]:
-    """Cut event clips into shards, write tables, stats and report, then commit."""
+    """Cut event clips into shards of a new version, write tables, stats, report; commit."""
     videos, frames, events = tables
     so, video = cfg.storage_options, cfg.video
     lineage = {
@@ -111,83 +169,77 @@ def publish(
         "thresholds": video.events.model_dump(),
         "sample_fps": video.sample_fps,
     }
-    with staged(plan, so) as stage:
+    with versioned(plan, so) as version:
         t0 = time.perf_counter()
         futures = [
-            write_clips_task.submit(str(name), rows, stage, lineage)
+            write_clips_task.submit(str(name), rows, version.root, lineage, so)
             for (name,), rows in events.group_by("shard", maintain_order=True)
         ]
-        outputs: list[WrittenFile] = [f.result() for f in futures]
-        outputs.append(write_sizes(outputs, stage.staging, so))
+        outputs: list[WrittenFile] = []
+        failed: dict[str, tuple[str, str]] = {}
+        for files, bad in gather(futures, run):
+            outputs += files
+            failed |= bad
+        events = mark_clip_failures(events, failed)
+        outputs.append(write_sizes(outputs, version.root, so))
         for name, df in (("videos", videos), ("frames", frames), ("events", events)):
-            outputs.append(write_index(df, stage.url(f"{name}.parquet"), f"{name}.parquet", so))
+            outputs.append(write_table(df, version.url(f"{name}.parquet"), f"{name}.parquet", so))
         timings["publish_s"] = time.perf_counter() - t0
-        stats = video_stats(cfg, plan.partition, videos, frames, events, total_time(timings))
+        tables = (videos, frames, events)
+        stats = video_stats(cfg, plan.partition, tables, results, total_time(timings))
         thresholds = {"start": video.events.start, "stop": video.events.stop}
 
-        def report(stage: Staging) -> list[str]:
-            return write_video_report(videos, frames, events, stats, thresholds, stage.staging, so)
+        def report(version: Version) -> list[str]:
+            return write_video_report(videos, frames, events, stats, thresholds, version.root, so)
 
-        finish(
-            cfg,
-            plan,
-            stage,
-            outputs,
-            stats,
-            report,
-            {"prompt_set_hash": lineage["prompt_set_hash"]},
-        )
+        extra = {"prompt_set_hash": lineage["prompt_set_hash"]}
+        finish(cfg, plan, version, outputs, stats, report, extra)
     return stats
 
 
 @flow(name="curate-video", log_prints=False)
 def video_flow(config: dict[str, Any], partition: str | None = None, force: bool = False) -> dict:
     """Find near-miss moments in driving-recorder video and publish them as clips."""
-    log = get_run_logger()
     cfg = parse_config(config)
     if cfg.video is None:
         raise InputError("config: the video flow needs a 'video' section")
-    plan = plan_run(cfg, "video", partition)
-    log.info("partition %s: %d videos", plan.partition, len(plan.urls))
-    with partition_lock(plan.final, cfg.storage_options):
-        if not force and already_published(plan, cfg.storage_options):
-            log.info(
-                "partition %s already published with the same inputs and config", plan.partition
-            )
-            return skipped(plan)
-        return _video_run(cfg, plan, force)
+    return run_partition(cfg, "video", partition, force, _video_run, get_run_logger())
 
 
-def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool) -> dict:
+def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     """embed -> detect -> publish for one partition (the caller holds its lock)."""
     log = get_run_logger()
     so, cache = cfg.storage_options, cache_root(cfg)
     t0 = time.perf_counter()
     futures = [
-        score_video_task.submit(u, cfg.video, cfg.model, cache, so, force) for u in plan.urls
+        score_video_task.submit(u, cfg.video, cfg.model, cache, so, force, run) for u in plan.urls
     ]
-    results = [f.result() for f in futures]
+    results = gather(futures, run)
     timings = {"score_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    tables = detect(cfg, results, cache)
+    tables = detect(cfg, results, prompts_for(cfg, run))
     timings["detect_s"] = time.perf_counter() - t1
-    stats = publish(cfg, plan, tables, timings)
+    stats = publish(cfg, plan, tables, results, timings, run)
     publish_artifacts("video", stats, summary_markdown(stats, plan.final))
     log.info("published %s: %s, %d events", plan.final, stats["counts"], stats["events"])
     return {
         "status": "published",
         "partition": plan.partition,
         "uri": plan.final,
+        "report": report_url(plan.final, cfg.storage_options),
         "counts": stats["counts"],
         "events": stats["events"],
     }
 
 
 def run_video(cfg: CurateConfig, partition: str | None = None, force: bool = False) -> dict:
-    """Run the video flow with the config's task runner (inputs and model checked first)."""
+    """Run the video flow with the config's task runner (inputs and model checked first;
+    a partition already published with the same inputs and config is skipped at once)."""
     if cfg.video is None:
         raise InputError("config: the video flow needs a 'video' section")
     plan = plan_run(cfg, "video", partition)
+    if not force and already_published(plan, cfg.storage_options):
+        return skipped(plan, cfg.storage_options)
     with execution(cfg) as runner:
         return video_flow.with_options(task_runner=runner)(
             config=cfg.model_dump(mode="json"), partition=plan.partition, force=force

@@ -27,7 +27,7 @@ from tasks.parallel import cpu_count
 
 logger = logging.getLogger(__name__)
 
-GPU_TASKS = frozenset({"score-shard", "score-video"})  # the tasks that run the model
+GPU_TASKS = frozenset({"score-shard", "score-video", "embed-prompts"})  # tasks running the model
 DASK_MISSING = "runner.kind 'dask' needs Dask: pip install prefect-dask 'dask[distributed]'"
 RAY_MISSING = "runner.kind 'ray' needs Ray: pip install 'clip-curate[ray]' (ray + prefect-ray)"
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,9 +34,21 @@ DEFAULT_NORMAL_PROMPTS = [
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are rejected."""
+    """Base for every config section: unknown keys and credentials are rejected.
+
+    The credential check runs before any other validation (the whole config is checked
+    first, so its message names the full path), and again on assignment.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        found = find_credentials(data)
+        if found:
+            raise CredentialError(found[0].line())
+        return data
 
 
 class ModelConfig(Strict):
@@ -179,17 +193,6 @@ class CurateConfig(Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     cache: str | None = None
 
-    @field_validator("storage_options")
-    @classmethod
-    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
-        """Credentials belong in the environment: configs end up in Prefect's parameters."""
-        for path in _secret_paths(v):
-            raise ValueError(
-                f"'{path}' looks like a credential; set it in the environment instead "
-                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or a profile)"
-            )
-        return v
-
     @field_validator("dataset")
     @classmethod
     def _dataset_name(cls, v: str) -> str:
@@ -198,27 +201,161 @@ class CurateConfig(Strict):
         return v
 
 
-_CREDENTIAL = re.compile(
-    r"^(key|secret|token|password|passwd|session_token|access_key|secret_key|"
-    r"aws_access_key_id|aws_secret_access_key|aws_session_token|account_key|sas_token)$",
-    re.I,
-)
-
-
-def _secret_paths(value: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of credential-looking keys (with a value) in a nested mapping."""
-    found: list[str] = []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            path = f"{prefix}.{k}" if prefix else str(k)
-            if _CREDENTIAL.match(str(k)) and v not in (None, ""):
-                found.append(path)
-            found += _secret_paths(v, path)
-    return found
-
-
 class ConfigError(ValueError):
     """A config problem, already phrased as the one line the user should see."""
+
+
+# -- credentials ---------------------------------------------------------------------------
+# The config is stored by the Prefect server (flow-run and deployment parameters) and written
+# to every manifest, so it must never hold a credential. One detector decides, for both the
+# refusal at validation (`Strict._no_credentials`, `flows.serve.deployment_parameters`) and
+# the masking in `redacted`.
+
+ENV_HINT = (
+    "set it in the environment instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+    "AWS_SESSION_TOKEN or a profile, or the store's own environment variables)"
+)
+MASK = "***"
+
+# a whole word of the name (split at _ - . and camelCase humps: SSECustomerKey -> sse customer key)
+_CREDENTIAL_WORDS = frozenset(
+    {"key", "keys", "sas", "sig", "pwd", "creds", "auth", "authorization"}
+    | {"secret", "secrets", "password", "passwords", "passwd", "passphrase", "token", "tokens"}
+    | {"credential", "credentials"}
+)
+_CREDENTIAL_LAST_WORDS = frozenset({"signature"})  # X-Amz-Signature, not signature_version
+# anywhere in the name with separators removed and lower-cased (clientsecret, apikey, ...)
+_CREDENTIAL_PARTS = (
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "credential",
+    "token",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "accountkey",
+    "sharedkey",
+    "customerkey",
+    "connectionstring",
+    "authorization",
+)
+# identifiers of key material, not key material (compared with separators removed, lower-case)
+_NOT_CREDENTIALS = frozenset({"ssekmskeyid", "kmskeyid", "kmskeyname", "kmskeyarn"})
+
+_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@", re.I)
+# name=value pairs of a connection string or query: AccountKey=, Password=, sig=, X-Amz-Signature=
+_SETTING = re.compile(r"(?:^|[?&;])\s*([A-Za-z][\w.-]*)\s*=\s*[^&;\s]")
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY")
+_SAFE_SEGMENT = re.compile(r"[\w-]{1,64}")
+
+
+class CredentialError(Exception):
+    """A credential in the config; the message names where, never what.
+
+    Not a ValueError on purpose: pydantic would wrap one in a ValidationError, whose text
+    repeats the input (the secret). `parse_config` turns it into a ConfigError.
+    """
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Where a credential sits in a config, and why it counts as one (no part of its value)."""
+
+    path: str
+    why: str
+
+    def line(self, context: str = "") -> str:
+        return f"config: invalid value for '{self.path}': {self.why}; {context}{ENV_HINT}"
+
+
+def _name_words(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", spaced)
+    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+
+
+def is_credential_name(name: str) -> bool:
+    """Does an option name (of any spelling: snake, kebab, camelCase) name a credential?"""
+    flat = re.sub(r"[^a-z0-9]", "", name.lower())
+    if flat in _NOT_CREDENTIALS:
+        return False
+    words = _name_words(name)
+    return (
+        any(w in _CREDENTIAL_WORDS for w in words)
+        or (bool(words) and words[-1] in _CREDENTIAL_LAST_WORDS)
+        or any(part in flat for part in _CREDENTIAL_PARTS)
+    )
+
+
+def embedded_credential(text: str) -> str | None:
+    """What kind of credential a string value carries inside it, or None."""
+    if _URL_PASSWORD.search(text):
+        return "a URL with a password"
+    if any(is_credential_name(m.group(1)) for m in _SETTING.finditer(text)):
+        return "a key, password or signature setting"
+    if _PRIVATE_KEY.search(text):
+        return "a private key"
+    return None
+
+
+def _holds_something(value: Any) -> bool:
+    """Empty or on/off values under a credential name carry no secret (`key: null`)."""
+    if value is None or isinstance(value, bool):
+        return False
+    return not (isinstance(value, str | Mapping | list | tuple) and len(value) == 0)
+
+
+def _show(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + (part if _SAFE_SEGMENT.fullmatch(part) else "<key>")
+    return out or "<root>"
+
+
+def _walk(value: Any, path: tuple[str | int, ...]) -> tuple[Any, list[Credential]]:
+    """The value with every credential masked, and where they were: one walk for both."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="python")
+    if isinstance(value, Mapping):
+        masked: dict[Any, Any] = {}
+        found: list[Credential] = []
+        for key, item in value.items():
+            name = str(key)
+            here = (*path, name)
+            if kind := embedded_credential(name):
+                masked[MASK if MASK not in masked else f"{MASK}{len(masked)}"] = MASK
+                found.append(
+                    Credential(_show((*path, "<key>")), f"the key holds a credential ({kind})")
+                )
+            elif is_credential_name(name) and _holds_something(item):
+                masked[key] = MASK
+                shown = name if _SAFE_SEGMENT.fullmatch(name) else "<key>"
+                found.append(Credential(_show(here), f"'{shown}' looks like a credential"))
+            else:
+                masked[key], inner = _walk(item, here)
+                found += inner
+        return masked, found
+    if isinstance(value, list | tuple):
+        walked = [_walk(item, (*path, i)) for i, item in enumerate(value)]
+        return [m for m, _ in walked], [c for _, inner in walked for c in inner]
+    if isinstance(value, str) and (kind := embedded_credential(value)):
+        return MASK, [Credential(_show(path), f"the value holds a credential ({kind})")]
+    return value, []
+
+
+def find_credentials(data: Any) -> list[Credential]:
+    """Every credential in a config (mapping or model), by dotted path, in document order."""
+    return _walk(data, ())[1]
+
+
+def redact(data: Any) -> Any:
+    """A copy of `data` with each credential `find_credentials` reports replaced by '***'."""
+    return _walk(data, ())[0]
 
 
 def _format_error(err: ValidationError) -> str:
@@ -262,6 +399,8 @@ def parse_config(data: dict[str, Any]) -> CurateConfig:
     """Validate a config mapping, turning pydantic's report into one clear line."""
     try:
         return CurateConfig.model_validate(data)
+    except CredentialError as err:
+        raise ConfigError(str(err)) from None
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
 
@@ -291,21 +430,9 @@ def config_hash(section: Any) -> str:
 
 
 def redacted(cfg: CurateConfig) -> dict[str, Any]:
-    """The resolved config as written to manifests and logs: storage secrets removed."""
-    data = cfg.model_dump(mode="json")
-    data["storage_options"] = _redact(data.get("storage_options", {}))
-    return data
+    """The resolved config as written to manifests and logs: every credential masked.
 
-
-_SECRET = re.compile(r"(secret|token|password|key|credential|session)", re.I)
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: ("***" if _SECRET.search(str(k)) and not isinstance(v, dict) else _redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
+    Masks exactly what `find_credentials` reports (one walk does both), so what the config
+    refuses and what a manifest hides can never disagree.
+    """
+    return redact(cfg.model_dump(mode="json"))

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import polars as pl
 
+# Image member extensions a pool sample may carry, in the sources we read and in the shards
+# we publish (the decoder maps every format it accepts onto one of these).
+IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif"})
+
 STATUSES = (
     "kept",
     "filtered_text",
@@ -31,7 +35,8 @@ SCORES = {
     "height": pl.Int32,
     "clip_score": pl.Float32,
     "emb_row": pl.Int64,  # row in the shard's fp16 embedding file, null when not embedded
-    "error": pl.String,  # quarantine reason found while reading/decoding, else null
+    "error": pl.String,  # quarantine code found while reading/decoding, else null
+    "error_detail": pl.String,  # what exactly went wrong, for a person (never parsed)
 }
 
 # Per input shard, written when balancing: MetaCLIP matches of each caption (cached apart from
@@ -57,7 +62,8 @@ SAMPLES = {
     "entry_ids": pl.List(pl.UInt32),
     "keep_prob": pl.Float64,
     "status": pl.Enum(list(STATUSES)),
-    "error": pl.String,
+    "error": pl.String,  # the reason code (e.g. `text:too_few_words`), for every status but kept
+    "error_detail": pl.String,  # the reason in words, with the numbers (never parsed)
     "shard": pl.String,  # output shard file name for kept samples, else null
     "out_key": pl.String,  # member key in the output shard, derived from uid
 }
@@ -78,7 +84,8 @@ VIDEOS = {
     "video": pl.String,  # input URL
     "fingerprint": pl.String,
     "status": pl.Enum(["ok", "quarantined"]),
-    "error": pl.String,
+    "error": pl.String,  # quarantine code
+    "error_detail": pl.String,
     "duration_s": pl.Float64,
     "fps": pl.Float64,
     "width": pl.Int32,
@@ -112,7 +119,10 @@ EVENTS = {
     "clip_start_s": pl.Float64,
     "clip_end_s": pl.Float64,
     "key": pl.String,
-    "shard": pl.String,
+    "shard": pl.String,  # null when the clip could not be cut
+    "status": pl.Enum(["ok", "clip_error"]),
+    "error": pl.String,
+    "error_detail": pl.String,
 }
 
 

@@ -1,10 +1,12 @@
 """Check a published partition (`curate verify`) and summarise it (`curate report`).
 
-A training job trusts a partition because `_SUCCESS` is there; verification re-derives that
-trust from the bytes: every output in the manifest has its recorded size and sha256, no file
-is unlisted, the tables' counts add up, and every shard's tar members match its index (read
-as a tar stream, never extracted). Problems are returned as sentences, never raised, so one
-bad file does not hide the others.
+A training job trusts a partition because `_SUCCESS` is there and its manifest names the
+published version; verification re-derives that trust from the bytes: every output in the
+manifest has its recorded size and sha256, no file in the published version's folder is
+unlisted, the tables' counts add up, and every shard's tar members match its index (read as
+a tar stream, never extracted). Other version folders (the one the last commit replaced,
+an unpublished or held one) are not part of the published partition and are not checked.
+Problems are returned as sentences, never raised, so one bad file does not hide the others.
 """
 
 from __future__ import annotations
@@ -19,16 +21,22 @@ from typing import Any
 
 import polars as pl
 
-from schemas.tables import STATUSES
+from schemas.tables import IMAGE_EXTS, STATUSES
 from tasks.io import storage
+from tasks.publish.manifest import (
+    MANIFEST,
+    ROOT_FILES,
+    SUCCESS,
+    VERSION_PREFIX,
+    Published,
+    read_published,
+)
 
 logger = logging.getLogger(__name__)
 
 HASH_WORKERS = 8
 EXAMPLES = 3  # keys quoted per problem
-IMAGE_EXTS = ("jpg", "png", "webp")
 VIDEO_EXTS = ("mp4", "json", "jpg")
-ALWAYS_UNLISTED = ("manifest.json", "_SUCCESS")
 
 
 def _ex(items: set[str] | list[str]) -> str:
@@ -46,9 +54,9 @@ def _guard(name: str, check: Callable[[], list[str]]) -> list[str]:
 
 def _not_published(uri: str, so: dict | None) -> str | None:
     try:
-        if storage.exists(storage.join(uri, "_SUCCESS"), so):
+        if storage.exists(storage.join(uri, SUCCESS), so):
             return None
-        return f"not published: no _SUCCESS at {uri}"
+        return f"not published: no {SUCCESS} at {uri}"
     except Exception as err:
         return f"not published: cannot read {uri} ({type(err).__name__}: {err})"
 
@@ -74,17 +82,30 @@ def _check_output(uri: str, entry: Any, so: dict | None) -> list[str]:
     return []
 
 
-def _check_files(uri: str, manifest: dict, so: dict | None) -> list[str]:
-    outputs = manifest.get("outputs")
+def _present(p: Published, so: dict | None) -> set[str]:
+    """Files of the published version, relative to the partition folder.
+
+    A versioned partition's files are those in its version folder; one published before
+    versioning has its files at the root, beside other versions' folders and the pointer.
+    """
+    fs, root = storage.get_fs(p.uri, so)
+    root = root.rstrip("/")
+    base = storage.get_fs(p.base, so)[1].rstrip("/")
+    found = {path[len(root) + 1 :] for path in fs.find(base)}
+    if p.version:
+        return found
+    return {f for f in found if f not in ROOT_FILES and not f.startswith(VERSION_PREFIX)}
+
+
+def _check_files(p: Published, so: dict | None) -> list[str]:
+    outputs = p.manifest.get("outputs")
     if not isinstance(outputs, list):
         return ["manifest: 'outputs' is missing or not a list"]
     with ThreadPoolExecutor(HASH_WORKERS) as pool:
-        found = pool.map(lambda e: _guard("outputs", lambda: _check_output(uri, e, so)), outputs)
-        problems = [p for ps in found for p in ps]
+        found = pool.map(lambda e: _guard("outputs", lambda: _check_output(p.uri, e, so)), outputs)
+        problems = [f for fs in found for f in fs]
     listed = {e.get("path") for e in outputs if isinstance(e, dict)}
-    fs, root = storage.get_fs(uri.rstrip("/"), so)
-    present = {p[len(root.rstrip("/")) + 1 :] for p in fs.find(root)}
-    unlisted = present - listed - set(ALWAYS_UNLISTED)
+    unlisted = _present(p, so) - listed
     problems += [f"unlisted file: {rel} (not in manifest outputs)" for rel in sorted(unlisted)]
     return problems
 
@@ -192,6 +213,8 @@ def _check_video(uri: str, stats: dict, so: dict | None) -> list[str]:
     videos = storage.read_parquet(storage.join(uri, "videos.parquet"), so)
     problems = _check_status_counts("videos.parquet", videos, counts, ("ok", "quarantined"))
     events = storage.read_parquet(storage.join(uri, "events.parquet"), so)
+    if "status" in events.columns:  # events whose clip could not be cut have no members
+        events = events.filter(pl.col("status").cast(pl.String) == "ok")
     clips = set()
     for tar in _shard_names(uri, so):
         keys = tar_keys(storage.join(uri, "shards", tar), so)
@@ -210,8 +233,9 @@ def _check_video(uri: str, stats: dict, so: dict | None) -> list[str]:
             problems.append(
                 f"shards/sizes.json sums to {total}, events.parquet has {events.height}"
             )
-    if "events" in stats and int(stats["events"]) != events.height:
-        problems.append(f"stats.json: events {stats['events']}, events.parquet {events.height}")
+    clips_stat = stats.get("clips", stats.get("events"))  # older partitions: every event
+    if clips_stat is not None and int(clips_stat) != events.height:
+        problems.append(f"stats.json: {clips_stat} clips, events.parquet {events.height}")
     return problems
 
 
@@ -220,12 +244,15 @@ def verify_partition(uri: str, storage_options: dict | None = None) -> list[str]
     so = storage_options
     if unpublished := _not_published(uri, so):
         return [unpublished]
+    published = read_published(uri, so)
+    if published is None:
+        return [f"cannot read {MANIFEST} at {uri}"]
     try:
-        manifest = storage.read_json(storage.join(uri, "manifest.json"), so)
-        stats = storage.read_json(storage.join(uri, "stats.json"), so)
+        stats = storage.read_json(published.url("stats.json"), so)
     except Exception as err:
-        return [f"cannot read manifest.json/stats.json: {type(err).__name__}: {err}"]
-    problems = _guard("files", lambda: _check_files(uri, manifest, so))
+        return [f"cannot read stats.json: {type(err).__name__}: {err}"]
+    manifest, base = published.manifest, published.base
+    problems = _guard("files", lambda: _check_files(published, so))
     for field in ("flow", "dataset", "partition"):
         if manifest.get(field) != stats.get(field):
             problems.append(
@@ -233,9 +260,9 @@ def verify_partition(uri: str, storage_options: dict | None = None) -> list[str]
             )
     flow = manifest.get("flow")
     if flow == "pool":
-        problems += _guard("pool", lambda: _check_pool(uri, stats, so))
+        problems += _guard("pool", lambda: _check_pool(base, stats, so))
     elif flow == "video":
-        problems += _guard("video", lambda: _check_video(uri, stats, so))
+        problems += _guard("video", lambda: _check_video(base, stats, so))
     else:
         problems.append(f"manifest: unknown flow {flow!r}")
     return problems
@@ -276,11 +303,14 @@ def summarize_partition(uri: str, storage_options: dict | None = None) -> str:
     """A few lines for `curate report URI`: what, how much, which model, when."""
     if unpublished := _not_published(uri, storage_options):
         return unpublished
+    published = read_published(uri, storage_options)
     try:
-        manifest = storage.read_json(storage.join(uri, "manifest.json"), storage_options)
-        stats = storage.read_json(storage.join(uri, "stats.json"), storage_options)
+        if published is None:
+            raise ValueError(f"{MANIFEST} unreadable")
+        manifest = published.manifest
+        stats = storage.read_json(published.url("stats.json"), storage_options)
     except Exception as err:
-        return f"cannot read manifest.json/stats.json at {uri}: {type(err).__name__}: {err}"
+        return f"cannot read {MANIFEST}/stats.json at {uri}: {type(err).__name__}: {err}"
     m = manifest.get("model") or {}
     lines = [
         f"{manifest.get('flow')} partition {manifest.get('dataset')}/{manifest.get('partition')}"

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="curate-tests-")
 os.environ["PREFECT_HOME"] = os.path.join(_HOME, "prefect")
@@ -17,8 +15,6 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
 import pytest  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")

@@ -16,3 +16,12 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"shared data not available: {p}")
     return p
+
+
+def published_dir(uri: str | Path) -> Path:
+    """The local folder of a partition's published version (what its manifest points at)."""
+    from tasks.publish.manifest import read_published
+
+    published = read_published(str(uri))
+    assert published is not None, f"{uri} is not published"
+    return Path(published.base)

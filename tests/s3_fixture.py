@@ -1,6 +1,6 @@
 """Shared S3 fixtures: one moto server per test session on 127.0.0.1, a fresh bucket per test.
 
-Use in a test module: `pytest_plugins = ["s3_fixture"]`, then ask for `s3` and/or `bucket`.
+Use in a test module: `pytest_plugins = ["tests.s3_fixture"]`, then ask for `s3` and/or `bucket`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Usage in a test module (either line makes pytest see the fixture):
 
-    pytest_plugins = ["server_fixture"]
-    from server_fixture import prefect_server  # noqa: F401 (ruff then wants noqa: F811 on tests)
+    pytest_plugins = ["tests.server_fixture"]
+    from tests.server_fixture import prefect_server  # noqa: F401 (then noqa: F811 on tests)
 
     @pytest.mark.server
     def test_something(prefect_server):

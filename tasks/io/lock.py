@@ -7,6 +7,10 @@ start time, since when). The holder refreshes it while it runs (heartbeat); a lo
 over when its holder is certainly gone (same host, pid dead or reused) or its lease ran out.
 A second run waits up to a timeout, then fails with one line naming the holder. `commit`
 calls `assert_held` so that a run which lost its lock never publishes over the new holder.
+
+Every wait (the second run's deadline and polls, the heartbeat's interval) goes through the
+module-level `clock`, so tests can drive time by hand; a lock's age always comes from its
+store (the file's mtime, the S3 object's LastModified against the response's Date).
 """
 
 from __future__ import annotations
@@ -36,6 +40,23 @@ TIMEOUT_ENV, LEASE_ENV = "CURATE_LOCK_TIMEOUT_S", "CURATE_LOCK_LEASE_S"
 DEFAULT_TIMEOUT_S = 60.0  # how long a second run waits for the partition
 DEFAULT_LEASE_S = 120.0  # how long a silent holder keeps the lock (heartbeat: lease / 4)
 CORRUPT_GRACE_S = 5.0  # an unreadable lock younger than this may still be being written
+
+
+class Clock:
+    """Real time, as the lock waits on it: looked up as `clock` at each use (a test seam)."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait up to `seconds` for `event`; whether it is set."""
+        return event.wait(seconds)
+
+
+clock = Clock()
 
 
 class PartitionLocked(RuntimeError):
@@ -158,7 +179,7 @@ _HELD_GUARD = threading.Lock()
 
 def _acquire(backend: Backend, me: Holder, final: str, timeout_s: float) -> Any:
     """Create the lock, taking over a stale one; wait up to `timeout_s` for a live one."""
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
     poll = min(1.0, max(0.05, timeout_s / 20))
     while True:
         version = backend.create(me.to_bytes())
@@ -175,14 +196,14 @@ def _acquire(backend: Backend, me: Holder, final: str, timeout_s: float) -> Any:
                 if version is not None:
                     return version
                 continue
-        if time.monotonic() >= deadline:
+        if clock.monotonic() >= deadline:
             raise PartitionLocked(locked_message(final, holder))
-        time.sleep(poll)
+        clock.sleep(poll)
 
 
 def _heartbeat(held: _Held, stop: threading.Event, every_s: float) -> None:
     """Refresh the lease while the run goes on; flag the lock lost if someone took it."""
-    while not stop.wait(every_s):
+    while not clock.wait(stop, every_s):
         with held.guard:
             try:
                 beat = replace(held.holder, heartbeat=_now())
@@ -242,8 +263,7 @@ def partition_lock(
     """Hold the partition's lock for the block; a second holder waits, then fails clearly.
 
     `timeout_s`/`lease_s` default to $CURATE_LOCK_TIMEOUT_S (60) and $CURATE_LOCK_LEASE_S
-    (120). Re-entering from the same thread is allowed. While holding the lock, staging
-    leftovers of dead runs beside the partition are removed.
+    (120). Re-entering from the same thread is allowed.
     """
     again = _reenter(final.rstrip("/"))
     if again is not None:
@@ -261,9 +281,6 @@ def partition_lock(
     )
     beat.start()
     try:
-        from tasks.publish.commit import clean_stale_staging  # (publish imports this module)
-
-        clean_stale_staging(final, storage_options)
         yield
     finally:
         stop.set()

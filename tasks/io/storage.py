@@ -186,6 +186,22 @@ def write_parquet(df: Any, url: str, storage_options: dict[str, Any] | None = No
     write_bytes(url, buf.getvalue(), storage_options)
 
 
+def npy_bytes(array: Any) -> bytes:
+    """A numpy array as .npy bytes (no pickles: object arrays are refused)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_npy(url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """Load a .npy file; pickled content is refused, so a hostile file cannot run code."""
+    import numpy as np
+
+    return np.load(io.BytesIO(read_bytes(url, storage_options)), allow_pickle=False)
+
+
 def read_parquet(url: str, storage_options: dict[str, Any] | None = None) -> Any:
     import polars as pl
 

@@ -1,23 +1,23 @@
 """Per-shard MetaCLIP matches, cached apart from the CLIP scores.
 
-Keyed by (the shard's scores key, metadata sha256): changing the metadata re-matches the
-captions (cheap) without re-running CLIP; a second run with the same key reads them back.
+Keyed by (the shard's scores key, metadata sha256, matching algorithm version): changing
+the metadata re-matches the captions (cheap) without re-running CLIP; a change to how
+matching works (`MATCH_VERSION`) re-matches everything; a second run with the same key
+reads them back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from schemas.config import config_hash
 from schemas.tables import MATCHES, conform
 from tasks.io import storage
+from tasks.io.cache import Attempt, Cache
 from tasks.metaclip.matcher import get_matcher
 from tasks.metaclip.metadata import load_metadata
 
-
-def matches_url(cache_root: str, scores_key: str, metadata_sha256: str) -> str:
-    key = config_hash({"scores": scores_key, "metadata": metadata_sha256})
-    return storage.join(cache_root, "pool", "matches", f"{key}.parquet")
+MATCH_VERSION = 1  # bump when matching semantics change (normalisation, dedup of ids, ...)
+NAMESPACE = "metaclip-matches"
 
 
 def match_shard(
@@ -30,11 +30,14 @@ def match_shard(
 ) -> str:
     """Match a shard's captions against the metadata (once per key); returns the table URL."""
     md = load_metadata(metadata_url, storage_options)
-    url = matches_url(cache_root, scores_key, md.sha256)
-    if not force and storage.exists(url, storage_options):
-        return url
-    scores = storage.read_parquet(scores_table_url, storage_options)
-    ids = get_matcher(md).match_series(scores["caption"])
-    table = scores.select("uid", "index").with_columns(ids.alias("entry_ids"))
-    storage.write_parquet(conform(table, MATCHES), url, storage_options)
-    return url
+
+    def compute(attempt: Attempt) -> dict[str, Any]:
+        scores = storage.read_parquet(scores_table_url, storage_options)
+        ids = get_matcher(md).match_series(scores["caption"])
+        table = scores.select("uid", "index").with_columns(ids.alias("entry_ids"))
+        attempt.write_parquet("matches.parquet", conform(table, MATCHES))
+        return {"rows": table.height}
+
+    parts = {"version": MATCH_VERSION, "scores": scores_key, "metadata": md.sha256}
+    hit = Cache(cache_root, storage_options).get_or_compute(NAMESPACE, parts, compute, force=force)
+    return hit.files["matches.parquet"]

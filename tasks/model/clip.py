@@ -9,10 +9,7 @@ checkpoint's sha256 goes into lineage; checkpoints are only ever loaded with
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +19,17 @@ import numpy as np
 import torch
 
 from schemas.config import ModelConfig, config_hash
-from tasks.io import storage
+from tasks.model.files import (
+    ModelLoadError,
+    architecture_name,
+    checkpoint_file,
+    file_sha256,
+    is_checkpoint_ref,
+)
 
 logger = logging.getLogger(__name__)
 
-CACHE_DIR = Path(os.environ.get("CURATE_CACHE_DIR", Path.home() / ".cache" / "clip-curate"))
-
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be built or its weights could not be loaded (one clear line)."""
 
 
 def cpu_supports_fast_bf16() -> bool:
@@ -60,64 +56,6 @@ def resolve_precision(precision: str, device: str) -> str:
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_supports_fast_bf16() else "fp32"
-
-
-_ARCH_LOCK = threading.Lock()
-_ARCH_NAMES: dict[str, str] = {}
-
-
-def _architecture_name(name: str) -> str:
-    """Register an architecture JSON (local or remote) with open_clip once; return its name.
-
-    The JSON is copied into the cache under its content hash (atomically: several tasks may
-    get here at once), so what open_clip reads is exactly what was hashed.
-    """
-    if not name.endswith(".json"):
-        return name
-    import open_clip
-
-    with _ARCH_LOCK:
-        if name in _ARCH_NAMES:
-            return _ARCH_NAMES[name]
-        try:
-            data = storage.read_bytes(name)
-        except OSError as err:
-            msg = f"model.name: cannot read architecture JSON {name}: {err}"
-            raise ModelLoadError(msg) from None
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        local = CACHE_DIR / "architectures" / digest / Path(name).name
-        if not local.exists():
-            storage.write_bytes(str(local), data)
-        open_clip.add_model_config(local)
-        _ARCH_NAMES[name] = local.stem
-        return local.stem
-
-
-def _local_checkpoint(url: str) -> Path:
-    """A local file for a checkpoint path or URL; remote ones are fetched once into the cache."""
-    fs, path = storage.get_fs(url)
-    if storage.is_local(fs):
-        if not os.path.isfile(path):
-            raise ModelLoadError(f"model.pretrained: checkpoint {url} not found")
-        return Path(path)
-    dest = (
-        CACHE_DIR / "checkpoints" / hashlib.sha256(url.encode()).hexdigest()[:16] / Path(path).name
-    )
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".part")
-        with fs.open(path, "rb") as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 4 << 20)
-        tmp.replace(dest)
-    return dest
-
-
-def _is_checkpoint_ref(pretrained: str) -> bool:
-    return (
-        "://" in pretrained
-        or os.sep in pretrained
-        or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
-    )
 
 
 @dataclass
@@ -180,60 +118,32 @@ class ClipModel:
         return emb.cpu().numpy()
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def _checkpoint_file(name: str, pretrained: str | None) -> str | None:
-    """The local checkpoint file for a tag or path/URL (tags download through open_clip)."""
-    import open_clip
-
-    if not pretrained:
-        return None
-    if _is_checkpoint_ref(pretrained):
-        return str(_local_checkpoint(pretrained))
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if pretrained not in tags:
-        raise ModelLoadError(
-            f"model.pretrained: '{pretrained}' is neither a checkpoint path nor an "
-            f"open_clip tag of {name} (tags: {', '.join(tags) or 'none'})"
-        )
-    try:
-        return open_clip.pretrained.download_pretrained(
-            open_clip.pretrained.get_pretrained_cfg(name, pretrained)
-        )
-    except Exception as err:  # hub/network errors come in many types
-        raise ModelLoadError(f"model.pretrained: cannot fetch '{pretrained}': {err}") from None
-
-
-def _file_sha256(path: str) -> str:
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = storage.sha256_file(path)
-    return _SHA_CACHE[key]
-
-
-def model_identity(cfg: ModelConfig) -> dict[str, Any]:
+def model_identity(cfg: ModelConfig, resolved: bool = True) -> dict[str, Any]:
     """What the scores depend on, without building the model (cache keys, lineage).
 
     Everything but the batch size: architecture (and its JSON content), checkpoint sha256,
-    resolved precision and device type.
+    precision and device. `resolved` turns `auto` into what this machine would use, which
+    is right where the model runs (score caches); planning on a driver that has no GPU keeps
+    the configured values instead, so `device: cuda` never fails there.
     """
     import open_clip
 
-    device = resolve_device(cfg.device)
-    name = _architecture_name(cfg.name)
+    name = architecture_name(cfg.name)
     arch = open_clip.get_model_config(name)
     if arch is None:
         raise ModelLoadError(f"model.name: unknown open_clip architecture '{cfg.name}'")
-    ckpt = _checkpoint_file(name, cfg.pretrained)
+    ckpt = checkpoint_file(name, cfg.pretrained)
+    device, precision = cfg.device, cfg.precision
+    if resolved:
+        device = resolve_device(cfg.device)
+        precision = resolve_precision(cfg.precision, device)
     return {
         "name": cfg.name,
         "architecture": name,
         "architecture_sha256": config_hash(arch),
         "pretrained": cfg.pretrained,
-        "checkpoint_sha256": _file_sha256(ckpt) if ckpt else None,
-        "precision": resolve_precision(cfg.precision, device),
+        "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
+        "precision": precision,
         "device": device,
     }
 
@@ -244,7 +154,7 @@ def _build(cfg: ModelConfig) -> ClipModel:
     info = model_identity(cfg)
     name, pretrained = info["architecture"], cfg.pretrained
     try:
-        if pretrained and not _is_checkpoint_ref(pretrained):
+        if pretrained and not is_checkpoint_ref(pretrained):
             # a tag: open_clip also applies the tag's preprocessing settings
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained, weights_only=True
@@ -252,7 +162,7 @@ def _build(cfg: ModelConfig) -> ClipModel:
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
             if pretrained:
-                ckpt = _checkpoint_file(name, pretrained)
+                ckpt = checkpoint_file(name, pretrained)
                 open_clip.load_checkpoint(model, ckpt, weights_only=True)
             else:
                 logger.warning("model.pretrained is empty: RANDOM weights (benchmarks only)")

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif"})
+from schemas.tables import IMAGE_EXTS  # noqa: F401 (re-exported to the readers)
+
 CAPTION_EXT = "txt"
 META_EXT = "json"
 MAX_MEMBER_BYTES = 128 << 20

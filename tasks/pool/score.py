@@ -3,13 +3,14 @@
 The shard is streamed: a producer thread reads samples, decodes and preprocesses images and
 tokenizes captions, handing ready batches through a bounded queue to the model, so decode
 overlaps with compute and memory is bounded by the queue, never by the shard or the pool.
-The result is cached under a key of (input fingerprint, score config, model identity):
-a second run with the same key reads the table back and never touches the model.
+The result is cached (`tasks.io.cache`) under a key of (input fingerprint, score settings,
+model identity): a second run with the same key reads the table back and never touches the
+model. A bad sample is a row with an error code; anything else that goes wrong (the model,
+the device, the store) fails the shard and caches nothing.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -21,17 +22,22 @@ import numpy as np
 import polars as pl
 import torch
 
-from schemas.config import ModelConfig, PoolConfig, config_hash
+from schemas.config import ModelConfig, PoolConfig
 from schemas.tables import SCORES, conform
+from tasks import cancel
+from tasks.errors import SampleError
 from tasks.io import storage
+from tasks.io.cache import Attempt, Cache
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
-from tasks.pool.decode import ImageError, decode_for_model
+from tasks.pool.decode import decode_for_model
 from tasks.pool.sources import RawSample, ShardReadError, iter_samples, sample_uid, sample_url
+from tasks.stats import Counts
 
 logger = logging.getLogger(__name__)
 
-SCORE_VERSION = 1  # bump when the scores table's meaning changes: invalidates every cache
+SCORE_VERSION = 2  # bump when the scores table's meaning changes: invalidates every cache
+NAMESPACE = "pool-scores"
 PREFETCH_BATCHES = 2
 DECODE_THREADS = 2
 
@@ -59,10 +65,6 @@ def score_settings(pool: PoolConfig, model_cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def cache_key(fingerprint: dict[str, Any], settings: dict[str, Any]) -> str:
-    return config_hash({"input": fingerprint, "settings": settings})
-
-
 def _row(sample: RawSample, source: str, uid_column: str | None) -> dict[str, Any]:
     return {
         "uid": sample_uid(sample, uid_column),
@@ -77,6 +79,7 @@ def _row(sample: RawSample, source: str, uid_column: str | None) -> dict[str, An
         "clip_score": None,
         "emb_row": None,
         "error": sample.error,
+        "error_detail": None,
     }
 
 
@@ -95,16 +98,17 @@ def _prepare(
             return decode_for_model(
                 s.image, model.preprocess, model.image_size, pool.max_image_pixels
             )
-        except ImageError as err:
+        except SampleError as err:
             return err
 
     todo = [i for i, s in enumerate(samples) if s.error is None]
     for i, res in zip(todo, ex.map(decode, [samples[i] for i in todo]), strict=True):
         row = batch.rows[i]
-        if isinstance(res, ImageError):
-            row["error"] = res.reason
+        if isinstance(res, SampleError):
+            row["error"], row["error_detail"] = res.code, res.detail
             continue
-        tensor, row["width"], row["height"] = res
+        tensor, row["width"], row["height"], ext = res
+        row["image_ext"] = row["image_ext"] or ext  # parquet pools carry no extension
         if samples[i].caption is None:
             row["error"] = "missing_caption"
             continue
@@ -137,14 +141,23 @@ def _prepared(
 
 
 def score_samples(
-    samples: Iterable[RawSample], source: str, model: ClipModel, pool: PoolConfig, batch_size: int
+    samples: Iterable[RawSample],
+    source: str,
+    model: ClipModel,
+    pool: PoolConfig,
+    batch_size: int,
+    run: str | None = None,
 ) -> tuple[pl.DataFrame, np.ndarray]:
-    """Score a stream of samples; returns the scores table and fp16 image embeddings."""
+    """Score a stream of samples; returns the scores table and fp16 image embeddings.
+
+    Checks between batches whether the run holding token `run` was cancelled.
+    """
     rows: list[dict[str, Any]] = []
     embs: list[np.ndarray] = []
     n_emb = 0
     batches = _prepared(samples, source, model, pool, batch_size)
     for item in prefetch(batches, PREFETCH_BATCHES, name="score-producer"):
+        cancel.check(run)
         if item.model_rows:
             img = model.encode_images(item.batch)
             txt = model.encode_tokens(item.tokens)
@@ -173,9 +186,46 @@ class ShardScores:
     cached: bool
 
 
-def cache_paths(cache_root: str, key: str) -> tuple[str, str, str]:
-    base = storage.join(cache_root, "pool", "scores", key)
-    return f"{base}.parquet", f"{base}.emb.npy", f"{base}.stats.json"
+def _compute(
+    url: str,
+    pool: PoolConfig,
+    model_cfg: ModelConfig,
+    so: dict[str, Any] | None,
+    run: str | None,
+    attempt: Attempt,
+) -> dict[str, Any]:
+    """Score one shard into `attempt`; returns the shard's stats (the cache entry's meta)."""
+    start = time.perf_counter()
+    model = load_model(model_cfg)  # a model that cannot load fails the task: nothing cached
+    samples = iter_samples(
+        url, so, pool.format, pool.image_column, pool.caption_column, pool.uid_column
+    )
+    shard_error = None
+    try:
+        table, emb = score_samples(samples, url, model, pool, model_cfg.batch_size, run)
+    except ShardReadError as err:  # the shard as a whole is bad input, not a broken store
+        shard_error = str(err)
+        logger.warning("shard %s unreadable: %s", url, err)
+        table, emb = pl.DataFrame(schema=SCORES), np.zeros((0, 0), np.float16)
+    attempt.write_bytes("emb.npy", storage.npy_bytes(emb))
+    attempt.write_parquet("scores.parquet", table)
+    counts = Counts(samples=table.height, embedded=int(emb.shape[0]))
+    counts.add_codes("error", table["error"].drop_nulls())
+    seconds = time.perf_counter() - start
+    logger.info(
+        "scored %s: %d samples in %.1fs (%.1f samples/s)",
+        url,
+        table.height,
+        seconds,
+        table.height / seconds if seconds > 0 else 0.0,
+    )
+    return {
+        "url": url,
+        "samples": table.height,
+        "counts": dict(counts),
+        "shard_error": shard_error,
+        "seconds": round(seconds, 3),
+    }
 
 
 def score_shard(
@@ -185,45 +235,17 @@ def score_shard(
     cache_root: str,
     storage_options: dict[str, Any] | None = None,
     force: bool = False,
+    run: str | None = None,
 ) -> ShardScores:
-    """Score one input shard unless its cache entry exists (the stats file is written last)."""
+    """Score one input shard unless the cache holds it for this exact input and model."""
     fp = storage.fingerprint(url, storage_options)
-    key = cache_key(fp, score_settings(pool, model_cfg))
-    table_url, emb_url, stats_url = cache_paths(cache_root, key)
-    if not force and storage.exists(stats_url, storage_options):
-        stats = storage.read_json(stats_url, storage_options)
-        return ShardScores(url, key, table_url, emb_url, stats, cached=True)
-    start = time.perf_counter()
-    model = load_model(model_cfg)
-    samples = iter_samples(
-        url, storage_options, pool.format, pool.image_column, pool.caption_column, pool.uid_column
+    parts = {"input": fp, "settings": score_settings(pool, model_cfg)}
+    hit = Cache(cache_root, storage_options).get_or_compute(
+        NAMESPACE,
+        parts,
+        lambda attempt: _compute(url, pool, model_cfg, storage_options, run, attempt),
+        force=force,
     )
-    shard_error = None
-    try:
-        table, emb = score_samples(samples, url, model, pool, model_cfg.batch_size)
-    except ShardReadError as err:
-        shard_error = str(err)
-        logger.warning("shard %s unreadable: %s", url, err)
-        table, emb = pl.DataFrame(schema=SCORES), np.zeros((0, 0), np.float16)
-    buf = io.BytesIO()
-    np.save(buf, emb, allow_pickle=False)
-    storage.write_bytes(emb_url, buf.getvalue(), storage_options)
-    storage.write_parquet(table, table_url, storage_options)
-    stats = {
-        "url": url,
-        "fingerprint": fp,
-        "key": key,
-        "samples": table.height,
-        "embedded": int(emb.shape[0]),
-        "errors": dict(table.group_by("error").len().drop_nulls("error").iter_rows()),
-        "shard_error": shard_error,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    storage.write_json(stats_url, stats, storage_options)
-    logger.info("scored %s: %d samples in %.1fs", url, table.height, stats["seconds"])
-    return ShardScores(url, key, table_url, emb_url, stats, cached=False)
-
-
-def read_embeddings(url: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
-    """Load a shard's fp16 embeddings (plain .npy; pickles are refused)."""
-    return np.load(io.BytesIO(storage.read_bytes(url, storage_options)), allow_pickle=False)
+    return ShardScores(
+        url, hit.key, hit.files["scores.parquet"], hit.files["emb.npy"], hit.meta, hit.cached
+    )

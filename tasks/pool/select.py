@@ -3,7 +3,10 @@
 Everything here is a polars pass over small columns (no images, no model), so changing a
 threshold, a text rule or the balancing parameters re-runs this stage and publishing only.
 Statuses are decided in a fixed precedence: quarantined > duplicate > (balance when it runs
-first) > text > clip > (balance, by default) > kept.
+first) > text > clip > (balance, by default) > kept. Each step only looks at rows no earlier
+step decided, so a quarantined copy never makes a good copy of the same uid a duplicate.
+Every decided row gets an error *code* (`error`) and the same reason in words with its
+numbers (`error_detail`).
 """
 
 from __future__ import annotations
@@ -17,21 +20,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from schemas.config import BalanceConfig, PoolConfig
+from schemas.config import PoolConfig
 from schemas.tables import SAMPLES, conform
+from tasks.metaclip.counts import BalanceInputs, balance
 from tasks.pool.text_rules import text_filter_reasons
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-@dataclass
-class BalanceInputs:
-    """What balancing needs beyond the samples: counts from earlier partitions, the seed..."""
-
-    cfg: BalanceConfig
-    n_entries: int
-    metadata_sha256: str
-    prior_counts: np.ndarray | None = None
 
 
 @dataclass
@@ -52,17 +46,27 @@ def out_key(uid: str) -> str:
     return "u" + hashlib.sha256(uid.encode()).hexdigest()[:31]
 
 
-def _undecided(df: pl.DataFrame) -> pl.Series:
-    return df["status"].is_null()
+def _undecided() -> pl.Expr:
+    return pl.col("status").is_null()
 
 
-def _set(df: pl.DataFrame, mask: pl.Series | pl.Expr, status: str, error: pl.Expr) -> pl.DataFrame:
-    """Give `status`/`error` to still-undecided rows where `mask` holds."""
-    cond = pl.col("status").is_null() & mask
+def _set(
+    df: pl.DataFrame, mask: pl.Series | pl.Expr, status: str, code: pl.Expr, detail: pl.Expr
+) -> pl.DataFrame:
+    """Give `status`, `error` (code) and `error_detail` to still-undecided rows where `mask`."""
+    cond = _undecided() & mask
     return df.with_columns(
         pl.when(cond).then(pl.lit(status)).otherwise(pl.col("status")).alias("status"),
-        pl.when(cond).then(error).otherwise(pl.col("error")).alias("error"),
+        pl.when(cond).then(code).otherwise(pl.col("error")).alias("error"),
+        pl.when(cond).then(detail).otherwise(pl.col("error_detail")).alias("error_detail"),
     )
+
+
+def _duplicates(df: pl.DataFrame) -> pl.DataFrame:
+    """A uid seen again among the undecided rows: the first one in input order survives."""
+    first = pl.when(_undecided()).then(pl.col("uid")).is_first_distinct()
+    detail = pl.lit("uid seen earlier in the partition (first one in input order is kept)")
+    return _set(df, ~first, "duplicate", pl.lit("duplicate:uid"), detail)
 
 
 def _clip_filter(
@@ -72,44 +76,38 @@ def _clip_filter(
     if cfg.threshold is not None:
         thr = float(cfg.threshold)
         mask = pl.col("clip_score") < thr
-        err = pl.format("clip_score {} < {}", pl.col("clip_score").round(4), pl.lit(thr))
-        return _set(df, mask, "filtered_clip", err), thr, "threshold"
+        detail = pl.format("clip_score {} < {}", pl.col("clip_score").round(4), pl.lit(thr))
+        return _set(df, mask, "filtered_clip", pl.lit("clip:threshold"), detail), thr, "threshold"
     if cfg.top_fraction is None:
         return df, None, None
-    cand = df.filter(_undecided(df)).sort(["clip_score", "uid"], descending=[True, False])
+    cand = df.filter(_undecided()).sort(["clip_score", "uid"], descending=[True, False])
     k = math.ceil(cfg.top_fraction * cand.height - 1e-9)
     if k >= cand.height:
         return df, (float(cand["clip_score"].min()) if cand.height else None), "top_fraction"
     keep = cand.head(k).select("source", "index").with_columns(pl.lit(True).alias("_top"))
     thr = float(cand["clip_score"][k - 1]) if k > 0 else math.inf
     df = df.join(keep, on=["source", "index"], how="left", maintain_order="left")
-    err = pl.format(
-        "clip_score {} below top {}", pl.col("clip_score").round(4), pl.lit(cfg.top_fraction)
+    detail = pl.format(
+        "clip_score {} below the top {}", pl.col("clip_score").round(4), pl.lit(cfg.top_fraction)
     )
-    df = _set(df, pl.col("_top").is_null(), "filtered_clip", err).drop("_top")
+    code = pl.lit("clip:top_fraction")
+    df = _set(df, pl.col("_top").is_null(), "filtered_clip", code, detail).drop("_top")
     return df, thr, "top_fraction"
 
 
 def _balance(df: pl.DataFrame, bal: BalanceInputs, sel: Selection) -> pl.DataFrame:
-    from tasks.metaclip.balance import entry_counts, keep_mask, keep_probabilities
-
-    cand = _undecided(df)
-    ids = df["entry_ids"].filter(cand)
-    pool_counts = entry_counts(ids, bal.n_entries)
-    counts = pool_counts + (bal.prior_counts if bal.prior_counts is not None else 0)
-    probs = keep_probabilities(ids, counts, bal.cfg.t)
-    keep = keep_mask(probs, df["uid"].filter(cand), bal.cfg.seed)
+    cand = df.select(_undecided())["status"]
+    out = balance(df["entry_ids"].filter(cand), df["uid"].filter(cand), bal)
     idx = np.flatnonzero(cand.to_numpy())
     kp = np.full(df.height, np.nan)
-    kp[idx] = probs
+    kp[idx] = out.keep_prob
     drop = np.zeros(df.height, bool)
-    drop[idx] = ~keep
+    drop[idx] = ~out.keep
     df = df.with_columns(pl.Series("keep_prob", kp).fill_nan(None))
-    err = pl.format("balance: keep_prob {}", pl.col("keep_prob").round(6))
-    df = _set(df, pl.Series(drop), "filtered_balance", err)
-    sel.pool_counts = pool_counts
-    sel.counts_before = pool_counts
-    sel.counts_after = entry_counts(ids.filter(pl.Series(keep)), bal.n_entries)
+    detail = pl.format("keep_prob {}", pl.col("keep_prob").round(6))
+    df = _set(df, pl.Series(drop), "filtered_balance", pl.lit("balance"), detail)
+    sel.pool_counts = sel.counts_before = out.pool_counts
+    sel.counts_after = out.counts_after
     return df
 
 
@@ -133,16 +131,17 @@ def select(
         )
     else:
         df = df.with_columns(pl.lit(None, pl.List(pl.UInt32)).alias("entry_ids"))
-    df = _set(df, pl.col("error").is_not_null(), "quarantined", pl.col("error"))
-    dup = ~pl.col("uid").is_first_distinct()
-    df = _set(df, dup, "duplicate", pl.lit("duplicate uid (first one in input order is kept)"))
+    quarantined = pl.col("error").is_not_null()
+    df = _set(df, quarantined, "quarantined", pl.col("error"), pl.col("error_detail"))
+    df = _duplicates(df)
     sel = Selection(df, None, None)
     if balance is not None and balance.cfg.order == "before_filters":
         df = _balance(df, balance, sel)
     if pool.text_filter.enabled:
         reasons = text_filter_reasons(df["caption"], pool.text_filter)
         df = df.with_columns(reasons.alias("_text"))
-        df = _set(df, pl.col("_text").is_not_null(), "filtered_text", pl.col("_text")).drop("_text")
+        text = pl.col("_text")
+        df = _set(df, text.is_not_null(), "filtered_text", text, text).drop("_text")
     df, sel.threshold, sel.mode = _clip_filter(df, pool)
     if balance is not None and balance.cfg.order == "after_filters":
         df = _balance(df, balance, sel)

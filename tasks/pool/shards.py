@@ -7,21 +7,17 @@ So output shards can be written in parallel, and a source shard is read at most 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
 
 from schemas.config import PoolConfig
+from schemas.tables import SHARD_INDEX
+from tasks.errors import InfraError
 from tasks.pool.sources import iter_selected
-from tasks.publish.commit import Staging
-from tasks.publish.writer import (
-    WrittenFile,
-    pool_sample_json,
-    shard_index,
-    write_index,
-    write_tar,
-)
+from tasks.publish.writer import Sample, WrittenFile, write_shard
 
 
 def plan_shards(samples: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
@@ -30,9 +26,30 @@ def plan_shards(samples: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     return [(str(name), rows) for (name,), rows in kept.group_by("shard", maintain_order=True)]
 
 
-def _members(
-    rows: pl.DataFrame, pool: PoolConfig, so: dict[str, Any]
-) -> Iterator[tuple[str, dict[str, bytes]]]:
+def sample_json(row: dict[str, Any]) -> bytes:
+    """The `{key}.json` member of a published pool sample."""
+    meta = {
+        "uid": row["uid"],
+        "clip_score": row["clip_score"],
+        "source": row["source"],
+        "source_key": row["key"],
+        "url": row.get("url"),
+        "width": row.get("width"),
+        "height": row.get("height"),
+        "caption": row["caption"],
+    }
+    if row.get("keep_prob") is not None:
+        meta["keep_prob"] = row["keep_prob"]
+        meta["entry_ids"] = list(row.get("entry_ids") or [])
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+
+
+def _members(rows: pl.DataFrame, pool: PoolConfig, so: dict[str, Any]) -> Iterator[Sample]:
+    """The kept samples' original bytes, re-read from their source shards, in order.
+
+    A kept sample that cannot be found again means the input changed under the run: that
+    is a broken input store, not a bad sample, so the shard (and the run) fails.
+    """
     for (source,), part in rows.group_by("source", maintain_order=True):
         wanted = {r["index"]: r for r in part.iter_rows(named=True)}
         found = 0
@@ -50,28 +67,20 @@ def _members(
             if row is None:
                 continue
             if sample.image is None:
-                raise RuntimeError(f"{source}#{sample.key}: image vanished since scoring")
-            yield (
-                row["out_key"],
-                {
-                    row["image_ext"] or "jpg": sample.image,
-                    "txt": (row["caption"] or "").encode(),
-                    "json": pool_sample_json(row),
-                },
-            )
+                raise InfraError(f"{source}#{sample.key}: image vanished since scoring")
+            files = {
+                row["image_ext"]: sample.image,
+                "txt": (row["caption"] or "").encode(),
+                "json": sample_json(row),
+            }
+            yield row["out_key"], files, {k: row[k] for k in SHARD_INDEX}
             found += 1
         if found != len(wanted):
-            raise RuntimeError(f"{source}: {len(wanted) - found} kept samples missing on re-read")
+            raise InfraError(f"{source}: {len(wanted) - found} kept samples missing on re-read")
 
 
 def write_pool_shard(
-    name: str, rows: pl.DataFrame, stage: Staging, pool: PoolConfig
+    name: str, rows: pl.DataFrame, base: str, pool: PoolConfig, so: dict[str, Any]
 ) -> list[WrittenFile]:
-    """Write `shards/{name}` and its parquet index; return both for the manifest."""
-    so = stage.storage_options
-    tar = write_tar(stage.url(f"shards/{name}"), f"shards/{name}", _members(rows, pool, so), so)
-    index_name = name.removesuffix(".tar") + ".parquet"
-    index = write_index(
-        shard_index(rows), stage.url(f"shards/{index_name}"), f"shards/{index_name}", so
-    )
-    return [tar, index]
+    """Write `shards/{name}` and its parquet index into the version folder `base`."""
+    return write_shard(base, name, _members(rows, pool, so), SHARD_INDEX, so)

@@ -28,18 +28,6 @@ class CountsDontAddUp(AssertionError):
     pass
 
 
-def reason_label() -> pl.Expr:
-    """A reason without per-row numbers: quarantine and text reasons as stored, else the status."""
-    status = pl.col("status").cast(pl.String)
-    return (
-        pl.when(status.is_in(["quarantined", "filtered_text"]))
-        .then(pl.col("error"))
-        .when(status == "kept")
-        .then(None)
-        .otherwise(status)
-    )
-
-
 def status_counts(samples: pl.DataFrame) -> dict[str, int]:
     counts = dict.fromkeys(STATUSES, 0)
     for status, n in samples.group_by("status").len().iter_rows():
@@ -49,8 +37,9 @@ def status_counts(samples: pl.DataFrame) -> dict[str, int]:
 
 
 def reason_counts(samples: pl.DataFrame) -> dict[str, int]:
-    labels = samples.select(reason_label().alias("reason")).drop_nulls()
-    rows = labels.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
+    """Rows per error code (every status but kept has one), most frequent first."""
+    codes = samples.select(pl.col("error").alias("reason")).drop_nulls()
+    rows = codes.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
     return {str(r): int(n) for r, n in rows.iter_rows()}
 
 

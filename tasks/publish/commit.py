@@ -1,151 +1,148 @@
-"""Atomic publication of a partition: stage everything, then commit with `_SUCCESS` last.
+"""Versioned, atomic publication of a partition on any store (Delta Lake's idea, small).
 
-Local disk: files are written into a hidden staging folder beside the partition, which is
-renamed into place in one step (the previous version, if any, is moved aside first and
-deleted after). Object stores have no atomic rename: there the partition's `_SUCCESS` is
-deleted first (unpublishing it), files are written in place, `manifest.json` lists them with
-checksums, stale files are removed, and `_SUCCESS` is written last. Readers trust a
-partition only when `_SUCCESS` exists, and only the files its manifest lists.
+1. `begin`: a new version folder `{partition}/v-{time}-{id}/`. Nothing reads it: it is not
+   named by the manifest. Every data file of the run (shards, tables, report, running
+   counts) is written there, once, and never changed afterwards.
+2. `commit`: `manifest.json` at the partition root is replaced in one step (a rename
+   locally, one PUT on an object store) by a manifest naming the new version and listing
+   its files with sizes and sha256. That write *is* the publication. `_SUCCESS` follows
+   (once, for the first version); then version folders other than the new one and the one
+   it replaced are removed.
+
+A run that fails, is killed at any point, or is held by the gate therefore leaves the
+previous version published and intact: until the pointer moves, readers follow the old
+manifest to the old files, which nobody touches; after it moves, they follow the new one.
+The replaced version is kept until the next commit, so a reader that read the old manifest
+just before the switch can finish. Folders of killed runs are removed by the next commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import shutil
-import subprocess
 import uuid
 from dataclasses import asdict, dataclass
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from tasks.io import storage
 from tasks.io.lock import assert_held
+from tasks.publish.manifest import (
+    MANIFEST,
+    ROOT_FILES,
+    SUCCESS,
+    VERSION_PREFIX,
+    Published,
+    read_published,
+)
 from tasks.publish.writer import WrittenFile
 
 logger = logging.getLogger(__name__)
 
-SUCCESS = "_SUCCESS"
-MANIFEST = "manifest.json"
+HELD = "_HELD.json"
 
 
-def partition_url(output: str, dataset: str, flow: str, partition: str) -> str:
-    return storage.join(output, dataset, flow, partition)
-
-
-def code_version() -> str:
-    """Package version, plus the git commit when running from a checkout."""
-    try:
-        version = metadata.version("clip-curate")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        return f"{version}+g{sha}" if sha else version
-    except (OSError, subprocess.SubprocessError):
-        return version
-
-
-@dataclass
-class Staging:
-    """Where a run writes its partition before the commit."""
+@dataclass(frozen=True)
+class Version:
+    """One attempt to publish a partition: an immutable folder inside it."""
 
     final: str
-    staging: str
-    local: bool
+    id: str
     storage_options: dict[str, Any]
 
-    def url(self, rel: str) -> str:
-        return storage.join(self.staging, rel)
+    @property
+    def root(self) -> str:
+        return storage.join(self.final, self.id)
+
+    def url(self, name: str) -> str:
+        """Where file `name` (e.g. `shards/000000.tar`) of this version is written."""
+        return storage.join(self.root, name)
 
 
-def read_manifest(final: str, storage_options: dict[str, Any] | None = None) -> dict | None:
-    """The manifest of a published partition, or None when it is not published."""
-    if not storage.exists(storage.join(final, SUCCESS), storage_options):
-        return None
-    try:
-        return storage.read_json(storage.join(final, MANIFEST), storage_options)
-    except (OSError, ValueError):
-        return None
+def new_version_id() -> str:
+    """Sortable by time, unique by a random suffix."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{VERSION_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}"
 
 
-def begin(final: str, storage_options: dict[str, Any] | None = None) -> Staging:
-    """Open a staging area for `final`."""
-    so = storage_options or {}
-    fs, path = storage.get_fs(final, so)
-    if storage.is_local(fs):
-        parent, name = os.path.split(path.rstrip("/"))
-        staging = os.path.join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}")
-        os.makedirs(staging)
-        return Staging(final, staging, True, so)
-    storage.remove(storage.join(final, SUCCESS), so)  # unpublish before touching anything
-    return Staging(final, final, False, so)
+def begin(final: str, storage_options: dict[str, Any] | None = None) -> Version:
+    """A fresh version folder for `final` (created lazily by the first write)."""
+    return Version(final.rstrip("/"), new_version_id(), dict(storage_options or {}))
 
 
-def commit(stage: Staging, manifest: dict[str, Any], outputs: list[WrittenFile]) -> None:
-    """Write the manifest, make the partition visible, then `_SUCCESS`.
+def write_pointer(final: str, manifest: dict[str, Any], so: dict[str, Any]) -> None:
+    """Replace `manifest.json` in one step: the commit point."""
+    storage.write_json(storage.join(final, MANIFEST), manifest, so)
+
+
+def mark_success(final: str, so: dict[str, Any]) -> None:
+    """`_SUCCESS` at the partition root (written once; later commits find it there)."""
+    url = storage.join(final, SUCCESS)
+    if not storage.exists(url, so):
+        storage.write_bytes(url, b"", so)
+
+
+def commit(version: Version, manifest: dict[str, Any], outputs: list[WrittenFile]) -> Published:
+    """Publish `version`: write the manifest pointing at it, `_SUCCESS`, then prune.
 
     Refuses (LockLost) when this run's partition lock expired or was taken over, so two
     runs of one partition never both publish.
     """
-    assert_held(stage.final)
-    manifest = {**manifest, "outputs": [asdict(o) for o in sorted(outputs, key=lambda o: o.path)]}
-    manifest["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    storage.write_json(stage.url(MANIFEST), manifest, stage.storage_options)
-    if stage.local:
-        _swap_local(stage.staging, stage.final)
-    else:
-        keep = {o.path for o in outputs} | {MANIFEST}
-        _remove_stale(stage.final, keep, stage.storage_options)
-    assert_held(stage.final)
-    storage.write_bytes(storage.join(stage.final, SUCCESS), b"", stage.storage_options)
-    logger.info("published %s (%d files)", stage.final, len(outputs))
+    so = version.storage_options
+    assert_held(version.final)
+    previous = read_published(version.final, so)
+    manifest = {
+        **manifest,
+        "version": version.id,
+        "previous_version": previous.version if previous else None,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "outputs": [
+            {**asdict(o), "path": f"{version.id}/{o.path}"}
+            for o in sorted(outputs, key=lambda o: o.path)
+        ],
+    }
+    assert_held(version.final)
+    write_pointer(version.final, manifest, so)
+    mark_success(version.final, so)
+    logger.info("published %s version %s (%d files)", version.final, version.id, len(outputs))
+    keep = {version.id} | ({previous.version} if previous and previous.version else set())
+    prune(version.final, so, keep)
+    return Published(version.final, manifest)
 
 
-def abort(stage: Staging) -> None:
-    """Drop a local staging folder (object-store partitions stay unpublished)."""
-    if stage.local:
-        shutil.rmtree(stage.staging, ignore_errors=True)
+def abort(version: Version) -> None:
+    """Remove an uncommitted version's files (best effort: the next commit prunes them)."""
+    try:
+        storage.remove(version.root, version.storage_options, recursive=True)
+    except OSError as err:
+        logger.warning("could not remove unpublished version %s: %s", version.root, err)
 
 
-def _swap_local(staging: str, final: str) -> None:
-    final = final.rstrip("/")
-    old = None
-    if os.path.exists(final):
-        old = f"{os.path.dirname(final)}/.{os.path.basename(final)}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(final, old)
-    os.rename(staging, final)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+def hold(version: Version, record: dict[str, Any]) -> str:
+    """Keep an uncommitted version for inspection with `_HELD.json`; returns its folder.
+
+    Earlier held versions of the partition are superseded and removed; the published one
+    (and the one it replaced) stay.
+    """
+    so = version.storage_options
+    storage.write_json(version.url(HELD), record, so)
+    published = read_published(version.final, so)
+    keep = {version.id}
+    if published is not None:
+        keep |= {v for v in (published.version, published.manifest.get("previous_version")) if v}
+    prune(version.final, so, keep, legacy=published is None or published.version is not None)
+    return version.root
 
 
-def _remove_stale(final: str, keep: set[str], storage_options: dict[str, Any]) -> None:
-    fs, root = storage.get_fs(final, storage_options)
-    root = root.rstrip("/")
-    fs.invalidate_cache(root)  # a killed run may have left files this process never listed
-    for path in fs.find(root):
-        rel = path[len(root) + 1 :]
-        if rel not in keep and rel != SUCCESS:
-            fs.rm(path)
-
-
-def clean_stale_staging(final: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Remove staging/old folders that a killed run left beside a local partition."""
-    fs, path = storage.get_fs(final, storage_options)
-    if not storage.is_local(fs):
-        return
-    parent, name = os.path.split(path.rstrip("/"))
-    if not os.path.isdir(parent):
-        return
-    for entry in os.listdir(parent):
-        if entry.startswith((f".{name}.staging-", f".{name}.old-")):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+def prune(final: str, so: dict[str, Any], keep: set[str], legacy: bool = True) -> None:
+    """Remove version folders not in `keep`; with `legacy`, also loose files at the root
+    left by partitions published before versioning (never the pointer files)."""
+    for url in storage.listdir(final, so):
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        if name in keep or name in ROOT_FILES:
+            continue
+        if not name.startswith(VERSION_PREFIX) and not legacy:
+            continue
+        try:
+            storage.remove(url, so, recursive=True)
+        except OSError as err:  # garbage costs space, not correctness: the next commit retries
+            logger.warning("could not remove %s: %s", url, err)

@@ -4,24 +4,22 @@ A nightly job that suddenly keeps twice as much, scores everything lower or find
 times the events is more often broken (a changed upstream, a bad model file) than right.
 Before `commit`, the partition's figures are compared with those of the latest published
 partition before it (same dataset and flow). Beyond the bounds of `gate:` the partition is
-held: its staged files are kept for inspection (locally `.{partition}.held-{id}` beside the
-partition, on object stores in place without `_SUCCESS`) with `_HELD.json` saying why, and
-the run fails with one line. Re-running with `--set gate.override=true` publishes it.
+held: its version folder is kept, unpublished, for inspection with `_HELD.json` saying why
+(the previously published version stays published), and the run fails with one line.
+Re-running with `--set gate.override=true` publishes it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sys
-import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from schemas.config import CurateConfig, GateConfig
 from tasks.io import storage
-from tasks.publish.commit import SUCCESS, Staging, partition_url
+from tasks.publish.commit import Version, hold
+from tasks.publish.manifest import partition_url, partitions, read_published
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +84,17 @@ def previous_partition(
     cfg: CurateConfig, flow: str, partition: str
 ) -> tuple[str, dict[str, Any]] | None:
     """(URL, stats) of the latest published partition before `partition`, if any."""
-    folder = storage.join(cfg.output, cfg.dataset, flow)
     so = cfg.storage_options
-    names = {u.rstrip("/").rsplit("/", 1)[-1] for u in storage.listdir(folder, so)}
-    for name in sorted((n for n in names if n < partition and n[0] not in "._"), reverse=True):
-        url = partition_url(cfg.output, cfg.dataset, flow, name)
-        if storage.exists(storage.join(url, SUCCESS), so):
-            try:
-                return url, storage.read_json(storage.join(url, "stats.json"), so)
-            except (OSError, ValueError) as err:
-                logger.warning("gate: cannot read the stats of %s: %s", url, err)
+    for name in reversed(partitions(cfg.output, cfg.dataset, flow, so)):
+        if name >= partition:
+            continue
+        published = read_published(partition_url(cfg.output, cfg.dataset, flow, name), so)
+        if published is None:
+            continue
+        try:
+            return published.uri, storage.read_json(published.url("stats.json"), so)
+        except (OSError, ValueError) as err:
+            logger.warning("gate: cannot read the stats of %s: %s", published.uri, err)
     return None
 
 
@@ -117,33 +116,7 @@ def gate_artifact(flow: str, dataset: str, partition: str, prev: str, checks: li
         logger.warning("could not create the gate artifact: %s", err)
 
 
-def _held_folders(final: str) -> list[str]:
-    parent, name = os.path.split(final.rstrip("/"))
-    if not os.path.isdir(parent):
-        return []
-    return [os.path.join(parent, e) for e in os.listdir(parent) if e.startswith(f".{name}.held-")]
-
-
-def discard_held(stage: Staging) -> None:
-    """Drop local held copies of this partition: a newer version supersedes them."""
-    if stage.local:
-        for folder in _held_folders(stage.final):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def hold(stage: Staging, record: dict[str, Any]) -> str:
-    """Keep the staged partition unpublished with `_HELD.json`; returns where it is."""
-    storage.write_json(stage.url(HELD), record, stage.storage_options)
-    if not stage.local:
-        return stage.final  # written in place, and never given a `_SUCCESS`
-    discard_held(stage)
-    parent, name = os.path.split(stage.final.rstrip("/"))
-    held = os.path.join(parent, f".{name}.held-{uuid.uuid4().hex[:12]}")
-    os.rename(stage.staging, held)
-    return held
-
-
-def apply_gate(cfg: CurateConfig, flow: str, stats: dict[str, Any], stage: Staging) -> None:
+def apply_gate(cfg: CurateConfig, flow: str, stats: dict[str, Any], version: Version) -> None:
     """Compare `stats` with the previous published partition; raise GateHeld to hold it."""
     gate, partition = cfg.gate, stats["partition"]
     if not gate.enabled:
@@ -151,7 +124,6 @@ def apply_gate(cfg: CurateConfig, flow: str, stats: dict[str, Any], stage: Stagi
     found = previous_partition(cfg, flow, partition)
     if found is None:
         logger.info("gate: %s is the first %s partition, nothing to compare", partition, flow)
-        discard_held(stage)
         return
     prev_url, prev_stats = found
     checks = compare(flow, stats, prev_stats, gate)
@@ -161,11 +133,10 @@ def apply_gate(cfg: CurateConfig, flow: str, stats: dict[str, Any], stage: Stagi
     if not failed or gate.override:
         if failed:
             logger.warning("gate overridden for %s: %s", partition, reason)
-        discard_held(stage)
         return
     record = {"previous": prev_url, "reason": reason, "checks": [asdict(c) for c in checks]}
-    where = hold(stage, record)
+    where = hold(version, record)
     raise GateHeld(
-        f"partition {stage.final} held by the publish gate (vs {prev_url}): {reason}; "
-        f"staged files kept in {where}; re-run with --set gate.override=true to publish"
+        f"partition {version.final} held by the publish gate (vs {prev_url}): {reason}; "
+        f"unpublished version kept in {where}; re-run with --set gate.override=true to publish"
     )

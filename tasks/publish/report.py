@@ -1,8 +1,7 @@
-"""Human report of a pool partition: report.md plus a few small plots.
+"""Markdown and plot helpers shared by the pool and video reports.
 
-The report is for a person deciding whether last night's run looks right, so it leads with the
+A report is for a person deciding whether last night's run looks right, so it leads with the
 numbers that must add up (input = every status) and shows the check instead of trusting it.
-The markdown/plot helpers here are shared with the video report.
 
 Figures are built with `matplotlib.figure.Figure`, never pyplot: pyplot keeps global state
 that is not thread-safe, and flows write reports from worker threads.
@@ -19,10 +18,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np
-import polars as pl
 from matplotlib.figure import Figure
 
-from schemas.tables import STATUSES
 from tasks.io import storage
 
 logger = logging.getLogger(__name__)
@@ -30,12 +27,9 @@ logger = logging.getLogger(__name__)
 FIGSIZE = (6.0, 3.5)
 DPI = 100
 TOP_REASONS = 15
-QUANTILES = ("p01", "p05", "p25", "p50", "p75", "p95", "p99")
 
-PLOT_SCORES = "plots/clip_score_hist.png"
 PLOT_STATUS = "plots/status_counts.png"
 PLOT_REASONS = "plots/top_reasons.png"
-PLOT_ENTRIES = "plots/metaclip_rank_counts.png"
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -126,7 +120,7 @@ def save_figure(fig: Figure, out_url: str, rel: str, storage_options: dict | Non
     return rel
 
 
-def _no_data(ax: Any, text: str) -> None:
+def no_data(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -150,7 +144,7 @@ def plot_top_reasons(reasons: Mapping[str, int], out_url: str, rel: str, so: dic
         ax.set_xlabel("count")
         ax.tick_params(axis="y", labelsize=7)
     else:
-        _no_data(ax, "no rejected items")
+        no_data(ax, "no rejected items")
     ax.set_title(f"Top {TOP_REASONS} reasons")
     return save_figure(fig, out_url, rel, so)
 
@@ -158,178 +152,3 @@ def plot_top_reasons(reasons: Mapping[str, int], out_url: str, rel: str, so: dic
 def write_text(out_url: str, rel: str, text: str, so: dict | None) -> str:
     storage.write_bytes(storage.join(out_url, rel), text.encode("utf-8"), so)
     return rel
-
-
-# ---------------------------------------------------------------- MetaCLIP distribution
-
-
-def _head_share(counts: np.ndarray, head: int) -> float:
-    total = float(counts.sum())
-    if total == 0:
-        return 0.0
-    top = np.sort(counts)[::-1][:head]
-    return float(top.sum()) / total
-
-
-def entry_distribution_summary(
-    counts_before: np.ndarray, counts_after: np.ndarray, head: int = 100
-) -> dict:
-    """How balancing flattened the entry distribution: entries hit and head/tail shares.
-
-    The head share is the fraction of all (caption, entry) matches held by the `head` most
-    frequent entries of that distribution (each ranked by its own counts); tail = 1 - head.
-    """
-    before = np.asarray(counts_before, dtype=np.int64)
-    after = np.asarray(counts_after, dtype=np.int64)
-    hb, ha = _head_share(before, head), _head_share(after, head)
-    return {
-        "head": int(head),
-        "entries": len(before),
-        "entries_hit_before": int((before > 0).sum()),
-        "entries_hit_after": int((after > 0).sum()),
-        "matches_before": int(before.sum()),
-        "matches_after": int(after.sum()),
-        "head_share_before": hb,
-        "head_share_after": ha,
-        "tail_share_before": 1.0 - hb if before.sum() else 0.0,
-        "tail_share_after": 1.0 - ha if after.sum() else 0.0,
-    }
-
-
-def plot_entry_ranks(
-    entry_counts: tuple[np.ndarray, np.ndarray], t: int | None, out_url: str, so: dict | None
-) -> str:
-    """Rank-count (Zipf) plot: balancing should cut the head down to about t."""
-    fig, ax = new_figure()
-    plotted = False
-    for label, counts in zip(("before", "after"), entry_counts, strict=True):
-        c = np.sort(np.asarray(counts, dtype=np.int64))[::-1]
-        c = c[c > 0]
-        if len(c):
-            ax.loglog(np.arange(1, len(c) + 1), c, label=f"{label} ({len(c)} entries hit)")
-            plotted = True
-    if not plotted:
-        _no_data(ax, "no metadata matches")
-    else:
-        if t:
-            ax.axhline(t, color="grey", linestyle="--", linewidth=1, label=f"t = {t}")
-        ax.set_xlabel("entry rank")
-        ax.set_ylabel("matches")
-        ax.legend(fontsize=8)
-    ax.set_title("MetaCLIP entry counts by rank")
-    return save_figure(fig, out_url, PLOT_ENTRIES, so)
-
-
-# ---------------------------------------------------------------- pool report
-
-
-def _score_groups(samples: pl.DataFrame) -> dict[str, np.ndarray]:
-    """Finite CLIP scores split into kept / filtered_clip / other statuses."""
-    df = samples.select(pl.col("clip_score").cast(pl.Float64), pl.col("status").cast(pl.String))
-    df = df.filter(pl.col("clip_score").is_not_null() & pl.col("clip_score").is_finite())
-    other = ~pl.col("status").is_in(["kept", "filtered_clip"])
-    return {
-        "kept": df.filter(pl.col("status") == "kept")["clip_score"].to_numpy(),
-        "filtered_clip": df.filter(pl.col("status") == "filtered_clip")["clip_score"].to_numpy(),
-        "other": df.filter(other)["clip_score"].to_numpy(),
-    }
-
-
-def plot_score_hist(samples: pl.DataFrame, threshold: float | None, out_url: str, so: Any) -> str:
-    fig, ax = new_figure()
-    groups = {k: v for k, v in _score_groups(samples).items() if len(v)}
-    if groups:
-        ax.hist(list(groups.values()), bins=50, stacked=True, label=list(groups.keys()))
-        if threshold is not None:
-            ax.axvline(threshold, color="black", linestyle="--", label=f"cut {threshold:.4g}")
-        ax.set_xlabel("CLIP score (cosine)")
-        ax.set_ylabel("samples")
-        ax.legend(fontsize=8)
-    else:
-        _no_data(ax, "no scored samples")
-    ax.set_title("CLIP score of scored samples")
-    return save_figure(fig, out_url, PLOT_SCORES, so)
-
-
-def _samples_check(samples: pl.DataFrame, counts: Mapping[str, int]) -> str:
-    """Cross-check the per-sample table against the stats the flow recorded."""
-    got = dict(samples.group_by(pl.col("status").cast(pl.String)).len().iter_rows())
-    bad = [s for s in STATUSES if int(got.get(s, 0)) != int(counts.get(s, 0))]
-    if not bad and samples.height == int(counts.get("input", 0)):
-        return f"samples.parquet agrees: {samples.height} rows, same counts per status ✓"
-    diffs = ", ".join(f"{s} {got.get(s, 0)} vs {counts.get(s, 0)}" for s in bad)
-    return f"samples.parquet **disagrees** ({samples.height} rows): {diffs} ✗"
-
-
-def _clip_section(clip: Mapping[str, Any]) -> str:
-    q = clip.get("quantiles") or {}
-    table = md_table(list(QUANTILES), [[q.get(k) for k in QUANTILES]])
-    mode, thr = clip.get("mode"), clip.get("threshold")
-    cut = f"Selection: {mode or 'none'}; threshold {fmt(thr)}."
-    return f"{table}\n\n{cut}"
-
-
-def _balance_section(balance: Mapping[str, Any] | None) -> str:
-    if not balance:
-        return "Balancing: not configured."
-    hb, ha = balance.get("head_share_before"), balance.get("head_share_after")
-    rows = [
-        ["t", balance.get("t")],
-        ["seed", balance.get("seed")],
-        ["metadata sha256", balance.get("metadata_sha256")],
-        ["metadata entries", balance.get("entries")],
-        ["entries hit before", balance.get("entries_hit_before")],
-        ["entries hit after", balance.get("entries_hit_after")],
-        ["head share before", hb],
-        ["head share after", ha],
-        ["tail share before", balance.get("tail_share_before", None if hb is None else 1 - hb)],
-        ["tail share after", balance.get("tail_share_after", None if ha is None else 1 - ha)],
-    ]
-    return md_table(["", "value"], rows)
-
-
-def _pool_markdown(samples: pl.DataFrame, stats: Mapping[str, Any], plots: list[str]) -> str:
-    counts, shards = stats.get("counts") or {}, stats.get("shards") or {}
-    parts = [
-        f"# Pool report: {stats.get('dataset')} / {stats.get('partition')}",
-        "## Counts by status",
-        status_counts_table(counts),
-        _samples_check(samples, counts),
-        "## Reasons",
-        reasons_table(stats.get("reasons") or {}),
-        "## Shards",
-        md_table(["shards", "count"], [[k, v] for k, v in shards.items()]),
-        "## CLIP score quantiles",
-        _clip_section(stats.get("clip_score") or {}),
-        "## MetaCLIP balancing",
-        _balance_section(stats.get("balance")),
-        "## Plots",
-        *[f"![{p.removeprefix('plots/').removesuffix('.png')}]({p})" for p in plots],
-        "## Timings",
-        timings_table(stats.get("timings") or {}),
-    ]
-    return "\n\n".join(parts) + "\n"
-
-
-def write_pool_report(
-    samples: pl.DataFrame,
-    stats: dict,
-    out_url: str,
-    storage_options: dict | None = None,
-    entry_counts: tuple[np.ndarray, np.ndarray] | None = None,
-) -> list[str]:
-    """Write report.md and plots/*.png under `out_url`; return the relative paths written."""
-    so, counts = storage_options, stats.get("counts") or {}
-    threshold = (stats.get("clip_score") or {}).get("threshold")
-    plots = [
-        plot_score_hist(samples, threshold, out_url, so),
-        plot_status_counts(counts, out_url, PLOT_STATUS, so),
-        plot_top_reasons(stats.get("reasons") or {}, out_url, PLOT_REASONS, so),
-    ]
-    if entry_counts is not None:
-        plots.append(
-            plot_entry_ranks(entry_counts, (stats.get("balance") or {}).get("t"), out_url, so)
-        )
-    written = [*plots, write_text(out_url, "report.md", _pool_markdown(samples, stats, plots), so)]
-    logger.info("wrote pool report to %s (%d files)", out_url, len(written))
-    return written

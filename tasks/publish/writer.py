@@ -1,7 +1,12 @@
-"""Write curated WebDataset shards: deterministic tars plus a per-shard parquet index.
+"""The one shard writer (img2dataset's writer): deterministic tars plus a parquet index each.
 
-Tar members carry fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same samples always
-give the same bytes and the same sha256, whatever the run, machine or worker count.
+Both flows publish WebDataset shards the same way: `write_shard` streams samples
+`(key, {ext: bytes}, index row)` into `shards/{name}` and writes the rows of the samples
+it wrote to `shards/{stem}.parquet`; `write_sizes` then lists every shard's sample count
+in `shards/sizes.json` (open_clip's loader reads it). Tar members carry fixed metadata
+(mtime 0, uid/gid 0, mode 0644), so the same samples always give the same bytes and the
+same sha256, whatever the run, machine or worker count. Every file is described by a
+`WrittenFile` (path relative to the version folder, sha256, size, count) for the manifest.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from typing import IO, Any
 
 import polars as pl
 
-from schemas.tables import SHARD_INDEX, conform
+from schemas.tables import conform
 from tasks.io import storage
+
+SIZES = "shards/sizes.json"
+Sample = tuple[str, dict[str, bytes], dict[str, Any]]  # (key, {ext: bytes}, index row)
 
 
 class _HashingWriter:
@@ -45,31 +53,38 @@ def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 @dataclass
 class WrittenFile:
-    path: str  # relative to the partition folder
+    path: str  # relative to the version folder
     sha256: str
     bytes: int
     count: int = 0
 
 
-def write_tar(
-    url: str,
-    rel_path: str,
-    members: Iterable[tuple[str, dict[str, bytes]]],
+def write_shard(
+    base: str,
+    name: str,
+    samples: Iterable[Sample],
+    index_schema: dict[str, pl.DataType],
     storage_options: dict[str, Any] | None = None,
-) -> WrittenFile:
-    """Write samples `(key, {ext: bytes})` into one tar, in the given order."""
-    count = 0
-    with storage.open_write(url, storage_options) as raw:
+) -> list[WrittenFile]:
+    """Write `shards/{name}` (a tar, samples in the given order) and its parquet index."""
+    rel = f"shards/{name}"
+    rows: list[dict[str, Any]] = []
+    with storage.open_write(storage.join(base, rel), storage_options) as raw:
         out = _HashingWriter(raw)
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-            for key, files in members:
+            for key, files, row in samples:
                 for ext, data in files.items():
                     tar.addfile(*_member(f"{key}.{ext}", data))
-                count += 1
-    return WrittenFile(rel_path, out.sha.hexdigest(), out.bytes, count)
+                rows.append(row)
+    tar_file = WrittenFile(rel, out.sha.hexdigest(), out.bytes, len(rows))
+    index = pl.DataFrame(rows, schema=index_schema) if rows else pl.DataFrame(schema=index_schema)
+    index_rel = f"shards/{name.removesuffix('.tar')}.parquet"
+    index_url = storage.join(base, index_rel)
+    index_file = write_table(conform(index, index_schema), index_url, index_rel, storage_options)
+    return [tar_file, index_file]
 
 
-def write_index(
+def write_table(
     df: pl.DataFrame, url: str, rel_path: str, storage_options: dict[str, Any] | None = None
 ) -> WrittenFile:
     """Write a table as parquet and describe it for the manifest."""
@@ -88,13 +103,12 @@ def write_file(
 
 
 def write_sizes(
-    written: list[WrittenFile], stage_url: str, storage_options: dict[str, Any] | None = None
+    written: list[WrittenFile], base: str, storage_options: dict[str, Any] | None = None
 ) -> WrittenFile:
     """`shards/sizes.json`: {shard file name: sample count}, as open_clip's loader reads it."""
     sizes = {w.path.removeprefix("shards/"): w.count for w in written if w.path.endswith(".tar")}
     data = json.dumps(dict(sorted(sizes.items())), indent=2).encode()
-    url = f"{stage_url.rstrip('/')}/shards/sizes.json"
-    return write_file(url, "shards/sizes.json", data, storage_options)
+    return write_file(storage.join(base, SIZES), SIZES, data, storage_options)
 
 
 def describe_file(
@@ -103,25 +117,3 @@ def describe_file(
     """Describe a file another writer already put in place (e.g. report plots)."""
     data = storage.read_bytes(url, storage_options)
     return WrittenFile(rel_path, hashlib.sha256(data).hexdigest(), len(data))
-
-
-def pool_sample_json(row: dict[str, Any]) -> bytes:
-    """The `{key}.json` member of a published pool sample."""
-    meta = {
-        "uid": row["uid"],
-        "clip_score": row["clip_score"],
-        "source": row["source"],
-        "source_key": row["key"],
-        "url": row.get("url"),
-        "width": row.get("width"),
-        "height": row.get("height"),
-        "caption": row["caption"],
-    }
-    if row.get("keep_prob") is not None:
-        meta["keep_prob"] = row["keep_prob"]
-        meta["entry_ids"] = list(row.get("entry_ids") or [])
-    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
-
-
-def shard_index(rows: pl.DataFrame) -> pl.DataFrame:
-    return conform(rows, SHARD_INDEX)

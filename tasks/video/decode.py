@@ -26,11 +26,15 @@ import av
 import decord
 import numpy as np
 
+from tasks.errors import as_sample_error
 from tasks.io import storage
 
 logger = logging.getLogger(__name__)
 
 SPOOL_CHUNK = 8 << 20
+# What decord and PyAV raise for bytes they cannot decode (errno-carrying ones are excluded
+# again by the error policy when they describe the machine).
+DECODE_ERRORS = (decord.DECORDError, av.FFmpegError, IndexError, ValueError, RuntimeError)
 
 
 @contextmanager
@@ -107,20 +111,22 @@ def iter_frame_chunks(
 
     Frames are uint8 RGB `(N, H, W, 3)`, resized by decord while decoding (see
     `decode_size`). Only one chunk is decoded at a time, so memory is bounded by
-    `chunk_frames` whatever the video's length. Errors from a bad file propagate: probe
-    first (`tasks.video.probe`), which quarantines what this could not read.
+    `chunk_frames` whatever the video's length. A file that fails to decode raises
+    `SampleError("decode_error")` (probe first: `tasks.video.probe` names most problems).
     """
     if chunk_frames < 1:
         raise ValueError("chunk_frames must be >= 1")
     with local_video(url, storage_options) as path:
-        width, height = decode_size(*_source_size(path), size)
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height)
-        fps, n_frames = float(reader.get_avg_fps()), len(reader)
+        with as_sample_error("decode_error", *DECODE_ERRORS):
+            width, height = decode_size(*_source_size(path), size)
+            reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height)
+            fps, n_frames = float(reader.get_avg_fps()), len(reader)
         picks = sample_times(n_frames / fps, fps, sample_fps)
         logger.debug("%s: %d of %d frames at %.3g fps", url, len(picks), n_frames, sample_fps)
         for lo in range(0, len(picks), chunk_frames):
             part = picks[lo : lo + chunk_frames]
             indices = np.array([i for i, _ in part], dtype=np.int64)
             times = np.array([t for _, t in part], dtype=np.float64)
-            frames = reader.get_batch(indices.tolist()).asnumpy()
+            with as_sample_error("decode_error", *DECODE_ERRORS):
+                frames = reader.get_batch(indices.tolist()).asnumpy()
             yield indices, times, frames

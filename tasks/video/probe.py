@@ -1,17 +1,18 @@
-"""Probe one input video: metadata for `videos.parquet`, or a quarantine reason. Never raises.
+"""Probe one input video: metadata for `videos.parquet`, or a quarantine reason.
 
-Checks run cheapest first and the first failure is the reason:
+A bad file never raises: it gets `status` quarantined, an error code and a detail. Checks
+run cheapest first and the first failure is the code:
 
 - `empty_file`: zero bytes.
-- `not_a_video: ...`: the container cannot be parsed and does not start like an
+- `not_a_video`: the container cannot be parsed and does not start like an
   ISO-BMFF/Matroska file, or it holds no video stream.
-- `truncated: ...`: the container starts like a video but cannot be parsed (an mp4 cut
+- `truncated`: the container starts like a video but cannot be parsed (an mp4 cut
   before its moov atom), or decord stops reading before the end (an mp4 whose moov atom
   is present but whose media data is cut), or the first or last frame cannot be decoded.
   A partly decodable file is quarantined rather than scored: its tail is missing, and a
   recorder that cut one file is more likely to have corrupted the rest of it.
-- `unsupported_codec: ...`: a video stream that decord's FFmpeg has no decoder for.
-- `no_frames`, `zero_fps`, `absurd_duration: ...`: decodable but unusable timing.
+- `unsupported_codec`: a video stream that decord's FFmpeg has no decoder for.
+- `no_frames`, `zero_fps`, `absurd_duration`: decodable but unusable timing.
 
 fps and the frame count come from decord, the decoder the scoring stage uses; the codec
 name and size from PyAV. Everything opens through `tasks.io.storage`, so s3:// works too.
@@ -19,7 +20,6 @@ name and size from PyAV. Everything opens through `tasks.io.storage`, so s3:// w
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,7 +29,7 @@ from typing import Any
 import av
 import decord
 
-from tasks.io import storage
+from tasks.errors import SampleError, is_infrastructure
 from tasks.video.decode import local_video
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 MISSING_TAIL_S = 1.0
 
 
-class Quarantine(Exception):
-    """A probe check failed; the message is the reason string."""
+class Quarantine(SampleError):
+    """A probe check failed: `code` is the reason, `detail` what exactly was seen."""
 
 
 def _result(url: str, **fields: Any) -> dict[str, Any]:
@@ -50,6 +50,7 @@ def _result(url: str, **fields: Any) -> dict[str, Any]:
         "video": url,
         "status": "ok",
         "error": None,
+        "error_detail": None,
         "duration_s": None,
         "fps": None,
         "width": None,
@@ -81,10 +82,10 @@ def _container_info(path: str, info: dict[str, Any]) -> None:
         container = av.open(path)
     except (av.FFmpegError, OSError, ValueError) as err:
         kind = "truncated" if _looks_like_video(head) else "not_a_video"
-        raise Quarantine(f"{kind}: container unreadable ({_short(err)})") from None
+        raise Quarantine(kind, f"container unreadable ({_short(err)})") from None
     with container:
         if not container.streams.video:
-            raise Quarantine("not_a_video: no video stream")
+            raise Quarantine("not_a_video", "no video stream")
         stream = container.streams.video[0]
         ctx = stream.codec_context
         info.update(codec=ctx.codec.canonical_name, width=ctx.width, height=ctx.height)
@@ -108,7 +109,7 @@ def _declared_duration(container: Any, stream: Any) -> float | None:
 
 def _check_duration(seconds: float | None, max_duration_s: float) -> None:
     if seconds is not None and seconds > max_duration_s:
-        raise Quarantine(f"absurd_duration: {seconds:.1f}s > {max_duration_s:g}s")
+        raise Quarantine("absurd_duration", f"{seconds:.1f}s > {max_duration_s:g}s")
 
 
 def _decode_info(path: str, info: dict[str, Any]) -> None:
@@ -120,69 +121,54 @@ def _decode_info(path: str, info: dict[str, Any]) -> None:
     except (decord.DECORDError, RuntimeError) as err:
         msg = _short(err)
         if "cannot find video stream" in msg:
-            raise Quarantine(f"unsupported_codec: {info['codec']}") from None
-        raise Quarantine(f"truncated: media data unreadable ({msg})") from None
+            raise Quarantine("unsupported_codec", str(info["codec"])) from None
+        raise Quarantine("truncated", f"media data unreadable ({msg})") from None
     n_frames, fps = len(reader), float(reader.get_avg_fps())
     if not math.isfinite(fps) or fps <= 0:
         raise Quarantine("zero_fps")
     declared, decoded = info.get("duration_s"), n_frames / fps
     info.update(fps=fps, n_frames=n_frames, duration_s=decoded)
     if declared is not None and decoded < declared - max(MISSING_TAIL_S, 3 / fps):
-        raise Quarantine(f"truncated: {decoded:.2f}s of frames, header says {declared:.2f}s")
+        raise Quarantine("truncated", f"{decoded:.2f}s of frames, header says {declared:.2f}s")
     for index in sorted({0, n_frames - 1}):
         try:
             reader[index].asnumpy()
         except (decord.DECORDError, RuntimeError, IndexError) as err:
-            raise Quarantine(f"truncated: frame {index} of {n_frames} ({_short(err)})") from None
+            raise Quarantine("truncated", f"frame {index} of {n_frames} ({_short(err)})") from None
 
 
 def probe_video(
     url: str, storage_options: dict | None = None, max_duration_s: float = 6 * 3600
 ) -> dict[str, Any]:
-    """Metadata of one video, `status` "ok" or "quarantined" with the reason in `error`."""
+    """Metadata of one video, `status` "ok" or "quarantined" with the reason in `error`.
+
+    A remote video is fetched first: a store that fails to deliver it fails the task (the
+    error policy), only what the file itself holds can quarantine it.
+    """
+    with local_video(url, storage_options) as path:
+        return probe_local(path, url, max_duration_s)
+
+
+def probe_local(path: str, url: str, max_duration_s: float) -> dict[str, Any]:
+    """`probe_video` of a local file; `url` names it in the result."""
     info: dict[str, Any] = {}
     try:
-        with local_video(url, storage_options) as path:
-            if os.path.getsize(path) == 0:
-                raise Quarantine("empty_file")
-            _container_info(path, info)
-            _check_duration(info["duration_s"], max_duration_s)
-            _decode_info(path, info)
-            _check_duration(info["duration_s"], max_duration_s)
+        if os.path.getsize(path) == 0:
+            raise Quarantine("empty_file")
+        _container_info(path, info)
+        _check_duration(info["duration_s"], max_duration_s)
+        _decode_info(path, info)
+        _check_duration(info["duration_s"], max_duration_s)
     except Quarantine as reason:
         logger.warning("quarantined %s: %s", url, reason)
-        return _result(url, status="quarantined", error=str(reason), **info)
-    except Exception as err:  # unreadable store object, odd library failure: still a row
+        return _result(
+            url, status="quarantined", error=reason.code, error_detail=reason.detail, **info
+        )
+    except Exception as err:  # an odd library failure on this file: still a row...
+        if is_infrastructure(err):  # ...unless the disk or memory is what failed
+            raise
         logger.warning("quarantined %s: unreadable (%s)", url, _short(err))
-        return _result(url, status="quarantined", error=f"unreadable: {_short(err)}", **info)
+        return _result(
+            url, status="quarantined", error="unreadable", error_detail=_short(err), **info
+        )
     return _result(url, **info)
-
-
-def sidecar_url(url: str) -> str:
-    """The sidecar's URL: the video's, with its extension replaced by `.json`."""
-    base, ext = os.path.splitext(url)
-    return f"{base}.json" if ext and "/" not in ext else f"{url}.json"
-
-
-def read_sidecar(url: str, storage_options: dict | None = None) -> dict[str, str | None]:
-    """`vehicle_id` and `start_time` from the optional sidecar JSON; None when absent or bad.
-
-    A sidecar is metadata from the fleet, not the data itself: a broken one is logged and
-    ignored, never a reason to drop the video.
-    """
-    out: dict[str, str | None] = {"vehicle_id": None, "start_time": None}
-    side = sidecar_url(url)
-    try:
-        if not storage.exists(side, storage_options):
-            return out
-        data = json.loads(storage.read_bytes(side, storage_options))
-    except (OSError, ValueError) as err:
-        logger.warning("ignoring sidecar %s: %s", side, _short(err))
-        return out
-    if not isinstance(data, dict):
-        logger.warning("ignoring sidecar %s: not a JSON object", side)
-        return out
-    for key in out:
-        value = data.get(key)
-        out[key] = None if value is None else str(value)
-    return out

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
+import av
 import numpy as np
 import polars as pl
 
 from schemas.config import VideoConfig
 from schemas.tables import EVENTS, FRAMES, conform
-from tasks.publish.commit import Staging
-from tasks.publish.writer import WrittenFile, write_tar
+from tasks.errors import SampleError, as_sample_error
+from tasks.publish.writer import Sample, WrittenFile, write_shard
 from tasks.video.clips import clip_bytes, thumbnail_jpeg
 from tasks.video.events import clip_window, detect_events, smooth
 from tasks.video.zero_shot import fuse, motion_cue, zero_shot_near_miss
+
+logger = logging.getLogger(__name__)
 
 
 def frame_scores(
@@ -75,6 +79,9 @@ def video_events(
                 "clip_end_s": c1,
                 "key": key,
                 "shard": None,
+                "status": "ok",
+                "error": None,
+                "error_detail": None,
             }
         )
     return (
@@ -88,21 +95,50 @@ def assign_event_shards(events: pl.DataFrame, max_samples: int) -> pl.DataFrame:
 
 
 def _event_json(row: dict[str, Any], lineage: dict[str, Any]) -> bytes:
-    meta = {**{k: row[k] for k in EVENTS}, **lineage}
-    return json.dumps(meta, sort_keys=True, default=str).encode()
+    meta = {**{k: row[k] for k in EVENTS if k not in ("status", "error", "error_detail")}}
+    return json.dumps({**meta, **lineage}, sort_keys=True, default=str).encode()
+
+
+# Errors of PyAV and the clip cutter that mean "this clip cannot be cut from this file".
+CLIP_ERRORS = (av.FFmpegError, ValueError, IndexError, StopIteration)
 
 
 def write_event_shard(
-    name: str, events: pl.DataFrame, stage: Staging, lineage: dict[str, Any]
-) -> WrittenFile:
-    """One tar of event clips: `{key}.mp4`, `{key}.jpg` (peak frame), `{key}.json`."""
-    so = stage.storage_options
+    name: str, events: pl.DataFrame, base: str, lineage: dict[str, Any], so: dict[str, Any]
+) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
+    """One tar of event clips: `{key}.mp4`, `{key}.jpg` (peak frame), `{key}.json`.
 
-    def members() -> Iterator[tuple[str, dict[str, bytes]]]:
+    A clip that cannot be cut is left out of the shard and returned as
+    `{event_id: (code, detail)}`: one bad clip never fails the run.
+    """
+    failed: dict[str, tuple[str, str]] = {}
+
+    def members() -> Iterator[Sample]:
         for row in events.iter_rows(named=True):
-            clip, info = clip_bytes(row["video"], so, row["clip_start_s"], row["clip_end_s"])
-            thumb = thumbnail_jpeg(row["video"], so, row["peak_s"])
+            try:
+                with as_sample_error("clip_error", *CLIP_ERRORS):
+                    start, end = row["clip_start_s"], row["clip_end_s"]
+                    clip, info = clip_bytes(row["video"], so, start, end)
+                    thumb = thumbnail_jpeg(row["video"], so, row["peak_s"])
+            except SampleError as err:
+                logger.warning("event %s: no clip (%s)", row["event_id"], err)
+                failed[row["event_id"]] = (err.code, err.detail)
+                continue
             meta = _event_json(row, {**lineage, "clip": info})
-            yield row["key"], {"mp4": clip, "jpg": thumb, "json": meta}
+            yield row["key"], {"mp4": clip, "jpg": thumb, "json": meta}, row
 
-    return write_tar(stage.url(f"shards/{name}"), f"shards/{name}", members(), so)
+    written = write_shard(base, name, members(), EVENTS, so)
+    return written, failed
+
+
+def mark_clip_failures(events: pl.DataFrame, failed: dict[str, tuple[str, str]]) -> pl.DataFrame:
+    """Events whose clip could not be cut get status clip_error, their reason and no shard."""
+    bad = pl.col("event_id").is_in(list(failed))
+    codes = {k: v[0] for k, v in failed.items()}
+    details = {k: v[1] for k, v in failed.items()}
+    return events.with_columns(
+        pl.when(bad).then(pl.lit("clip_error")).otherwise(pl.lit("ok")).alias("status"),
+        pl.col("event_id").replace_strict(codes, default=None).alias("error"),
+        pl.col("event_id").replace_strict(details, default=None).alias("error_detail"),
+        pl.when(bad).then(None).otherwise(pl.col("shard")).alias("shard"),
+    ).cast({"status": EVENTS["status"]})

@@ -1,14 +1,15 @@
 """Video score stage: one video in, cached probe + per-frame CLIP embeddings out.
 
-Only what is expensive is cached (decode + image encoder), keyed by (video fingerprint,
-model identity, sample fps). Zero-shot probabilities, the motion cue, fusion and event
-detection are cheap matrix work on the cached embeddings, so changing prompts, fusion
-weights or thresholds never decodes a video again.
+Only what is expensive is cached (decode + image encoder, through `tasks.io.cache`), keyed
+by (video fingerprint, model identity, sample fps). Zero-shot probabilities, the motion cue,
+fusion and event detection are cheap matrix work on the cached embeddings, so changing
+prompts, fusion weights or thresholds never decodes a video again. A video that cannot be
+decoded is a quarantined row; a model, device or store failure fails the task and caches
+nothing (`tasks.errors`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator
@@ -20,19 +21,22 @@ import polars as pl
 import torch
 from PIL import Image
 
-from schemas.config import ModelConfig, VideoConfig, config_hash
+from schemas.config import ModelConfig, VideoConfig
+from tasks import cancel
+from tasks.errors import SampleError
 from tasks.io import storage
+from tasks.io.cache import Attempt, Cache
 from tasks.io.prefetch import prefetch
-from tasks.io.storage import fingerprint_key
 from tasks.model.clip import ClipModel, load_model, model_identity
-from tasks.pool.score import read_embeddings
 from tasks.video.decode import iter_frame_chunks, local_video
-from tasks.video.probe import probe_video, read_sidecar
+from tasks.video.probe import probe_local
 from tasks.video.zero_shot import prompt_set_embedding, prompt_set_hash
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SCORE_VERSION = 1
+VIDEO_SCORE_VERSION = 2
+PROMPT_VERSION = 1
+NAMESPACE = "video-scores"
 FRAME_SCHEMA = {"frame_index": pl.Int64, "t_s": pl.Float64, "emb_row": pl.Int64}
 
 
@@ -53,11 +57,6 @@ def video_settings(video: VideoConfig, model_cfg: ModelConfig) -> dict[str, Any]
         "sample_fps": video.sample_fps,
         "max_duration_s": video.max_duration_s,
     }
-
-
-def _paths(cache_root: str, key: str) -> tuple[str, str, str]:
-    base = storage.join(cache_root, "video", "scores", key)
-    return f"{base}.frames.parquet", f"{base}.emb.npy", f"{base}.probe.json"
 
 
 def _normalize_stats(model: ClipModel) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -87,21 +86,25 @@ def pixels(model: ClipModel, frames: np.ndarray) -> torch.Tensor:
     return model.stage(list(batch.contiguous())) if model.device == "cuda" else batch.contiguous()
 
 
-def _chunks(url: str, so: dict | None, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
+def _chunks(path: str, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
     size = model.image_size
     for idx, times, frames in iter_frame_chunks(
-        url, so, video.sample_fps, size, video.chunk_frames
+        path, None, video.sample_fps, size, video.chunk_frames
     ):
         yield idx, times, pixels(model, frames)
 
 
 def embed_frames(
-    url: str, so: dict | None, video: VideoConfig, model: ClipModel
+    path: str, video: VideoConfig, model: ClipModel, run: str | None = None
 ) -> tuple[pl.DataFrame, np.ndarray]:
-    """Decode sampled frames in bounded chunks (prefetched) and embed them."""
+    """Decode sampled frames of a local video in bounded chunks (prefetched), embed them.
+
+    Raises `SampleError` when the file does not decode; checks for cancellation per chunk.
+    """
     tables, embs, n = [], [], 0
-    for idx, times, pixels in prefetch(_chunks(url, so, video, model), 2, name="video-decode"):
-        emb = model.encode_images(pixels).astype(np.float16)
+    for idx, times, batch in prefetch(_chunks(path, video, model), 2, name="video-decode"):
+        cancel.check(run)
+        emb = model.encode_images(batch).astype(np.float16)
         rows = np.arange(n, n + len(idx), dtype=np.int64)
         tables.append(pl.DataFrame({"frame_index": idx, "t_s": times, "emb_row": rows}))
         embs.append(emb)
@@ -112,22 +115,48 @@ def embed_frames(
 
 
 def _probe_and_embed(
-    path: str, video: VideoConfig, model_cfg: ModelConfig
+    path: str, url: str, video: VideoConfig, model: ClipModel, run: str | None
 ) -> tuple[dict[str, Any], pl.DataFrame, np.ndarray]:
-    """Probe a local video and, when usable, embed its sampled frames; bad files never raise."""
-    probe = probe_video(path, None, video.max_duration_s)
+    """Probe a local video and, when usable, embed its sampled frames."""
+    probe = probe_local(path, url, video.max_duration_s)
     table, emb = pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), np.float16)
     if probe["status"] != "ok":
         return probe, table, emb
     try:
-        table, emb = embed_frames(path, None, video, load_model(model_cfg))
-    except (RuntimeError, OSError, ValueError) as err:  # decord raises its own error types
-        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        probe.update(status="quarantined", error=f"decode_error: {reason}")
+        table, emb = embed_frames(path, video, model, run)
+    except SampleError as err:
+        probe.update(status="quarantined", error=err.code, error_detail=err.detail)
         return probe, pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), np.float16)
     if table.height == 0:
         probe.update(status="quarantined", error="no_frames")
     return probe, table, emb
+
+
+def _compute(
+    url: str,
+    video: VideoConfig,
+    model_cfg: ModelConfig,
+    so: dict[str, Any] | None,
+    run: str | None,
+    attempt: Attempt,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    model = load_model(model_cfg)  # a model that cannot load fails the task: nothing cached
+    with local_video(url, so) as path:  # a remote video is fetched once
+        probe, table, emb = _probe_and_embed(path, url, video, model, run)
+    attempt.write_bytes("emb.npy", storage.npy_bytes(emb))
+    attempt.write_parquet("frames.parquet", table)
+    seconds = time.perf_counter() - start
+    duration = probe.get("duration_s") or 0.0
+    logger.info(
+        "scored %s: %s, %d frames in %.1fs (%.2f video-s/s)",
+        url,
+        probe["status"],
+        table.height,
+        seconds,
+        duration / seconds if seconds > 0 else 0.0,
+    )
+    return {"probe": probe, "seconds": round(seconds, 3)}
 
 
 def score_video(
@@ -137,46 +166,44 @@ def score_video(
     cache_root: str,
     storage_options: dict[str, Any] | None = None,
     force: bool = False,
+    run: str | None = None,
 ) -> VideoScores:
-    """Probe, decode and embed one video unless cached (the probe file is written last)."""
+    """Probe, decode and embed one video unless the cache holds it for this input and model."""
     fp = storage.fingerprint(url, storage_options)
-    key = config_hash({"input": fp, "settings": video_settings(video, model_cfg)})
-    frames_url, emb_url, probe_url = _paths(cache_root, key)
-    if not force and storage.exists(probe_url, storage_options):
-        probe = storage.read_json(probe_url, storage_options)
-        return VideoScores(url, key, probe, frames_url, emb_url, cached=True)
-    start = time.perf_counter()
-    with local_video(url, storage_options) as path:  # remote videos are fetched once
-        probe, table, emb = _probe_and_embed(path, video, model_cfg)
-    probe.update(read_sidecar(url, storage_options), video=url, fingerprint=fingerprint_key(fp))
-    buf = io.BytesIO()
-    np.save(buf, emb, allow_pickle=False)
-    storage.write_bytes(emb_url, buf.getvalue(), storage_options)
-    storage.write_parquet(table, frames_url, storage_options)
-    probe["score_seconds"] = round(time.perf_counter() - start, 3)
-    storage.write_json(probe_url, probe, storage_options)
-    logger.info("scored %s: %s, %d frames", url, probe["status"], table.height)
-    return VideoScores(url, key, probe, frames_url, emb_url, cached=False)
+    parts = {"input": fp, "settings": video_settings(video, model_cfg)}
+    hit = Cache(cache_root, storage_options).get_or_compute(
+        NAMESPACE,
+        parts,
+        lambda attempt: _compute(url, video, model_cfg, storage_options, run, attempt),
+        force=force,
+    )
+    probe = {**hit.meta["probe"], "video": url, "fingerprint": storage.fingerprint_key(fp)}
+    return VideoScores(
+        url, hit.key, probe, hit.files["frames.parquet"], hit.files["emb.npy"], hit.cached
+    )
 
 
 def load_video_scores(vs: VideoScores, so: dict | None) -> tuple[pl.DataFrame, np.ndarray]:
-    return storage.read_parquet(vs.frames, so), read_embeddings(vs.embeddings, so)
+    return storage.read_parquet(vs.frames, so), storage.read_npy(vs.embeddings, so)
 
 
 def prompt_embeddings(
     model_cfg: ModelConfig, prompts: dict[str, list[str]], cache_root: str, so: dict | None
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(near_miss set embedding, normal set embedding, logit scale), cached per model+prompts."""
-    key = config_hash({"model": model_identity(model_cfg), "prompts": prompt_set_hash(prompts)})
-    url = storage.join(cache_root, "video", "prompts", f"{key}.json")
-    if storage.exists(url, so):
-        data = storage.read_json(url, so)
-    else:
+
+    def compute(_: Attempt) -> dict[str, Any]:
         model = load_model(model_cfg)
-        data = {
+        return {
             "near_miss": prompt_set_embedding(model.encode_texts(prompts["near_miss"])).tolist(),
             "normal": prompt_set_embedding(model.encode_texts(prompts["normal"])).tolist(),
             "logit_scale": model.logit_scale,
         }
-        storage.write_json(url, data, so)
+
+    parts = {
+        "version": PROMPT_VERSION,
+        "model": model_identity(model_cfg),
+        "prompts": prompt_set_hash(prompts),
+    }
+    data = Cache(cache_root, so).get_or_compute("video-prompts", parts, compute).meta
     return np.asarray(data["near_miss"]), np.asarray(data["normal"]), float(data["logit_scale"])

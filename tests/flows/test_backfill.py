@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 import pytest
-from pool_factory import make_samples, write_tar
 
 from flows.backfill import Row, date_range, format_table, run_backfill, run_dates
 from schemas.config import ConfigError, parse_config
+from tasks.publish.manifest import read_published
+from tests.pool_factory import make_samples, write_tar
 
 DATES = ["2026-03-30", "2026-03-31", "2026-04-01"]  # across a month end
 SIZES = [5, 7, 6]  # samples per date, so each partition's counts are its own
+SIGNAL_S = 60.0  # how long a test waits for a signal from another thread
 
 
 def test_date_range_hand_examples():
@@ -42,29 +43,80 @@ def test_date_range_rejects(start, end, message):
         date_range(start, end)
 
 
-def test_run_dates_keeps_order_bounds_parallelism_and_turns_errors_into_rows():
-    lock, running, peak, started = threading.Lock(), [0], [0], []
+class Gate:
+    """Fake date runs that stay running until the test lets each one finish.
 
-    def one(date: str) -> Row:
-        with lock:
-            started.append(date)
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
+    `one` counts the runs in progress (and the peak) under a condition and blocks there;
+    `drive` runs `run_dates` in a thread and, each time `max_parallel` runs (or all that are
+    left) are in progress at once, lets the one that started first finish. So the peak is
+    reached for certain, and a run finishing early can never hide a run too many.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.running, self.peak = 0, 0
+        self.started: list[str] = []
+        self.released: set[str] = set()
+        self.open = False  # the test ended: let everything through
+
+    def one(self, date: str) -> Row:
+        with self.cond:
+            self.started.append(date)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.cond.notify_all()
+            let_go = self.cond.wait_for(
+                lambda: date in self.released or self.open, timeout=SIGNAL_S
+            )
+            self.running -= 1
+            self.cond.notify_all()
+        if not let_go:
+            raise TimeoutError(f"{date} was never let go")
         if date.endswith("3"):
             raise OSError("store unreachable\nsecond line")
         return Row(date, "ran", "input=1")
 
+    def in_progress(self, n: int) -> bool:
+        """Exactly `n` runs in progress, none of them let go yet (those let go have left)."""
+        return self.running == n == len(self.started) - len(self.released)
+
+    def drive(self, dates: list[str], max_parallel: int) -> list[Row]:
+        out: list[list[Row]] = []
+        runner = threading.Thread(
+            target=lambda: out.append(run_dates(dates, self.one, max_parallel)), daemon=True
+        )
+        runner.start()
+        try:
+            for left in range(len(dates), 0, -1):
+                with self.cond:
+                    at_once = min(max_parallel, left)
+                    reached = self.cond.wait_for(lambda n=at_once: self.in_progress(n), SIGNAL_S)
+                    assert reached, f"never {at_once} at once (running: {self.running})"
+                    first = next(d for d in self.started if d not in self.released)
+                    self.released.add(first)
+                    self.cond.notify_all()
+            runner.join(SIGNAL_S)
+        finally:
+            with self.cond:
+                self.open = True
+                self.cond.notify_all()
+        assert not runner.is_alive()
+        return out[0]
+
+
+def test_run_dates_keeps_order_bounds_parallelism_and_turns_errors_into_rows():
     dates = [f"2026-01-0{i}" for i in range(1, 8)]
-    rows = run_dates(dates, one, max_parallel=2)
+    gate = Gate()
+    rows = gate.drive(dates, max_parallel=2)
     assert [r.date for r in rows] == dates
-    assert started[:2] == dates[:2] and sorted(started) == dates
-    assert peak[0] == 2
+    # the first two start together (in either order), then one more each time one finishes
+    assert sorted(gate.started[:2]) == dates[:2] and gate.started[2:] == dates[2:]
+    assert gate.peak == 2
     assert rows[2] == Row("2026-01-03", "failed", "OSError: store unreachable")
     assert [r.status for r in rows].count("ran") == 6
-    assert run_dates(dates[:3], one, max_parallel=1)[0].status == "ran"
+    one_at_a_time = Gate()
+    assert one_at_a_time.drive(dates[:3], max_parallel=1)[0].status == "ran"
+    assert one_at_a_time.peak == 1 and one_at_a_time.started == dates[:3]
 
 
 def test_format_table():
@@ -103,6 +155,11 @@ def part(tmp_path: Path, date: str) -> Path:
     return tmp_path / "out" / "bf" / "pool" / date
 
 
+def published(tmp_path: Path, date: str, name: str) -> str:
+    """A file of the published version of a date's partition (what readers follow)."""
+    return read_published(str(part(tmp_path, date))).url(name)
+
+
 def table_rows(out: str) -> dict[str, str]:
     """date -> status from the printed table."""
     return {line.split()[0]: line.split()[1] for line in out.splitlines() if line[:2] == "20"}
@@ -118,7 +175,7 @@ def test_backfill_publishes_then_skips_then_reselects_without_clip(
     first = {}
     for date, n in zip(DATES, SIZES, strict=True):
         assert (part(tmp_path, date) / "_SUCCESS").exists()
-        samples = pl.read_parquet(part(tmp_path, date) / "samples.parquet")
+        samples = pl.read_parquet(published(tmp_path, date, "samples.parquet"))
         assert samples.height == n and set(samples["status"]) <= {"kept", "filtered_text"}
         first[date] = samples
 
@@ -129,7 +186,7 @@ def test_backfill_publishes_then_skips_then_reselects_without_clip(
     assert run_backfill(cfg, "pool", DATES[0], DATES[-1], mode="local") == 0
     assert table_rows(capsys.readouterr().out) == dict.fromkeys(DATES, "skipped")
     for date in DATES:
-        again = pl.read_parquet(part(tmp_path, date) / "samples.parquet")
+        again = pl.read_parquet(published(tmp_path, date, "samples.parquet"))
         assert again.equals(first[date])
 
     # a threshold in the middle of the scores: select + publish again, scores from the cache
@@ -139,10 +196,10 @@ def test_backfill_publishes_then_skips_then_reselects_without_clip(
     assert run_backfill(changed, "pool", DATES[0], DATES[-1], mode="local") == 0
     assert table_rows(capsys.readouterr().out) == dict.fromkeys(DATES, "ran")
     for date in DATES:
-        stats = json.loads((part(tmp_path, date) / "stats.json").read_text())
+        stats = json.loads(Path(published(tmp_path, date, "stats.json")).read_text())
         assert stats["shards"]["cached"] == stats["shards"]["input"] == 1
         assert stats["shards"]["scored"] == 0
-        now = pl.read_parquet(part(tmp_path, date) / "samples.parquet")
+        now = pl.read_parquet(published(tmp_path, date, "samples.parquet"))
         assert now["clip_score"].to_list() == first[date]["clip_score"].to_list()
         was_kept = first[date].filter(pl.col("status") == "kept")
         expected = was_kept.filter(pl.col("clip_score") >= thr)["uid"].sort().to_list()
@@ -156,7 +213,7 @@ def test_backfill_force_reruns_and_missing_inputs_fail(
     cfg = make_cfg(tmp_path, tiny_model, threshold=-1.0)
     assert run_backfill(cfg, "pool", DATES[0], DATES[0], mode="local") == 0
     assert run_backfill(cfg, "pool", DATES[0], DATES[0], force=True, mode="local") == 0
-    stats = json.loads((part(tmp_path, DATES[0]) / "stats.json").read_text())
+    stats = json.loads(Path(published(tmp_path, DATES[0], "stats.json")).read_text())
     assert stats["shards"]["scored"] == 1  # --force re-scored
     out = capsys.readouterr().out
     assert [line.split()[1] for line in out.splitlines() if line.startswith(DATES[0])] == [
@@ -250,16 +307,56 @@ def test_outcome_from_final_state_and_manifest(tmp_path, tiny_model):
     assert outcome(cfg, "pool", date, FakeRun(Completed()), before, None).status == "ran"
 
 
-def test_idempotency_key_follows_output_config_and_inputs(tmp_path, tiny_model):
+def test_idempotency_key_follows_the_run_key(dated_pool, tiny_model):
+    """The key is the run key: inputs, output config, model identity; not the batch size."""
     from flows.backfill_remote import idempotency_key
+    from flows.run import plan_run
 
+    tmp_path = dated_pool
     cfg = make_cfg(tmp_path, tiny_model, 0.2)
-    inputs = [{"url": "a.tar", "size": 10, "mtime": "1"}]
-    key = idempotency_key(cfg, "pool", DATES[0], inputs)
-    assert key.startswith(f"pool-bf-{DATES[0]}-") and len(key) == len(f"pool-bf-{DATES[0]}-") + 16
-    assert idempotency_key(cfg, "pool", DATES[0], [dict(inputs[0])]) == key
+
+    def key(c, date=DATES[0]):
+        return idempotency_key(c, "pool", date, plan_run(c, "pool", date).key)
+
+    first = key(cfg)
+    assert (
+        first.startswith(f"pool-bf-{DATES[0]}-") and len(first) == len(f"pool-bf-{DATES[0]}-") + 16
+    )
+    assert key(cfg) == first
     bigger_batch = cfg.model_copy(update={"model": cfg.model.model_copy(update={"batch_size": 64})})
-    assert idempotency_key(bigger_batch, "pool", DATES[0], inputs) == key  # not an output change
-    assert idempotency_key(make_cfg(tmp_path, tiny_model, 0.3), "pool", DATES[0], inputs) != key
-    assert idempotency_key(cfg, "pool", DATES[0], [{**inputs[0], "mtime": "2"}]) != key
-    assert idempotency_key(cfg, "pool", DATES[1], inputs) != key
+    assert key(bigger_batch) == first  # not an output change
+    assert key(make_cfg(tmp_path, tiny_model, 0.3)) != first
+    assert key(cfg, DATES[1]) != first
+    write_tar(tmp_path / "in" / DATES[0] / "00000.tar", make_samples(2, seed=99))
+    assert key(cfg) != first  # changed input
+
+
+def test_remote_and_local_backfill_agree_on_what_is_published(
+    dated_pool, tiny_model, prefect_harness, tmp_path_factory
+):
+    """Defect: the remote rule compared only config hash and inputs, so a partition scored
+    with other weights at the same checkpoint path counted as published. Both now ask
+    `flows.run.already_published` with the run key (model identity included)."""
+    import torch
+
+    from flows.backfill_remote import idempotency_key
+    from flows.run import already_published, plan_run
+
+    tmp_path = dated_pool
+    ckpt = tmp_path_factory.mktemp("ckpt") / "weights.pt"
+    ckpt.write_bytes(Path(tiny_model["pretrained"]).read_bytes())
+    model = {**tiny_model, "pretrained": str(ckpt)}
+    cfg = make_cfg(tmp_path, model, threshold=-1.0)
+    assert run_backfill(cfg, "pool", DATES[0], DATES[0], mode="local") == 0
+    plan = plan_run(cfg, "pool", DATES[0])
+    assert already_published(plan, {})
+    saved = torch.load(ckpt, weights_only=True)
+    state = saved.get("state_dict", saved)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] + 1.0  # other weights, same path, same config
+    torch.save(saved, ckpt)
+    retrained = plan_run(cfg, "pool", DATES[0])
+    assert retrained.key != plan.key and not already_published(retrained, {})
+    assert idempotency_key(cfg, "pool", DATES[0], retrained.key) != idempotency_key(
+        cfg, "pool", DATES[0], plan.key
+    )

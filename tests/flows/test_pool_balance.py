@@ -8,10 +8,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from pool_factory import PoolSample, make_image, write_tar
 
 from flows.pool import run_pool
 from schemas.config import parse_config
+from tests.helpers import published_dir
+from tests.pool_factory import PoolSample, make_image, write_tar
 
 WORDS = ["dog", "cat", "red car", "beach", "sunset", "tree", "city", "New York", "bike", "snow"]
 
@@ -55,7 +56,7 @@ def run(tmp_path: Path, tiny_model: dict, name: str, parts: int, runner: str) ->
         }
     )
     result = run_pool(cfg, "2026-03-01")
-    return pl.read_parquet(Path(result["uri"]) / "samples.parquet")
+    return pl.read_parquet(published_dir(result["uri"]) / "samples.parquet")
 
 
 @pytest.mark.parametrize("runner", ["threads", "processes"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -10,11 +11,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from pool_factory import broken_pool, make_samples, truncate_file, write_empty, write_tar
 
 from flows.pool import run_pool
 from schemas.config import parse_config
 from tasks.verify import verify_partition
+from tests.helpers import published_dir
+from tests.pool_factory import broken_pool, make_samples, truncate_file, write_empty, write_tar
 
 PARTITION = "2026-01-02"
 
@@ -54,19 +56,19 @@ def test_end_to_end(tmp_path, tiny_model, pool_dir, prefect_harness):
     cfg = parse_config(make_config(tmp_path, tiny_model, clip_filter={"top_fraction": 0.5}))
     result = run_pool(cfg, PARTITION)
     assert result["status"] == "published"
-    part = partition_dir(tmp_path)
+    final = partition_dir(tmp_path)
+    assert (final / "manifest.json").exists() and (final / "_SUCCESS").exists()
+    part = published_dir(final)  # the version folder the manifest points at
     for name in (
         "samples.parquet",
         "stats.json",
         "report.md",
-        "manifest.json",
-        "_SUCCESS",
         "shards/sizes.json",
         "shards/000000.tar",
         "shards/000000.parquet",
     ):
         assert (part / name).exists(), name
-    assert verify_partition(str(part)) == []
+    assert verify_partition(str(final)) == []
 
     samples = pl.read_parquet(part / "samples.parquet")
     stats = json.loads((part / "stats.json").read_text())
@@ -110,7 +112,7 @@ def test_rerun_recomputes_nothing_and_threshold_change_skips_clip(
 ):
     cfg = parse_config(make_config(tmp_path, tiny_model, clip_filter={"threshold": 0.0}))
     first = run_pool(cfg, PARTITION)
-    part = partition_dir(tmp_path)
+    part = published_dir(partition_dir(tmp_path))
     before = (part / "samples.parquet").read_bytes()
     tar_bytes = {p.name: p.read_bytes() for p in (part / "shards").glob("*.tar")}
 
@@ -126,9 +128,8 @@ def test_rerun_recomputes_nothing_and_threshold_change_skips_clip(
     monkeypatch.undo()
     forced = run_pool(cfg, PARTITION, force=True)
     assert forced["status"] == "published"
-    assert pl.read_parquet(part / "samples.parquet").equals(
-        pl.read_parquet(before_path(part, before))
-    )
+    part = published_dir(partition_dir(tmp_path))  # a new version
+    assert pl.read_parquet(part / "samples.parquet").equals(pl.read_parquet(io.BytesIO(before)))
     assert {p.name: p.read_bytes() for p in (part / "shards").glob("*.tar")} == tar_bytes
 
     # a threshold change re-runs select + publish only
@@ -136,14 +137,9 @@ def test_rerun_recomputes_nothing_and_threshold_change_skips_clip(
     cfg2 = parse_config(make_config(tmp_path, tiny_model, clip_filter={"threshold": 0.05}))
     changed = run_pool(cfg2, PARTITION)
     assert changed["status"] == "published"
+    part = published_dir(partition_dir(tmp_path))
     stats = json.loads((part / "stats.json").read_text())
     assert stats["shards"]["cached"] == 5 and stats["shards"]["scored"] == 0
-
-
-def before_path(part: Path, data: bytes) -> Path:
-    p = part.parent / "before.parquet"
-    p.write_bytes(data)
-    return p
 
 
 def test_bad_config_exits_with_one_line(tmp_path):

@@ -16,11 +16,12 @@ from typing import Any
 
 import polars as pl
 import pytest
-from pool_factory import broken_pool, make_samples, write_empty, write_tar
 
 from flows.pool import run_pool
 from infra import cluster
 from schemas.config import RunnerConfig, parse_config
+from tests.helpers import published_dir
+from tests.pool_factory import broken_pool, make_samples, write_empty, write_tar
 
 PARTITION = "2026-03-04"
 METADATA = ["dog", "beach", "park", "car", "street", "sunset", "mountains", "kitchen"]
@@ -63,8 +64,7 @@ def pool_config(root: Path, tiny_model: dict, kind: str, **runner: Any) -> dict:
 
 def published(root: Path, flow: str, tables: tuple[str, ...]) -> dict[str, Any]:
     """What a partition published: its tables (as frames) and every shard's sha256."""
-    part = root / "r" / flow / PARTITION
-    assert (part / "_SUCCESS").exists()
+    part = published_dir(root / "r" / flow / PARTITION)
     out: dict[str, Any] = {name: pl.read_parquet(part / name) for name in tables}
     out["shards"] = {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest()
@@ -107,7 +107,7 @@ def test_processes_publish_the_same(pool_root, tiny_model, threads_pool, prefect
 def video_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two good videos of different sizes and rates, and a truncated one."""
     pytest.importorskip("av")  # PyAV before decord (see tests/video_factory.py)
-    from video_factory import make_truncated, make_video
+    from tests.video_factory import make_truncated, make_video
 
     root = tmp_path_factory.mktemp("runners-video")
     d = root / "in"
@@ -231,7 +231,7 @@ def test_task_inputs_and_results_pickle(tmp_path, model_cfg):
     """What the flows send to workers and get back survives pickling unchanged."""
     from schemas.config import PoolConfig, VideoConfig
     from tasks.pool.score import ShardScores
-    from tasks.publish.commit import Staging
+    from tasks.publish.commit import Version
     from tasks.publish.writer import WrittenFile
     from tasks.video.score import VideoScores
 
@@ -240,7 +240,7 @@ def test_task_inputs_and_results_pickle(tmp_path, model_cfg):
         model_cfg,
         PoolConfig(input="x/*.tar", clip_filter={"threshold": 0.3}),
         VideoConfig(input="v/*.mp4"),
-        Staging(str(tmp_path / "final"), str(tmp_path / "stage"), True, {"anon": True}),
+        Version(str(tmp_path / "final"), "v-20260101T000000Z-abcdef12", {"anon": True}),
         ShardScores("u", "k", "t.parquet", "e.npy", {"samples": 2}, cached=False),
         VideoScores("u", "k", {"status": "ok"}, "f.parquet", "e.npy", cached=True),
         [WrittenFile("shards/000000.tar", "ab" * 32, 1024, 5)],

@@ -19,18 +19,19 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from pool_factory import broken_pool, make_samples, write_tar
 
 from flows.cli import main
 from flows.pool import run_pool
 from infra.s3 import LocalS3
 from schemas.config import ConfigError, parse_config
 from tasks.io import storage
-from tasks.publish.commit import read_manifest
+from tasks.publish.manifest import read_manifest, read_published
 from tasks.verify import verify_partition
+from tests.helpers import published_dir
+from tests.pool_factory import broken_pool, make_samples, write_tar
 
 pytestmark = pytest.mark.s3
-pytest_plugins = ["s3_fixture"]  # the `s3` and `bucket` fixtures
+pytest_plugins = ["tests.s3_fixture"]  # the `s3` and `bucket` fixtures
 PARTITION = "2026-03-04"
 KEY_CANARY, SECRET_CANARY = "AKIACANARY0000000001", "canary-secret-7f3a9c2e"
 
@@ -91,8 +92,8 @@ def test_pool_flow_on_s3_matches_local_run_and_leaks_no_secret(
     assert verify_partition(uri, so) == []
     assert read_manifest(uri, so)["inputs"][0]["url"] == f"{bucket}/pools/{PARTITION}/00000.tar"
     fs = s3.fs()
-    cache = fs.find(f"{bucket}/curated/web/_cache/pool/scores")
-    assert len([p for p in cache if p.endswith(".stats.json")]) == 3  # the cache is on S3 too
+    cache = fs.find(f"{bucket}/curated/web/_cache/pool-scores")
+    assert len([p for p in cache if p.endswith("/done.json")]) == 3  # the cache is on S3 too
 
     # the same shards read from local disk give the same scores and decisions
     local = parse_config(
@@ -105,9 +106,9 @@ def test_pool_flow_on_s3_matches_local_run_and_leaks_no_secret(
         )
     )
     run_pool(local, PARTITION)
-    s3_samples = storage.read_parquet(f"{uri}/samples.parquet", so)
+    s3_samples = storage.read_parquet(read_published(uri, so).url("samples.parquet"), so)
     local_samples = pl.read_parquet(
-        tmp_path / "out" / "web" / "pool" / PARTITION / "samples.parquet"
+        published_dir(tmp_path / "out" / "web" / "pool" / PARTITION) / "samples.parquet"
     )
     assert scored(s3_samples).equals(scored(local_samples))
 
@@ -137,7 +138,7 @@ def prefect_log_lines() -> list[str]:
 
 def test_video_flow_on_s3(tmp_path, tiny_model, s3, bucket, prefect_harness):
     pytest.importorskip("av")
-    from video_factory import make_not_video, make_video
+    from tests.video_factory import make_not_video, make_video
 
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -164,11 +165,12 @@ def test_video_flow_on_s3(tmp_path, tiny_model, s3, bucket, prefect_harness):
     uri = f"{bucket}/curated/fleet/video/{PARTITION}"
     assert result["status"] == "published" and result["events"] >= 1
     assert verify_partition(uri, s3.storage_options) == []
-    videos = storage.read_parquet(f"{uri}/videos.parquet", s3.storage_options)
+    published = read_published(uri, s3.storage_options)
+    videos = storage.read_parquet(published.url("videos.parquet"), s3.storage_options)
     assert sorted(videos["status"].cast(pl.String)) == ["ok", "quarantined"]
-    events = storage.read_parquet(f"{uri}/events.parquet", s3.storage_options)
+    events = storage.read_parquet(published.url("events.parquet"), s3.storage_options)
     shard = events["shard"][0]
-    data = storage.read_bytes(f"{uri}/shards/{shard}", s3.storage_options)
+    data = storage.read_bytes(published.url(f"shards/{shard}"), s3.storage_options)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
     assert f"{events['key'][0]}.mp4" in names
@@ -249,5 +251,6 @@ def test_transient_s3_errors_are_retried(tmp_path, tiny_model, s3, bucket, flaky
     assert result["status"] == "published"
     assert flaky.failed >= 4  # every 10th request failed, and the run still published
     assert verify_partition(result["uri"], s3.storage_options) == []
-    stats = json.loads(s3.fs().cat_file(f"{result['uri']}/stats.json"))
+    stats_url = read_published(result["uri"], s3.storage_options).url("stats.json")
+    stats = json.loads(s3.fs().cat_file(stats_url))
     assert stats["shards"]["input"] == 3

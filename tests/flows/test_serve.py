@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT
-from pool_factory import make_samples, write_tar
 
 from flows.backfill import backfill
 from flows.cli import main
 from flows.serve import ENTRYPOINTS, FLOW_NAMES, deployment_parameters, prefect_yaml, serve
 from infra.server import stop_process
 from schemas.config import ConfigError, parse_config
+from tests.helpers import ROOT, published_dir
+from tests.pool_factory import make_samples, write_tar
 
-pytest_plugins = ["server_fixture"]  # the `prefect_server` fixture
+pytest_plugins = ["tests.server_fixture"]  # the `prefect_server` fixture
 
 TZ = "America/New_York"
 CRONS = {"pool": "30 1 * * *", "video": "45 4 * * 1-5"}
@@ -55,7 +55,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(request, tmp_path_factory, tiny_model):
     """`curate serve` in a subprocess against the shared server, for this module's tests."""
-    from server_fixture import shared_server  # here, after pytest_plugins imported it
+    from tests.server_fixture import shared_server  # here, after pytest_plugins imported it
 
     server = shared_server(request.config)
     root = tmp_path_factory.mktemp("served")
@@ -148,9 +148,10 @@ def test_backfill_runs_the_deployment_per_date_and_a_repeat_reuses_the_runs(pref
     date = "2026-01-10"
     (row,) = backfill(cfg, "pool", date, date, mode="deployment")
     assert (row.status, row.detail.split()[0]) == ("ran", f"input={SIZES[date]}")
-    part = published(served.root, date)
-    assert (part / "_SUCCESS").exists()
-    assert json.loads((part / "manifest.json").read_text())["partition"] == date
+    final = published(served.root, date)
+    assert (final / "_SUCCESS").exists()
+    assert json.loads((final / "manifest.json").read_text())["partition"] == date
+    part = published_dir(final)
     assert json.loads((part / "stats.json").read_text())["counts"]["input"] == SIZES[date]
 
     # the same request again: the finished run is reused (no new run); no inputs: failed

@@ -6,19 +6,18 @@ import io
 import json
 import shutil
 import tarfile
-from pathlib import Path
 
 import av  # noqa: F401  - PyAV before decord (see tests/video_factory.py)
 import decord
 import polars as pl
 import pytest
-from helpers import shared_path
-from video_factory import make_empty, make_truncated
 
 from flows.pool import run_pool
 from flows.video import run_video
 from schemas.config import parse_config
 from tasks.verify import verify_partition
+from tests.helpers import published_dir, shared_path
+from tests.video_factory import make_empty, make_truncated
 
 pytestmark = pytest.mark.shared
 
@@ -40,8 +39,8 @@ def test_flickr_pool_publishes_and_rerun_is_a_noop(tmp_path, tiny_model, prefect
         }
     )
     first = run_pool(cfg, "2026-11-24")
-    part = Path(first["uri"])
-    assert verify_partition(str(part)) == []
+    assert verify_partition(first["uri"]) == []
+    part = published_dir(first["uri"])
     samples = pl.read_parquet(part / "samples.parquet")
     n_input = 0
     for p in images.glob("flickr8k-*.tar"):
@@ -81,8 +80,8 @@ def test_shared_videos_with_broken_copies(tmp_path, tiny_model, prefect_harness)
         }
     )
     result = run_video(cfg, "2026-11-24")
-    part = Path(result["uri"])
-    assert verify_partition(str(part)) == []
+    assert verify_partition(result["uri"]) == []
+    part = published_dir(result["uri"])
     vids = pl.read_parquet(part / "videos.parquet")
     n_real = len(list(videos.glob("*.mp4")))
     assert vids.height == n_real + 2

@@ -9,14 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import published_dir
+
 av = pytest.importorskip("av")  # import PyAV before decord (see tests/video_factory.py)
 import decord  # noqa: E402
 import polars as pl  # noqa: E402
-from video_factory import make_empty, make_not_video, make_truncated, make_video, write_sidecar  # noqa: E402
 
 from flows.video import run_video  # noqa: E402
 from schemas.config import parse_config  # noqa: E402
 from tasks.verify import verify_partition  # noqa: E402
+from tests.video_factory import (  # noqa: E402
+    make_empty,
+    make_not_video,
+    make_truncated,
+    make_video,
+    write_sidecar,
+)
 
 PARTITION = "2026-02-03"
 
@@ -52,9 +60,10 @@ def test_video_flow_end_to_end(tmp_path, tiny_model, videos, prefect_harness):
     # thresholds at 0 make every sampled frame part of an event: clips are certain to exist
     cfg = parse_config(video_config(tmp_path, tiny_model, start=0.0, stop=0.0))
     result = run_video(cfg, PARTITION)
-    part = tmp_path / "out" / "fleet" / "video" / PARTITION
+    final = tmp_path / "out" / "fleet" / "video" / PARTITION
     assert result["status"] == "published"
-    assert verify_partition(str(part)) == []
+    assert verify_partition(str(final)) == []
+    part = published_dir(final)
 
     vids = pl.read_parquet(part / "videos.parquet")
     assert vids.height == 5

@@ -1,4 +1,9 @@
-"""verify_partition / summarize_partition on small, consistent partitions built here."""
+"""verify_partition / summarize_partition on small, consistent partitions built here.
+
+These partitions use the layout from before versioned commits (files at the partition
+root), which `verify` still reads; the versioned layout is checked in
+tests/tasks/publish/test_commit.py and on every partition the flow tests publish.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import polars as pl
 import pytest
 
 from schemas.tables import EVENTS, SAMPLES, SHARD_INDEX, VIDEOS, conform
-from tasks.publish.report import write_pool_report
+from tasks.pool.report import write_pool_report
 from tasks.verify import summarize_partition, tar_keys, verify_partition
 
 # (status, out_key or None, shard or None, image_ext, clip_score)
@@ -94,6 +99,7 @@ def _samples() -> pl.DataFrame:
             "keep_prob": None,
             "status": status,
             "error": None if status == "kept" else status,
+            "error_detail": None,
             "shard": shard,
             "out_key": out_key,
         }
@@ -318,6 +324,9 @@ def _build_video(root: Path) -> tuple[Path, dict]:
                 "clip_end_s": [4.0, 25.0],
                 "key": ["e0", "e1"],
                 "shard": ["000000.tar", "000000.tar"],
+                "status": ["ok", "ok"],
+                "error": [None, None],
+                "error_detail": [None, None],
             }
         ),
         EVENTS,
@@ -360,5 +369,5 @@ def test_video_partition_verifies_and_counts_clips(tmp_path: Path) -> None:
         "events.parquet: 1 rows, shards hold 2 .mp4",
         "events.parquet (shard, key) pairs differ from the .mp4 members",
         "shards/sizes.json sums to 2, events.parquet has 1",
-        "stats.json: events 2, events.parquet 1",
+        "stats.json: 2 clips, events.parquet 1",
     ]

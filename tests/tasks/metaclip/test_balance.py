@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from helpers import SHARED as SHARED_ROOT
 
 from tasks.metaclip import balance as balmod
 from tasks.metaclip import matcher as mdmod
@@ -31,6 +30,7 @@ from tasks.metaclip.balance import (
 )
 from tasks.metaclip.matcher import get_matcher
 from tasks.metaclip.metadata import Metadata, load_metadata
+from tests.helpers import SHARED as SHARED_ROOT
 
 SHARED = SHARED_ROOT / "data"
 L = pl.List(pl.UInt32)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pool_factory import broken_pool, make_samples, write_tar
 
 from schemas.config import PoolConfig
 from tasks.io import storage
 from tasks.model.clip import load_model
-from tasks.pool.score import read_embeddings, score_shard
+from tasks.pool.score import score_shard
+from tests.pool_factory import broken_pool, make_samples, write_tar
 
 
 def naive_score(model, image: bytes, caption: str) -> float:
@@ -39,7 +39,7 @@ def test_clip_score_matches_naive(tmp_path, model_cfg):
     for s, row in zip(samples, table.iter_rows(named=True), strict=True):
         assert row["key"] == s.key
         assert row["clip_score"] == pytest.approx(naive_score(model, s.image, s.caption), abs=1e-5)
-    emb = read_embeddings(res.embeddings)
+    emb = storage.read_npy(res.embeddings)
     assert emb.dtype == np.float16 and emb.shape == (19, 64)
     assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1.0, atol=1e-2)
 

@@ -15,9 +15,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from helpers import shared_path
 from PIL import Image
-from pool_factory import (
+
+from tasks.pool.sources import (
+    RawSample,
+    ShardReadError,
+    iter_samples,
+    iter_selected,
+    sample_uid,
+    sample_url,
+    sniff_image_ext,
+)
+from tasks.pool.tar import split_member_name
+from tests.helpers import shared_path
+from tests.pool_factory import (
     CAPTIONS,
     PoolSample,
     bomb_png,
@@ -34,17 +45,6 @@ from pool_factory import (
     write_parquet_pool,
     write_tar,
 )
-
-from tasks.pool.sources import (
-    RawSample,
-    ShardReadError,
-    iter_samples,
-    iter_selected,
-    sample_uid,
-    sample_url,
-    sniff_image_ext,
-)
-from tasks.pool.tar import split_member_name
 
 
 def mixed_samples() -> list[PoolSample]:

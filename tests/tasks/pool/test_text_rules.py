@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from helpers import shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.config import TextFilterConfig
 from tasks.pool.text_rules import RULES, text_filter_reason, text_filter_reasons
+from tests.helpers import shared_path
 
 CFG = TextFilterConfig()
 

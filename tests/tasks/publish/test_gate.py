@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
-from pool_factory import make_samples, write_tar
 
 from flows.cli import main
 from schemas.config import GateConfig, parse_config
 from tasks.io import storage
-from tasks.publish.commit import begin, read_manifest
-from tasks.publish.gate import HELD, Check, GateHeld, apply_gate, compare, previous_partition
+from tasks.publish.commit import HELD, begin, commit, write_pointer
+from tasks.publish.gate import Check, GateHeld, apply_gate, compare, previous_partition
+from tasks.publish.manifest import read_manifest
+from tasks.publish.writer import write_file
+from tests.pool_factory import make_samples, write_tar
 
-pytest_plugins = ["s3_fixture"]  # the `s3` and `bucket` fixtures
+pytest_plugins = ["tests.s3_fixture"]  # the `s3` and `bucket` fixtures
 GATE = GateConfig(enabled=True)
 
 
@@ -51,10 +52,14 @@ def test_compare_events_per_hour_relative_to_previous(prev, cur, ok):
 
 
 def publish_fake(root: str, so: dict, partition: str, stats: dict, success: bool = True) -> None:
-    part = f"{root}/t/video/{partition}"
-    storage.write_json(f"{part}/stats.json", stats, so)
+    """A partition whose published version holds only `stats.json` (through the real commit;
+    without `success`, a pointer that was never completed by `_SUCCESS`)."""
+    version = begin(f"{root}/t/video/{partition}", so)
+    stats_file = write_file(version.url("stats.json"), "stats.json", json.dumps(stats).encode(), so)
     if success:
-        storage.write_bytes(f"{part}/_SUCCESS", b"", so)
+        commit(version, {"flow": "video"}, [stats_file])
+    else:
+        write_pointer(version.final, {"version": version.id, "outputs": []}, so)
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -104,13 +109,9 @@ def test_gate_holds_on_the_store_and_override_lets_it_through(out):
     assert "\n" not in msg and msg.startswith(f"partition {final} held by the publish gate")
     assert "events_per_hour 10.0 -> 25.0 (bound ±100% of previous)" in msg
     assert msg.endswith("re-run with --set gate.override=true to publish")
-    assert read_manifest(final, so) is None
-    if so:  # S3: the staged files stay in place, never given a `_SUCCESS`
-        held = final
-    else:  # local: the staging folder is kept beside the partition, which does not exist
-        [held] = [p for p in Path(root, "t", "video").iterdir() if ".held-" in p.name]
-        held = str(held)
-        assert not Path(final).exists() and not Path(stage.staging).exists()
+    assert read_manifest(final, so) is None  # the held version is not published...
+    held = stage.root  # ...but kept, unpublished, inside the partition folder
+    assert f"unpublished version kept in {held};" in msg
     assert storage.read_bytes(f"{held}/events.parquet", so) == b"staged"
     record = storage.read_json(f"{held}/{HELD}", so)
     assert record["previous"] == f"{root}/t/video/2026-01-01"
@@ -178,8 +179,8 @@ def test_pool_flow_gate(tmp_path, tiny_model, prefect_harness, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"curate: GateHeld: partition {parts / '2026-01-03'} held by the")
     assert "kept_fraction 0.9 -> 0.2 (bound ±0.2)" in last
-    assert not (parts / "2026-01-03").exists()
-    [held] = [p for p in parts.iterdir() if p.name.startswith(".2026-01-03.held-")]
+    assert read_manifest(str(parts / "2026-01-03")) is None
+    [held] = [p.parent for p in (parts / "2026-01-03").glob(f"v-*/{HELD}")]
     assert json.loads((held / HELD).read_text())["previous"] == str(parts / "2026-01-02")
     kept = pl.read_parquet(held / "samples.parquet").filter(pl.col("status") == "kept")
     assert kept.height == 6  # ceil(0.2 * 30): the staged data is there to inspect
@@ -192,7 +193,7 @@ def test_pool_flow_gate(tmp_path, tiny_model, prefect_harness, capsys):
         "ok": False,
     }
     assert all(r["ok"] for name, r in rows.items() if name != "kept_fraction")
-    assert not any(".staging-" in p.name for p in parts.iterdir())
+    assert sorted(p.name for p in parts.iterdir()) == ["2026-01-01", "2026-01-02", "2026-01-03"]
 
     # the override publishes it, and the held copy goes
     assert run("2026-01-03", "pool.clip_filter.top_fraction=0.2", "gate.override=true") == 0

@@ -10,10 +10,10 @@ import fsspec
 import numpy as np
 import pytest
 from PIL import Image
-from video_factory import frame_code, make_video, make_video_isolated
 
 from tasks.video.clips import clip_bytes, cut_clip, thumbnail_jpeg
 from tasks.video.decode import frame_at
+from tests.video_factory import frame_code, make_video, make_video_isolated
 
 FPS = 10
 
@@ -103,10 +103,9 @@ def test_thumbnail(video: Path) -> None:
 
 @pytest.mark.shared
 def test_real_videos_probe_decode_and_clip(tmp_path: Path) -> None:
-    from helpers import shared_path
-
     from tasks.video.decode import iter_frame_chunks
     from tasks.video.probe import probe_video
+    from tests.helpers import shared_path
 
     videos = sorted(shared_path("data", "videos").glob("*.mp4"))
     assert videos

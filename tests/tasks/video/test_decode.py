@@ -8,9 +8,9 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from video_factory import frame_code, make_video
 
 from tasks.video.decode import decode_size, frame_at, iter_frame_chunks, sample_times
+from tests.video_factory import frame_code, make_video
 
 
 def collect(url: str, sample_fps: float, size, chunk: int, **kw):

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from video_factory import (
+
+from schemas.tables import VIDEOS
+from tasks.video.probe import probe_video
+from tasks.video.sidecar import read_sidecar
+from tests.video_factory import (
     make_audio_only,
     make_empty,
     make_no_frames,
@@ -17,9 +21,6 @@ from video_factory import (
     make_zero_fps,
     write_sidecar,
 )
-
-from schemas.tables import VIDEOS
-from tasks.video.probe import probe_video, read_sidecar
 
 PROBE_KEYS = {"video", "status", "error", "duration_s", "fps", "width", "height", "codec"}
 
@@ -35,6 +36,7 @@ def test_good_video_metadata(good: Path) -> None:
         "video": str(good),
         "status": "ok",
         "error": None,
+        "error_detail": None,
         "duration_s": 3.0,
         "fps": 10.0,
         "width": 64,
@@ -53,10 +55,12 @@ def test_other_containers_and_codecs(tmp_path: Path) -> None:
 
 
 def quarantined(path: Path, **kw: float) -> str:
+    """`code: detail` (or the bare code) of a quarantined video."""
     row = probe_video(str(path), **kw)
     assert row["status"] == "quarantined"
     assert set(row) <= set(VIDEOS)
-    return row["error"]
+    assert ":" not in row["error"]  # a code, never a sentence
+    return f"{row['error']}: {row['error_detail']}" if row["error_detail"] else row["error"]
 
 
 def test_empty_file(tmp_path: Path) -> None:
