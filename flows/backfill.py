@@ -63,7 +63,10 @@ def backfill(
     logger.info(
         "backfill %s %s..%s (%d dates, %d at once)", flow, start, end, len(dates), max_parallel
     )
-    return run_dates(dates, one, max_parallel)
+    from infra.server import api_scope
+
+    with api_scope():  # dates that run share one temporary API; skipped ones start none
+        return run_dates(dates, one, max_parallel)
 
 
 def run_dates(dates: list[str], one: Callable[[str], Row], max_parallel: int) -> list[Row]:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -181,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM: a scheduler or `prefect` cancellation asked this process to stop."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Tell every run's in-flight tasks to stop (they check between batches), then unwind:
+    locks are released, unfinished versions removed, nothing unfinished is cached."""
+    from tasks import cancel
+
+    cancel.cancel_all()
+    raise Terminated()
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -196,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     handler: Callable[[argparse.Namespace], int] = args.func
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return handler(args)
     except ConfigError as err:
@@ -204,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("curate: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("curate: terminated (SIGTERM); unfinished work stopped", file=sys.stderr)
+        return 143
     except Exception as err:
         if args.verbose:
             raise

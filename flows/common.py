@@ -115,14 +115,18 @@ def run_key(inputs: list[dict[str, Any]], cfg_part: dict[str, Any], model: dict[
 
 @contextmanager
 def execution(cfg: CurateConfig) -> Iterator[Any]:
-    """The task runner for a run, with whatever it needs around it (a cluster, an API)."""
+    """The task runner for a run, with what it needs around it: a cluster, and a Prefect API
+    (PREFECT_API_URL, else a temporary server that dies with this process)."""
     if cfg.runner.kind in ("dask", "ray"):
         from infra.cluster import cluster_execution
 
         with cluster_execution(cfg.runner, cfg.model) as runner:
             yield runner
     else:
-        yield task_runner(cfg)
+        from infra.server import run_api
+
+        with run_api():
+            yield task_runner(cfg)
 
 
 def task_runner(cfg: CurateConfig) -> Any:

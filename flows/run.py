@@ -91,16 +91,30 @@ def run_partition(
             log.info("partition %s already published with the same inputs", plan.partition)
             return skipped(plan, cfg.storage_options)
         token = cancel.new_token()
-        try:
-            return body(cfg, plan, force, token)
-        finally:
-            cancel.forget(token)
+        result = body(cfg, plan, force, token)
+        # only a run that ended normally forgets its token: after a failure the task runner
+        # is still waiting for in-flight tasks, which must go on seeing the cancellation
+        cancel.forget(token)
+        return result
+
+
+POLL_S = 1.0
 
 
 def gather(futures: Iterable[Any], token: str) -> list[Any]:
     """Every future's result, in order. If waiting fails (a task failed, SIGTERM, Ctrl-C),
-    the run's other in-flight tasks are told to stop before the error goes on."""
+    the run's other in-flight tasks are told to stop before the error goes on.
+
+    Waiting is done in short slices: a signal delivered to another thread only runs its
+    Python handler once the main thread runs Python code again, so an unbounded wait
+    would hold a SIGTERM until every in-flight shard had finished.
+    """
+    futures = list(futures)
     try:
+        for future in futures:
+            future.wait(POLL_S)
+            while not future.state.is_final():
+                future.wait(POLL_S)
         return [f.result() for f in futures]
     except BaseException:
         cancel.cancel(token)

@@ -63,45 +63,18 @@ def torch_threads_env(workers: int) -> dict[str, str]:
 # --- the Prefect API the workers report to ------------------------------------------------
 
 
-def configured_api_url() -> str | None:
-    from prefect.settings import get_current_settings
-
-    return get_current_settings().api.url or None
-
-
-def drain_prefect_clients() -> None:
-    """Send what Prefect's background event/log workers still hold before their API goes."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for service in (EventsWorker, APILogWorker):
-        service.drain_all(timeout=10, at_exit=False)
-
-
 @contextmanager
 def prefect_api(remote_cluster: bool = False) -> Iterator[str]:
     """The API every worker reports to: the configured one, else a local server for the run."""
-    url = configured_api_url()
-    if url:
-        yield url
-        return
-    if remote_cluster:
+    from infra.server import configured_api_url, run_api
+
+    if remote_cluster and not configured_api_url():
         raise ClusterError(
             "runner.address joins a cluster whose workers need a Prefect API they can reach: "
             "set PREFECT_API_URL (e.g. start `prefect server start --host 0.0.0.0`)"
         )
-    from infra.server import prefect_server
-
-    with prefect_server() as server, server.activate():
-        logger.info(
-            "PREFECT_API_URL is not set: started a local Prefect server at %s for this run "
-            "(temporary database; set PREFECT_API_URL to keep the run history)",
-            server.api_url,
-        )
-        try:
-            yield server.api_url
-        finally:
-            drain_prefect_clients()
+    with run_api() as url:
+        yield url
 
 
 def is_remote(address: str | None) -> bool:

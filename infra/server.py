@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -147,9 +148,14 @@ def start_server(
     return server
 
 
+def prefect_command(*args: str) -> list[str]:
+    """`prefect ARGS` in a child that ends itself when this process dies (even by SIGKILL)."""
+    return [sys.executable, "-m", "infra.server_child", str(os.getpid()), *args]
+
+
 def _spawn(home: Path, port: int, database_url: str | None, ui: bool) -> PrefectServer:
     log_path = home / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
+    cmd = prefect_command("server", "start", "--host", HOST, "--port", str(port))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd,
@@ -202,9 +208,104 @@ def prefect_server(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def configured_api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
+
+
+def drain_prefect_clients() -> None:
+    """Send what Prefect's background event/log workers still hold before their API goes."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=10, at_exit=False)
+
+
+class _SharedServer:
+    """One temporary server for every run of this process, started on first use.
+
+    `scope()` keeps it alive across runs (a backfill), `use()` is one run; the server stops
+    when the last of them leaves. Runs see it through PREFECT_API_URL (settings and env).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.server: contextlib.ExitStack | None = None
+        self.url: str | None = None
+        self.holders = 0
+
+    def _enter(self, start: bool) -> str | None:
+        with self.lock:
+            self.holders += 1
+            if self.url is None and start:
+                stack = contextlib.ExitStack()
+                server = stack.enter_context(prefect_server())
+                os.environ["PREFECT_API_URL"] = server.api_url
+                stack.callback(os.environ.pop, "PREFECT_API_URL", None)
+                self.server, self.url = stack, server.api_url
+                logger.info(
+                    "PREFECT_API_URL is not set: started a local Prefect server at %s for this "
+                    "run (temporary database; set PREFECT_API_URL to keep the run history)",
+                    server.api_url,
+                )
+            return self.url
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.holders -= 1
+            if self.holders == 0 and self.server is not None:
+                with contextlib.suppress(Exception):
+                    drain_prefect_clients()
+                self.server.close()
+                self.server, self.url = None, None
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[str]:
+        url = self._enter(start=True)
+        try:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings({PREFECT_API_URL: url}):
+                yield str(url)
+        finally:
+            self._leave()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        self._enter(start=False)
+        try:
+            yield
+        finally:
+            self._leave()
+
+
+_SHARED = _SharedServer()
+
+
+@contextlib.contextmanager
+def run_api() -> Iterator[str]:
+    """The Prefect API a run reports to: PREFECT_API_URL when set, else this process's
+    temporary server (one for all runs of the process; it dies with the process)."""
+    url = configured_api_url()
+    if url and url != _SHARED.url:
+        yield url
+        return
+    with _SHARED.use() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def api_scope() -> Iterator[None]:
+    """Keep a temporary server, once some run starts it, alive until the block ends."""
+    with _SHARED.scope():
+        yield
+
+
 def worker_command(pool: str, limit: int | None = None) -> list[str]:
     """`prefect worker start` for a process work pool (created if it does not exist)."""
-    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    cmd = prefect_command("worker", "start", "--pool", pool, "--type", "process")
     return [*cmd, "--limit", str(limit)] if limit else cmd
 
 

@@ -35,7 +35,16 @@ CAPTIONS = (
     "Modern kitchen with white cabinets and marble counters",
 )
 
-_PIL_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF"}
+_PIL_FORMAT = {
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "webp": "WEBP",
+    "gif": "GIF",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+    "ppm": "PPM",
+}
 
 
 @dataclass

@@ -13,7 +13,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any
 
 import fsspec
@@ -138,7 +138,9 @@ def open_write(url: str, storage_options: dict[str, Any] | None = None) -> Itera
     """Write a whole file so that the final name only ever holds complete content.
 
     Locally: write a sibling temp file, fsync, then rename. On object stores an upload
-    only becomes visible when it completes, so the final key is written directly.
+    only becomes visible when it completes, so the final key is written directly; if the
+    writer raises, the upload is discarded (fsspec would otherwise complete it on close,
+    publishing a half-written object).
     """
     fs, path = get_fs(url, storage_options)
     if is_local(fs):
@@ -155,8 +157,26 @@ def open_write(url: str, storage_options: dict[str, Any] | None = None) -> Itera
             if os.path.exists(tmp):
                 os.remove(tmp)
     else:
-        with fs.open(path, "wb") as f:
+        f = fs.open(path, "wb")
+        try:
             yield f
+        except BaseException:
+            _discard(f)
+            raise
+        f.close()
+
+
+def _discard(f: Any) -> None:
+    """Abandon an unfinished upload: nothing appears under its key.
+
+    fsspec's buffered files (S3, GCS, Azure) drop their buffer and abort a multipart upload
+    on `discard()`; marking them closed keeps garbage collection from completing the upload.
+    """
+    discard = getattr(f, "discard", None)
+    if discard is not None:
+        discard()
+    with suppress(AttributeError):  # a file type whose close state is read-only
+        f.closed = True
 
 
 def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:

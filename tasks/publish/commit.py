@@ -110,7 +110,15 @@ def commit(version: Version, manifest: dict[str, Any], outputs: list[WrittenFile
 
 
 def abort(version: Version) -> None:
-    """Remove an uncommitted version's files (best effort: the next commit prunes them)."""
+    """Remove an uncommitted version's files (best effort: the next commit prunes them).
+
+    A version the manifest already points at is never removed: a failure after the commit
+    point (while writing `_SUCCESS` or pruning) leaves it published.
+    """
+    published = read_published(version.final, version.storage_options)
+    if published is not None and published.version == version.id:
+        logger.warning("version %s was committed before the failure: kept", version.id)
+        return
     try:
         storage.remove(version.root, version.storage_options, recursive=True)
     except OSError as err:

@@ -6,11 +6,13 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from flows.pool import run_pool
 from schemas.config import parse_config
+from tasks.publish.manifest import read_published
 from tests.helpers import published_dir
 from tests.pool_factory import PoolSample, make_image, write_tar
 
@@ -76,3 +78,75 @@ def test_balance_decisions_independent_of_sharding(tmp_path, tiny_model, prefect
     for e in row["entry_ids"]:
         expected *= 1 - 5 / max(cnt[e], 5)
     assert row["keep_prob"] == pytest.approx(1 - expected, abs=1e-12)
+
+
+def candidate_counts(samples: pl.DataFrame, n_entries: int) -> np.ndarray:
+    """Entry counts over the rows that reached balancing (kept or dropped by it), here."""
+    reached = samples.filter(pl.col("status").cast(pl.String).is_in(["kept", "filtered_balance"]))
+    ids = reached["entry_ids"].explode().drop_nulls().to_numpy().astype(np.int64)
+    return np.bincount(ids, minlength=n_entries)
+
+
+def expected_keep_prob(samples: pl.DataFrame, counts: np.ndarray, t: int) -> list[float | None]:
+    out = []
+    for row in samples.iter_rows(named=True):
+        if row["status"] not in ("kept", "filtered_balance"):
+            out.append(None)
+            continue
+        miss = 1.0
+        for e in row["entry_ids"]:
+            miss *= 1 - t / max(int(counts[e]), t)
+        out.append(1 - miss if row["entry_ids"] else 0.0)
+    return out
+
+
+def test_running_counts_commit_with_their_partition(
+    tmp_path, tiny_model, prefect_harness, monkeypatch
+):
+    """Defect: running counts were saved after the commit, so a crash between left a
+    published partition whose counts were missing, and later nights balanced on history
+    that silently lacked it. The counts are now a file of the partition's own version: a
+    run that gets its manifest in place has its counts in place too."""
+    import tasks.publish.commit as commit
+
+    pool = samples(60)
+    days = ["2026-03-01", "2026-03-02", "2026-03-03"]
+    for i, day in enumerate(days):
+        write_pool(tmp_path / "in" / day, 1, pool[i * 20 : (i + 1) * 20])
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps(WORDS))
+    t = 3
+    cfg = parse_config(
+        {
+            "dataset": "rc",
+            "output": str(tmp_path / "out"),
+            "model": {**tiny_model, "precision": "fp32", "batch_size": 8},
+            "pool": {
+                "input": str(tmp_path / "in" / "{date}" / "*.tar"),
+                "text_filter": {"enabled": False},
+                "balance": {"metadata": str(meta), "t": t, "seed": 1, "running_counts": True},
+            },
+        }
+    )
+    run_pool(cfg, days[0])
+
+    def crash_after_the_pointer(*a, **k):  # the manifest has moved: the version is published
+        raise OSError(5, "killed right after the commit")
+
+    monkeypatch.setattr(commit, "prune", crash_after_the_pointer)
+    with pytest.raises(OSError, match="killed right after the commit"):
+        run_pool(cfg, days[1])
+    monkeypatch.undo()
+    run_pool(cfg, days[2])
+
+    got = {}
+    for day in days:
+        published = read_published(str(tmp_path / "out" / "rc" / "pool" / day))
+        assert published is not None and published.has("entry_counts.parquet")
+        got[day] = pl.read_parquet(published.url("samples.parquet"))
+    own = {day: candidate_counts(got[day], len(WORDS)) for day in days}
+    # day 3 was balanced against days 1 and 2: the crashed run's counts were committed
+    prior = own[days[0]] + own[days[1]]
+    assert got[days[2]]["keep_prob"].to_list() == pytest.approx(
+        expected_keep_prob(got[days[2]], prior + own[days[2]], t), abs=1e-12
+    )

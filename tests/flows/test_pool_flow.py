@@ -16,7 +16,14 @@ from flows.pool import run_pool
 from schemas.config import parse_config
 from tasks.verify import verify_partition
 from tests.helpers import published_dir
-from tests.pool_factory import broken_pool, make_samples, truncate_file, write_empty, write_tar
+from tests.pool_factory import (
+    broken_pool,
+    make_samples,
+    truncate_file,
+    write_empty,
+    write_parquet_pool,
+    write_tar,
+)
 
 PARTITION = "2026-01-02"
 
@@ -168,3 +175,30 @@ def test_unreadable_input_root_exits_with_one_line(tmp_path, tiny_model):
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no input files match" in lines[0]
+
+
+def test_every_image_format_the_readers_accept_publishes_and_verifies(
+    tmp_path, tiny_model, prefect_harness
+):
+    """Defect: verify allowed only jpg/png/webp although the readers take jpeg, gif, bmp,
+    tiff...; and a parquet image whose format was not sniffed was written as `.jpg` in the
+    tar but left null in the index. Now every published member carries the extension of
+    its decoded format, the index agrees, and formats no reader would know are quarantined."""
+    d = tmp_path / "in"
+    fmts = ["jpg", "jpeg", "png", "gif", "bmp", "tiff", "webp"]
+    tar_samples = [
+        s for i, f in enumerate(fmts) for s in make_samples(1, prefix=f, fmt=f, seed=i + 1)
+    ]
+    write_tar(d / "00000.tar", tar_samples)
+    pq_samples = make_samples(2, fmt="png", seed=20) + make_samples(1, fmt="ppm", seed=21)
+    write_parquet_pool(d / "00001.parquet", pq_samples)
+    cfg = make_config(tmp_path, tiny_model, text_filter={"enabled": False})
+    cfg["pool"]["input"] = [str(d / "*.tar"), str(d / "*.parquet")]
+    assert run_pool(parse_config(cfg), PARTITION)["status"] == "published"
+    final = partition_dir(tmp_path)
+    assert verify_partition(str(final)) == []
+    samples = pl.read_parquet(published_dir(final) / "samples.parquet")
+    kept = samples.filter(pl.col("status") == "kept")
+    assert sorted(kept["image_ext"].to_list()) == sorted([*fmts, "png", "png"])
+    [ppm] = samples.filter(pl.col("status") == "quarantined").iter_rows(named=True)
+    assert (ppm["error"], ppm["error_detail"]) == ("unsupported_image_format", "PPM")

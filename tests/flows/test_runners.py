@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from flows.pool import run_pool
-from infra import cluster
+from infra import cluster, server
 from schemas.config import RunnerConfig, parse_config
 from tests.helpers import published_dir
 from tests.pool_factory import broken_pool, make_samples, write_empty, write_tar
@@ -158,7 +158,7 @@ def test_dask_cluster_publishes_the_same_with_one_model_per_worker(
         distributed.Client(lc) as client,
     ):
         with temporary_settings(restore_defaults={PREFECT_API_URL}):
-            assert cluster.configured_api_url() is None
+            assert server.configured_api_url() is None
             pool = run_pool_with(pool_root, tiny_model, "dask", address=lc.scheduler_address)
         loads = client.run(model_cache_info)  # {worker address: (builds, calls)}
         video = run_video_with(video_root, tiny_model, "dask", address=lc.scheduler_address)
@@ -251,7 +251,7 @@ def test_task_inputs_and_results_pickle(tmp_path, model_cfg):
 
 
 def test_remote_cluster_without_api_is_one_clear_line(monkeypatch):
-    monkeypatch.setattr(cluster, "configured_api_url", lambda: None)
+    monkeypatch.setattr(server, "configured_api_url", lambda: None)
     runner = RunnerConfig(kind="dask", address="tcp://10.1.2.3:8786")
     with pytest.raises(cluster.ClusterError, match="PREFECT_API_URL"):  # noqa: SIM117
         with cluster.cluster_execution(runner):
@@ -325,3 +325,39 @@ def test_dask_gpu_annotation_only_for_model_tasks(monkeypatch):
     cpu.submit(_Task("score-shard"), {})
     assert seen["score-shard"] == {}
     assert runner.duplicate().gpu and not cpu.duplicate().gpu
+
+
+def test_the_cli_path_passes_the_model_so_gpu_tasks_get_their_annotation():
+    """Defect: `flows.common.execution` called `cluster_execution(cfg.runner)` without the
+    model, so `model.device: cuda` never reached the Dask/Ray runners from the CLI."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.common import execution
+
+    cfg = parse_config(
+        {
+            "model": {"device": "cuda"},
+            "runner": {"kind": "dask", "address": "tcp://127.0.0.1:8786"},
+        }
+    )
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}), execution(cfg) as r:
+        assert r.gpu is True
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        cpu = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": "cpu"})})
+        with execution(cpu) as r:
+            assert r.gpu is False
+
+
+def test_planning_a_cuda_run_works_on_a_driver_without_gpu(pool_root, tiny_model):
+    """Defect: planning resolved `device: cuda` on the driver, which fails on a CPU-only
+    head node (the README's own cluster recipe). The plan keeps the configured device."""
+    import torch
+
+    from flows.run import plan_run
+
+    assert not torch.cuda.is_available()  # this machine is such a driver
+    cfg = pool_config(pool_root, tiny_model, "dask", address="tcp://127.0.0.1:8786")
+    cfg["model"]["device"] = "cuda"
+    plan = plan_run(parse_config(cfg), "pool", PARTITION)
+    assert plan.model["device"] == "cuda" and plan.model["precision"] == "fp32"
+    assert len(plan.urls) > 0 and len(plan.key) == 64

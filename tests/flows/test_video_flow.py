@@ -123,3 +123,25 @@ def test_vectorised_frame_preprocess_equals_open_clip(model_cfg):
         slow = torch.stack([model.preprocess(Image.fromarray(f)) for f in frames])
         assert fast.shape == slow.shape == (5, 3, 64, 64)
         assert torch.allclose(fast, slow, atol=1e-6), (h, w)
+
+
+def test_a_changed_sidecar_republishes_without_decoding_again(
+    tmp_path, tiny_model, videos, prefect_harness, monkeypatch
+):
+    """Defect: the sidecar was in neither the score cache key nor the run key, so a fixed
+    vehicle id was never published (the partition counted as unchanged). It is part of the
+    input's fingerprint now, and read at detect time: no video is decoded again."""
+    cfg = parse_config(video_config(tmp_path, tiny_model))
+    assert run_video(cfg, PARTITION)["status"] == "published"
+    write_sidecar(tmp_path / "in" / "cam_a.mp4", {"vehicle_id": "truck-8"})
+
+    def no_decode(*a, **k):
+        raise AssertionError("a video was decoded again")
+
+    monkeypatch.setattr("tasks.video.score.load_model", no_decode)
+    assert run_video(cfg, PARTITION)["status"] == "published"
+    part = published_dir(tmp_path / "out" / "fleet" / "video" / PARTITION)
+    vids = pl.read_parquet(part / "videos.parquet")
+    assert vids.filter(pl.col("video").str.ends_with("cam_a.mp4"))["vehicle_id"][0] == "truck-8"
+    stats = json.loads((part / "stats.json").read_text())
+    assert stats["videos_scored"] == 0 and stats["videos_cached"] == 5

@@ -26,6 +26,7 @@ def scores(rows: list[tuple]) -> pl.DataFrame:
             "clip_score": sc,
             "emb_row": i,
             "error": e,
+            "error_detail": None,
         }
         for i, (u, c, sc, e) in enumerate(rows)
     ]
@@ -56,9 +57,15 @@ def test_threshold_mode_and_precedence():
         "quarantined",
         "kept",
     ]
-    assert sel.samples["error"][2] == "text:filename_or_url"
-    assert sel.samples["error"][4] == "truncated_image"
-    assert sel.samples["error"][0] is None
+    assert sel.samples["error"].to_list() == [
+        None,
+        "clip:threshold",
+        "text:filename_or_url",
+        "duplicate:uid",
+        "truncated_image",
+        None,
+    ]
+    assert sel.samples["error_detail"][1] == "clip_score 0.1 < 0.3"
     assert sel.threshold == 0.30 and sel.mode == "threshold"
 
 
@@ -98,3 +105,25 @@ def test_out_key_is_tar_safe(uid, safe):
     key = out_key(uid)
     assert (key == uid) is safe
     assert "." not in key and "/" not in key and key
+
+
+def test_a_quarantined_first_copy_does_not_make_the_good_copy_a_duplicate():
+    """Defect: duplicates were found over all rows, so a uid whose first copy was broken
+    lost its good second copy too (both were dropped). Only undecided rows compete."""
+    df = scores(
+        [
+            ("a", None, None, "truncated_image"),  # first copy of a: broken
+            ("a", GOOD, 0.5, None),  # the good copy: must be kept
+            ("a", GOOD, 0.6, None),  # a real duplicate of the good copy
+            ("b", None, None, "missing_image"),
+            ("b", None, None, "missing_image"),  # quarantined twice: both quarantined
+        ]
+    )
+    sel = select(df, PoolConfig(input="x"))
+    assert sel.samples["status"].cast(pl.String).to_list() == [
+        "quarantined",
+        "kept",
+        "duplicate",
+        "quarantined",
+        "quarantined",
+    ]
