@@ -301,8 +301,9 @@ def embedded_credential(text: str) -> str | None:
 
 
 def _holds_something(value: Any) -> bool:
-    """Empty or on/off values under a credential name carry no secret (`key: null`)."""
-    if value is None or isinstance(value, bool):
+    """Empty, on/off or numeric values under a credential name carry no secret (`key: null`,
+    `max_tokens: 77`)."""
+    if value is None or isinstance(value, bool | int | float):  # numbers are never secrets
         return False
     return not (isinstance(value, str | Mapping | list | tuple) and len(value) == 0)
 

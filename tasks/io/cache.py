@@ -156,3 +156,23 @@ class Cache:
             yield
         finally:
             os.close(fd)
+
+
+def per_input(
+    cache_root: str,
+    storage_options: dict[str, Any] | None,
+    namespace: str,
+    url: str,
+    settings: dict[str, Any],
+    compute: Callable[[Attempt], dict[str, Any]],
+    force: bool = False,
+) -> tuple[Hit, dict[str, Any]]:
+    """The entry for one input file: keyed by its current fingerprint and `settings`.
+
+    The stages that do expensive work per input shard or video all cache this way; returns
+    the entry and the fingerprint it was keyed by.
+    """
+    fp = storage.fingerprint(url, storage_options)
+    parts = {"input": fp, "settings": settings}
+    hit = Cache(cache_root, storage_options).get_or_compute(namespace, parts, compute, force=force)
+    return hit, fp

@@ -27,7 +27,7 @@ from schemas.tables import SCORES, conform
 from tasks import cancel
 from tasks.errors import SampleError
 from tasks.io import storage
-from tasks.io.cache import Attempt, Cache
+from tasks.io.cache import Attempt, per_input
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
 from tasks.pool.decode import decode_for_model
@@ -238,13 +238,14 @@ def score_shard(
     run: str | None = None,
 ) -> ShardScores:
     """Score one input shard unless the cache holds it for this exact input and model."""
-    fp = storage.fingerprint(url, storage_options)
-    parts = {"input": fp, "settings": score_settings(pool, model_cfg)}
-    hit = Cache(cache_root, storage_options).get_or_compute(
+    hit, _ = per_input(
+        cache_root,
+        storage_options,
         NAMESPACE,
-        parts,
+        url,
+        score_settings(pool, model_cfg),
         lambda attempt: _compute(url, pool, model_cfg, storage_options, run, attempt),
-        force=force,
+        force,
     )
     return ShardScores(
         url, hit.key, hit.files["scores.parquet"], hit.files["emb.npy"], hit.meta, hit.cached

@@ -25,7 +25,7 @@ from schemas.config import ModelConfig, VideoConfig
 from tasks import cancel
 from tasks.errors import SampleError
 from tasks.io import storage
-from tasks.io.cache import Attempt, Cache
+from tasks.io.cache import Attempt, Cache, per_input
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
 from tasks.video.decode import iter_frame_chunks, local_video
@@ -169,13 +169,14 @@ def score_video(
     run: str | None = None,
 ) -> VideoScores:
     """Probe, decode and embed one video unless the cache holds it for this input and model."""
-    fp = storage.fingerprint(url, storage_options)
-    parts = {"input": fp, "settings": video_settings(video, model_cfg)}
-    hit = Cache(cache_root, storage_options).get_or_compute(
+    hit, fp = per_input(
+        cache_root,
+        storage_options,
         NAMESPACE,
-        parts,
+        url,
+        video_settings(video, model_cfg),
         lambda attempt: _compute(url, video, model_cfg, storage_options, run, attempt),
-        force=force,
+        force,
     )
     probe = {**hit.meta["probe"], "video": url, "fingerprint": storage.fingerprint_key(fp)}
     return VideoScores(
