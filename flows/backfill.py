@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flows.backfill_remote import remote_runner, use_deployment
 from flows.dates import Mode, Row, counts_detail, date_range, format_table, one_line
+from flows.plan import already_published, plan_run
 from schemas.config import ConfigError, CurateConfig
 
 logger = logging.getLogger(__name__)
@@ -88,12 +89,14 @@ def run_dates(dates: list[str], one: Callable[[str], Row], max_parallel: int) ->
 
 
 def _local_runner(cfg: CurateConfig, flow: str, force: bool) -> Callable[[str], Row]:
-    if flow == "pool":
-        from flows.pool import run_pool as run
-    else:
-        from flows.video import run_video as run
-
     def one(date: str) -> Row:
+        plan = plan_run(cfg, flow, date)  # light: skipped dates import no flow, start no API
+        if not force and already_published(plan, cfg.storage_options):
+            return Row(date, "skipped", counts_detail(cfg, flow, date))
+        if flow == "pool":
+            from flows.pool import run_pool as run
+        else:
+            from flows.video import run_video as run
         result = run(cfg, date, force)
         status = "skipped" if result.get("status") == "skipped" else "ran"
         return Row(date, status, counts_detail(cfg, flow, date))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flows.dates import Mode, Row, counts_detail, one_line
-from flows.run import already_published, plan_run
+from flows.plan import already_published, plan_run
 from flows.serve import deployment_name, deployment_parameters
 from schemas.config import ConfigError, CurateConfig
 from tasks.publish.manifest import partition_url, read_manifest

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from schemas.config import ConfigError, CurateConfig, load_config
+from flows import console
+from schemas.config import CurateConfig, load_config
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_HELD, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
+# Exit status by failure class (documented in the README); anything else exits 1.
+EXIT_CODES = {
+    "ConfigError": EXIT_USAGE,
+    "CredentialError": EXIT_USAGE,
+    "InputError": EXIT_INPUT,
+    "MetadataError": EXIT_INPUT,
+    "GateHeld": EXIT_HELD,
+    "PartitionLocked": EXIT_LOCKED,
+}
+# What to do about it, appended to the one line.
+FIXES = {
+    "InputError": "check the input URIs and storage_options",
+    "MetadataError": "check pool.balance.metadata",
+    "ModelLoadError": "check model.name and model.pretrained (a path, URL or open_clip tag)",
+    "PartitionLocked": "wait for that run; a dead run's lock is taken over after its lease",
+    "LockLost": "another run took the partition over; re-run when it has finished",
+}
+VERBOSE = False
 
 
 def _config(args: argparse.Namespace) -> CurateConfig:
@@ -21,21 +39,34 @@ def _config(args: argparse.Namespace) -> CurateConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Plan first (no Prefect, torch or open_clip imported): a partition already published
+    with the same inputs, config and model is reported as skipped in about a second."""
+    from flows.plan import already_published, plan_run, skipped
+
     cfg = _config(args)
-    if args.flow == "pool":
+    plan = plan_run(cfg, args.flow, args.partition)
+    if not args.force and already_published(plan, cfg.storage_options):
+        result = skipped(plan, cfg.storage_options)
+    elif args.flow == "pool":
         from flows.pool import run_pool
 
-        result = run_pool(cfg, args.partition, args.force)
+        console.setup(VERBOSE)  # Prefect is imported now: its console handlers too
+        result = run_pool(cfg, plan.partition, args.force)
     else:
         from flows.video import run_video
 
-        result = run_video(cfg, args.partition, args.force)
+        console.setup(VERBOSE)
+        result = run_video(cfg, plan.partition, args.force)
     print(json.dumps(result, indent=2, default=str))
     return EXIT_OK
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    import prefect  # noqa: F401 (its logging setup first, then ours on top)
+
     from flows.backfill import run_backfill
+
+    console.setup(VERBOSE)
 
     cfg = _config(args)
     return run_backfill(
@@ -200,22 +231,28 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def failure_line(err: BaseException) -> tuple[str, int]:
+    """The one line on stderr for a failed command, and its exit status."""
+    kind = type(err).__name__
+    line = _one_line(err)
+    if kind not in ("ConfigError", "CredentialError"):
+        line = f"{kind}: {line}"
+    if fix := FIXES.get(kind):
+        line = f"{line} ({fix})"
+    return f"curate: {line}", EXIT_CODES.get(kind, EXIT_FAILED)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global VERBOSE
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+    VERBOSE = args.verbose
+    console.setup(args.verbose)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     handler: Callable[[argparse.Namespace], int] = args.func
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return handler(args)
-    except ConfigError as err:
-        print(f"curate: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("curate: interrupted", file=sys.stderr)
         return 130
@@ -225,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if args.verbose:
             raise
-        print(f"curate: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
-        return EXIT_FAILED
+        line, status = failure_line(err)
+        print(line, file=sys.stderr)
+        return status
 
 
 def entry() -> Any:  # pragma: no cover

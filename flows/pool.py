@@ -16,6 +16,7 @@ from flows.common import (
     publish_artifacts,
     summary_markdown,
 )
+from flows.progress import Progress
 from flows.run import (
     RunPlan,
     already_published,
@@ -80,11 +81,14 @@ def load_scores(results: list[ShardScores], so: dict[str, Any]) -> pl.DataFrame:
     return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
 
 
-def score_all(cfg: CurateConfig, force: bool, urls: list[str], run: str) -> list[ShardScores]:
+def score_all(cfg: CurateConfig, force: bool, plan: RunPlan, run: str) -> list[ShardScores]:
     """One task per input shard; cached shards return at once."""
     cache, so = cache_root(cfg), cfg.storage_options
-    futures = [score_shard_task.submit(u, cfg.pool, cfg.model, cache, so, force, run) for u in urls]
-    return gather(futures, run)
+    futures = [
+        score_shard_task.submit(u, cfg.pool, cfg.model, cache, so, force, run) for u in plan.urls
+    ]
+    progress = Progress("pool", cfg.dataset, plan.partition, len(futures), "samples")
+    return gather(futures, run, progress, lambda r: float(r.stats["samples"]))
 
 
 def match_all(cfg: CurateConfig, results: list[ShardScores], force: bool, run: str) -> pl.DataFrame:
@@ -187,7 +191,7 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     """score -> select -> publish for one partition (the caller holds its lock)."""
     log = get_run_logger()
     t0 = time.perf_counter()
-    results = score_all(cfg, force, plan.urls, run)
+    results = score_all(cfg, force, plan, run)
     scored = sum(not r.cached for r in results)
     log.info("scores ready: %d shards scored, %d from cache", scored, len(results) - scored)
     bal = balance_inputs(cfg, plan.partition)

@@ -3,79 +3,28 @@ write a new version of it, and commit that with lineage (after the publish gate)
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from flows.common import list_inputs, output_config, resolve_partition, run_key, to_json
+from flows.common import to_json
+from flows.plan import (  # noqa: F401 (the flows' planning API, re-exported)
+    RunPlan,
+    already_published,
+    output_config,
+    plan_run,
+    report_url,
+    skipped,
+)
+from flows.progress import Progress
 from schemas.config import CurateConfig, config_hash, redacted
 from tasks import cancel
-from tasks.io import storage
 from tasks.io.lock import partition_lock
-from tasks.model.clip import model_identity
 from tasks.publish.commit import Version, abort, begin, commit
 from tasks.publish.gate import GateHeld, apply_gate
-from tasks.publish.manifest import code_version, partition_url, read_manifest, read_published
+from tasks.publish.manifest import code_version
 from tasks.publish.writer import WrittenFile, describe_file, write_file
-from tasks.video.sidecar import video_fingerprint
-
-
-@dataclass
-class RunPlan:
-    """One partition of one flow: its inputs and the key of what it would publish."""
-
-    flow: str
-    partition: str
-    urls: list[str]
-    inputs: list[dict[str, Any]]  # fingerprints, in input order
-    model: dict[str, Any]
-    key: str
-    final: str
-
-
-def input_fingerprint(flow: str, url: str, so: dict[str, Any]) -> dict[str, Any]:
-    """What an input's published output depends on: its bytes, and a video's sidecar."""
-    return video_fingerprint(url, so) if flow == "video" else storage.fingerprint(url, so)
-
-
-def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
-    """Resolve the partition, list and fingerprint its inputs, derive the run key.
-
-    The model identity here is the configured one (`device: cuda` is not checked against
-    this machine, which may be a CPU-only driver); workers resolve it where they run.
-    """
-    section = getattr(cfg, flow)
-    partition = resolve_partition(partition, cfg.schedule.timezone)
-    so = cfg.storage_options
-    urls = list_inputs(section.input, partition, so, f"{flow}.input")
-    model = model_identity(cfg.model, resolved=False)
-    inputs = [input_fingerprint(flow, u, so) for u in urls]
-    key = run_key(inputs, output_config(cfg, flow), model)
-    final = partition_url(cfg.output, cfg.dataset, flow, partition)
-    return RunPlan(flow, partition, urls, inputs, model, key, final)
-
-
-def already_published(plan: RunPlan, so: dict[str, Any]) -> bool:
-    """True when the partition is published with the same inputs, config and model."""
-    manifest = read_manifest(plan.final, so)
-    return bool(manifest and manifest.get("run_key") == plan.key)
-
-
-def report_url(final: str, so: dict[str, Any]) -> str | None:
-    """Where the published version's report is (readers follow the manifest)."""
-    published = read_published(final, so)
-    return published.url("report.md") if published else None
-
-
-def skipped(plan: RunPlan, so: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "status": "skipped",
-        "partition": plan.partition,
-        "uri": plan.final,
-        "report": report_url(plan.final, so),
-    }
-
 
 Body = Callable[[CurateConfig, RunPlan, bool, str], dict[str, Any]]
 
@@ -101,24 +50,41 @@ def run_partition(
 POLL_S = 1.0
 
 
-def gather(futures: Iterable[Any], token: str) -> list[Any]:
-    """Every future's result, in order. If waiting fails (a task failed, SIGTERM, Ctrl-C),
-    the run's other in-flight tasks are told to stop before the error goes on.
+def gather(
+    futures: Iterable[Any],
+    token: str,
+    progress: Progress | None = None,
+    units: Callable[[Any], float] | None = None,
+) -> list[Any]:
+    """Every future's result, in order, reporting each as it finishes to `progress`.
 
-    Waiting is done in short slices: a signal delivered to another thread only runs its
-    Python handler once the main thread runs Python code again, so an unbounded wait
-    would hold a SIGTERM until every in-flight shard had finished.
+    The first task that fails (or a SIGTERM, Ctrl-C) tells the run's other in-flight tasks
+    to stop before the error goes on. Waiting is done in short slices: a signal delivered
+    to another thread only runs its Python handler once the main thread runs Python code
+    again, so an unbounded wait would hold a SIGTERM until every in-flight task finished.
     """
     futures = list(futures)
+    finished: queue.Queue[int] = queue.Queue()
+    for i, future in enumerate(futures):
+        future.add_done_callback(lambda _, i=i: finished.put(i))
     try:
-        for future in futures:
-            future.wait(POLL_S)
-            while not future.state.is_final():
-                future.wait(POLL_S)
+        left = len(futures)
+        while left:
+            try:
+                i = finished.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            left -= 1
+            result = futures[i].result()  # a failed task raises here, at once
+            if progress is not None:
+                progress.advance(units(result) if units else 0.0)
         return [f.result() for f in futures]
     except BaseException:
         cancel.cancel(token)
         raise
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from flows.common import (
     publish_artifacts,
     summary_markdown,
 )
+from flows.progress import Progress
 from flows.run import (
     RunPlan,
     already_published,
@@ -214,7 +215,8 @@ def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     futures = [
         score_video_task.submit(u, cfg.video, cfg.model, cache, so, force, run) for u in plan.urls
     ]
-    results = gather(futures, run)
+    progress = Progress("video", cfg.dataset, plan.partition, len(futures), "video-s")
+    results = gather(futures, run, progress, lambda r: float(r.probe.get("duration_s") or 0.0))
     timings = {"score_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     tables = detect(cfg, results, prompts_for(cfg, run))

@@ -32,6 +32,20 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def score_sizing(cores: int, device: str) -> tuple[int, int]:
+    """(score tasks at once per process, decode threads per task), sized together.
+
+    One model per process, one forward at a time: the model is the bottleneck when it never
+    waits for a batch. Two tasks keep it fed (one task's batch is in the model while the
+    other decodes; each task also decodes ahead in a producer thread). On a CPU the model
+    itself wants the cores (torch's intra-op threads), so decoding gets a small share that
+    grows with the machine; on a GPU decoding is what the CPU cores are for.
+    """
+    tasks = 2
+    share = cores if device == "cuda" else cores // 4
+    return tasks, max(1, min(16, share // tasks))
+
+
 def can_fork() -> bool:
     return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
 

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from schemas.config import ModelConfig, config_hash
+from schemas.config import ModelConfig
 from tasks.model.files import (
     ModelLoadError,
     architecture_name,
     checkpoint_file,
     file_sha256,
     is_checkpoint_ref,
+    planned_identity,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,34 @@ def cpu_supports_fast_bf16() -> bool:
     except OSError:
         return False
     return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+
+
+def bf16_slowdown(size: int = 256, repeats: int = 5) -> float:
+    """How many times slower a bf16 matmul runs than an fp32 one on this CPU (measured)."""
+    import time
+
+    def best(dtype: torch.dtype) -> float:
+        a = torch.randn(size, size).to(dtype)
+        a @ a  # warm up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.inference_mode():
+        return best(torch.bfloat16) / max(best(torch.float32), 1e-9)
+
+
+def warn_slow_precision(precision: str, device: str) -> None:
+    """An explicit bf16 on a CPU without native bf16 runs several times slower: say so."""
+    if precision == "bf16" and device == "cpu" and not cpu_supports_fast_bf16():
+        logger.warning(
+            "model.precision bf16 on a CPU without AVX512-BF16/AMX: a bf16 matmul runs %.1fx "
+            "slower than fp32 here (measured); use precision: auto (fp32 on this CPU)",
+            bf16_slowdown(),
+        )
 
 
 def resolve_device(device: str) -> str:
@@ -118,34 +147,20 @@ class ClipModel:
         return emb.cpu().numpy()
 
 
-def model_identity(cfg: ModelConfig, resolved: bool = True) -> dict[str, Any]:
-    """What the scores depend on, without building the model (cache keys, lineage).
+def model_identity(cfg: ModelConfig) -> dict[str, Any]:
+    """What the scores depend on, resolved on the machine that runs the model (cache keys).
 
-    Everything but the batch size: architecture (and its JSON content), checkpoint sha256,
-    precision and device. `resolved` turns `auto` into what this machine would use, which
-    is right where the model runs (score caches); planning on a driver that has no GPU keeps
-    the configured values instead, so `device: cuda` never fails there.
+    The planned identity (`tasks.model.files.planned_identity`) with `auto` device and
+    precision resolved here, and an open_clip tag's checkpoint named by its sha256.
     """
-    import open_clip
-
-    name = architecture_name(cfg.name)
-    arch = open_clip.get_model_config(name)
-    if arch is None:
-        raise ModelLoadError(f"model.name: unknown open_clip architecture '{cfg.name}'")
-    ckpt = checkpoint_file(name, cfg.pretrained)
-    device, precision = cfg.device, cfg.precision
-    if resolved:
-        device = resolve_device(cfg.device)
-        precision = resolve_precision(cfg.precision, device)
-    return {
-        "name": cfg.name,
-        "architecture": name,
-        "architecture_sha256": config_hash(arch),
-        "pretrained": cfg.pretrained,
-        "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
-        "precision": precision,
-        "device": device,
-    }
+    identity = planned_identity(cfg)
+    architecture_name(cfg.name)  # registered with open_clip: the tag lookup needs it
+    device = resolve_device(cfg.device)
+    identity.update(device=device, precision=resolve_precision(cfg.precision, device))
+    if cfg.pretrained and not is_checkpoint_ref(cfg.pretrained):
+        ckpt = checkpoint_file(identity["architecture"], cfg.pretrained)
+        identity["checkpoint_sha256"] = file_sha256(ckpt) if ckpt else None
+    return identity
 
 
 def _build(cfg: ModelConfig) -> ClipModel:
@@ -171,6 +186,7 @@ def _build(cfg: ModelConfig) -> ClipModel:
     info["logit_scale"] = float(model.logit_scale.detach().float().exp())
     # Low precision = the weights themselves in bf16/fp16: on CPUs with AVX512-BF16 this runs
     # about twice as fast as autocast, and scores stay within 0.002 of fp32 (tests check 0.01).
+    warn_slow_precision(info["precision"], info["device"])
     model = model.to(info["device"], DTYPES[info["precision"]]).eval()
     logger.info(
         "loaded model %s (%s, %s on %s)", name, pretrained, info["precision"], info["device"]

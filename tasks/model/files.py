@@ -11,12 +11,16 @@ cached by (path, size, mtime), so a nightly run does not re-hash gigabytes.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import logging
 import os
 import threading
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from schemas.config import ModelConfig, config_hash
 from tasks.errors import InfraError
 from tasks.io import storage
 from tasks.io.cache import Attempt, Cache
@@ -115,6 +119,52 @@ def architecture_name(name: str) -> str:
         open_clip.add_model_config(local)
         _ARCH_NAMES[name] = local.stem
         return local.stem
+
+
+def architecture_config(name: str) -> tuple[str, dict[str, Any]]:
+    """(the name open_clip registers it under, its config), read without importing open_clip.
+
+    A path to a JSON registers under its file stem; a registry name is one of the JSON
+    files bundled with open_clip (what `open_clip.get_model_config` returns).
+    """
+    if name.endswith(".json"):
+        try:
+            return Path(name).stem, json.loads(storage.read_bytes(name))
+        except (OSError, ValueError) as err:
+            msg = f"model.name: cannot read architecture JSON {name}: {err}"
+            raise ModelLoadError(msg) from None
+    spec = importlib.util.find_spec("open_clip")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0]) / "model_configs" / f"{name}.json" if folders else None
+    if path is None or not path.is_file():
+        raise ModelLoadError(f"model.name: unknown open_clip architecture '{name}'")
+    return name, json.loads(path.read_text())
+
+
+def planned_identity(cfg: ModelConfig) -> dict[str, Any]:
+    """The model's identity from its files, as configured (for run keys and lineage).
+
+    Imports neither torch nor open_clip, so a published partition is recognised in about
+    a second. Device and precision are the configured ones (a CPU-only driver may plan a
+    `cuda` run); a checkpoint file is named by its sha256 (remembered by path, size and
+    mtime), an open_clip pretrained tag by the tag and the open_clip release that maps it
+    to weights. The scoring workers resolve the rest (`tasks.model.clip.model_identity`).
+    """
+    name, arch = architecture_config(cfg.name)
+    identity: dict[str, Any] = {
+        "name": cfg.name,
+        "architecture": name,
+        "architecture_sha256": config_hash(arch),
+        "pretrained": cfg.pretrained,
+        "checkpoint_sha256": None,
+        "precision": cfg.precision,
+        "device": cfg.device,
+    }
+    if cfg.pretrained and is_checkpoint_ref(cfg.pretrained):
+        identity["checkpoint_sha256"] = file_sha256(str(local_checkpoint(cfg.pretrained)))
+    elif cfg.pretrained:
+        identity["open_clip"] = metadata.version("open_clip_torch")
+    return identity
 
 
 def checkpoint_file(name: str, pretrained: str | None) -> str | None:

@@ -30,6 +30,7 @@ from tasks.io import storage
 from tasks.io.cache import Attempt, per_input
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
+from tasks.parallel import cpu_count, score_sizing
 from tasks.pool.decode import decode_for_model
 from tasks.pool.sources import RawSample, ShardReadError, iter_samples, sample_uid, sample_url
 from tasks.stats import Counts
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 SCORE_VERSION = 2  # bump when the scores table's meaning changes: invalidates every cache
 NAMESPACE = "pool-scores"
 PREFETCH_BATCHES = 2
-DECODE_THREADS = 2
 
 
 @dataclass
@@ -50,8 +50,29 @@ class _Batch:
     model_rows: list[int] = field(default_factory=list)
     pixels: list[torch.Tensor] = field(default_factory=list)
     batch: torch.Tensor | None = None  # the stacked pixels (pinned on CUDA)
-    captions: list[str] = field(default_factory=list)
-    tokens: torch.Tensor | None = None
+    caption_ids: list[int] = field(default_factory=list)  # per model row: its distinct caption
+    tokens: torch.Tensor | None = None  # of the captions this batch is the first to hold
+
+
+class _Captions:
+    """The distinct captions of one shard, numbered in order of first appearance.
+
+    Web pools repeat captions (boilerplate alt-texts, product names): the text tower runs
+    once per distinct caption of a shard, and every repeat reuses its embedding.
+    """
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+
+    def assign(self, captions: list[str]) -> tuple[list[int], list[str]]:
+        """(id of each caption, captions seen for the first time, in id order)."""
+        ids, new = [], []
+        for caption in captions:
+            if caption not in self.ids:
+                self.ids[caption] = len(self.ids)
+                new.append(caption)
+            ids.append(self.ids[caption])
+        return ids, new
 
 
 def score_settings(pool: PoolConfig, model_cfg: ModelConfig) -> dict[str, Any]:
@@ -89,8 +110,10 @@ def _prepare(
     model: ClipModel,
     pool: PoolConfig,
     ex: ThreadPoolExecutor,
+    seen: _Captions,
 ) -> _Batch:
-    """Decode + preprocess a batch (threads: PIL releases the GIL) and tokenize its captions."""
+    """Decode + preprocess a batch (threads: PIL releases the GIL); tokenize the captions
+    that no earlier batch of the shard held."""
     batch = _Batch(rows=[_row(s, source, pool.uid_column) for s in samples])
 
     def decode(s: RawSample) -> Any:
@@ -114,9 +137,9 @@ def _prepare(
             continue
         batch.model_rows.append(i)
         batch.pixels.append(tensor)
-        batch.captions.append(samples[i].caption)
-    if batch.captions:
-        batch.tokens = model.tokenize(batch.captions)
+    if batch.model_rows:
+        batch.caption_ids, new = seen.assign([samples[i].caption for i in batch.model_rows])
+        batch.tokens = model.tokenize(new) if new else None
         batch.batch, batch.pixels = model.stage(batch.pixels), []
     return batch
 
@@ -135,9 +158,11 @@ def _chunks(it: Iterable[RawSample], size: int) -> Iterator[list[RawSample]]:
 def _prepared(
     samples: Iterable[RawSample], source: str, model: ClipModel, pool: PoolConfig, batch_size: int
 ) -> Iterator[_Batch]:
-    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as ex:
+    _, threads = score_sizing(cpu_count(), model.device)
+    seen = _Captions()
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as ex:
         for chunk in _chunks(samples, batch_size):
-            yield _prepare(chunk, source, model, pool, ex)
+            yield _prepare(chunk, source, model, pool, ex, seen)
 
 
 def score_samples(
@@ -147,20 +172,24 @@ def score_samples(
     pool: PoolConfig,
     batch_size: int,
     run: str | None = None,
-) -> tuple[pl.DataFrame, np.ndarray]:
-    """Score a stream of samples; returns the scores table and fp16 image embeddings.
+) -> tuple[pl.DataFrame, np.ndarray, int]:
+    """Score a stream of samples: the scores table, fp16 image embeddings, and how many
+    distinct captions the text tower embedded.
 
     Checks between batches whether the run holding token `run` was cancelled.
     """
     rows: list[dict[str, Any]] = []
     embs: list[np.ndarray] = []
+    texts: list[np.ndarray] = []  # the shard's distinct captions' embeddings, by caption id
     n_emb = 0
     batches = _prepared(samples, source, model, pool, batch_size)
     for item in prefetch(batches, PREFETCH_BATCHES, name="score-producer"):
         cancel.check(run)
         if item.model_rows:
             img = model.encode_images(item.batch)
-            txt = model.encode_tokens(item.tokens)
+            if item.tokens is not None:
+                texts.extend(model.encode_tokens(item.tokens))
+            txt = np.stack([texts[c] for c in item.caption_ids])
             scores = np.einsum("ij,ij->i", img, txt)
             for j, i in enumerate(item.model_rows):
                 item.rows[i]["clip_score"] = float(scores[j])
@@ -171,7 +200,7 @@ def score_samples(
     dim = embs[0].shape[1] if embs else 0
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float16)
     table = pl.DataFrame(rows, schema=SCORES) if rows else pl.DataFrame(schema=SCORES)
-    return conform(table, SCORES), emb
+    return conform(table, SCORES), emb, len(texts)
 
 
 @dataclass
@@ -200,16 +229,16 @@ def _compute(
     samples = iter_samples(
         url, so, pool.format, pool.image_column, pool.caption_column, pool.uid_column
     )
-    shard_error = None
+    shard_error, distinct = None, 0
     try:
-        table, emb = score_samples(samples, url, model, pool, model_cfg.batch_size, run)
+        table, emb, distinct = score_samples(samples, url, model, pool, model_cfg.batch_size, run)
     except ShardReadError as err:  # the shard as a whole is bad input, not a broken store
         shard_error = str(err)
         logger.warning("shard %s unreadable: %s", url, err)
         table, emb = pl.DataFrame(schema=SCORES), np.zeros((0, 0), np.float16)
     attempt.write_bytes("emb.npy", storage.npy_bytes(emb))
     attempt.write_parquet("scores.parquet", table)
-    counts = Counts(samples=table.height, embedded=int(emb.shape[0]))
+    counts = Counts(samples=table.height, embedded=int(emb.shape[0]), distinct_captions=distinct)
     counts.add_codes("error", table["error"].drop_nulls())
     seconds = time.perf_counter() - start
     logger.info(

@@ -392,7 +392,7 @@ def test_cli_run_on_a_locked_partition_fails_with_one_line(
         proc.send_signal(signal.SIGTERM)
         proc.wait()
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert rc == 1
+    assert rc == 5  # the documented exit status of a locked partition
     assert last.startswith(f"curate: PartitionLocked: partition {final} is being written by run")
     assert f"pid {proc.pid}) since " in last
     assert sorted(os.listdir(tmp_path / "out" / "t" / "pool")) == [".2026-01-02.lock"]

@@ -94,3 +94,26 @@ def test_bf16_scores_within_001_of_fp32(model_cfg):
     s32 = np.einsum("ij,ij->i", fp32.encode_images(pixels), fp32.encode_texts(texts))
     s16 = np.einsum("ij,ij->i", bf16.encode_images(pixels), bf16.encode_texts(texts))
     assert np.abs(s32 - s16).max() < 0.01
+
+
+def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_with_the_measured_cost(
+    model_cfg, monkeypatch, caplog
+):
+    monkeypatch.setattr(model_mod, "cpu_supports_fast_bf16", lambda: False)
+    monkeypatch.setattr(model_mod, "bf16_slowdown", lambda: 6.8)  # the measurement, fixed here
+    with caplog.at_level("WARNING", logger="tasks.model.clip"):
+        model_mod.warn_slow_precision("bf16", "cpu")
+        model_mod.warn_slow_precision("fp32", "cpu")  # nothing to say
+        model_mod.warn_slow_precision("bf16", "cuda")
+    [record] = caplog.records
+    assert "6.8x slower than fp32 here (measured)" in record.getMessage()
+    monkeypatch.setattr(model_mod, "cpu_supports_fast_bf16", lambda: True)
+    caplog.clear()
+    model_mod.warn_slow_precision("bf16", "cpu")
+    assert caplog.records == []
+    assert model_mod.resolve_precision("auto", "cpu") == "bf16"
+
+
+def test_bf16_slowdown_is_a_measured_ratio():
+    ratio = model_mod.bf16_slowdown(size=64, repeats=2)
+    assert 0.01 < ratio < 1000

@@ -82,3 +82,23 @@ def test_bad_samples_are_quarantined_with_reasons(tmp_path, model_cfg):
             assert got[key] is not None and got[key].startswith(reason), (key, got[key], reason)
     scored = table.filter(table["error"].is_null())
     assert scored["clip_score"].null_count() == 0
+
+
+def test_text_tower_runs_once_per_distinct_caption(tmp_path, model_cfg, monkeypatch):
+    """Repeated captions (boilerplate alt-texts) are embedded once per shard, and every
+    repeat still gets the score of its own image with that caption."""
+    samples = make_samples(30, seed=4)
+    for i, s in enumerate(samples):
+        s.caption = "click to enlarge" if i % 3 else f"a distinct caption number {i}"
+    shard = write_tar(tmp_path / "a.tar", samples)
+    model = load_model(model_cfg)
+    embedded: list[int] = []
+    real = type(model).encode_tokens
+    monkeypatch.setattr(
+        type(model), "encode_tokens", lambda self, t: embedded.append(len(t)) or real(self, t)
+    )
+    res = score_shard(str(shard), PoolConfig(input=str(shard)), model_cfg, str(tmp_path / "c"))
+    assert sum(embedded) == 11 == res.stats["counts"]["distinct_captions"]  # 10 + boilerplate
+    table = storage.read_parquet(res.table)
+    for s, row in zip(samples, table.iter_rows(named=True), strict=True):
+        assert row["clip_score"] == pytest.approx(naive_score(model, s.image, s.caption), abs=1e-5)

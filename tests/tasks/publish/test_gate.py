@@ -175,7 +175,7 @@ def test_pool_flow_gate(tmp_path, tiny_model, prefect_harness, capsys):
     capsys.readouterr()
 
     # keeping 20% instead of 90% of the pool: held, and the run fails with the reason
-    assert run("2026-01-03", "pool.clip_filter.top_fraction=0.2") == 1
+    assert run("2026-01-03", "pool.clip_filter.top_fraction=0.2") == 4  # held by the gate
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"curate: GateHeld: partition {parts / '2026-01-03'} held by the")
     assert "kept_fraction 0.9 -> 0.2 (bound ±0.2)" in last

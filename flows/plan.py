@@ -1,0 +1,142 @@
+"""Planning a partition, light enough to decide "already published" in about a second.
+
+Everything here avoids Prefect, torch and open_clip (seconds of imports each): the config,
+input listing and fingerprints (fsspec), the model's identity from its files
+(`tasks.model.files`), and the published manifest. A nightly re-run or a backfill over
+published dates ends here, before any task runner, cluster or Prefect server starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from schemas.config import CurateConfig, config_hash, redacted
+from tasks.io import storage
+from tasks.model.files import planned_identity
+from tasks.publish.manifest import partition_url, read_manifest, read_published
+from tasks.video.sidecar import video_fingerprint
+
+PUBLISH_VERSION = 2  # bump when what a published partition holds changes meaning
+
+
+class InputError(RuntimeError):
+    """Input root unreadable or empty: the run stops with one clear line."""
+
+
+@dataclass
+class RunPlan:
+    """One partition of one flow: its inputs and the key of what it would publish."""
+
+    flow: str
+    partition: str
+    urls: list[str]
+    inputs: list[dict[str, Any]]  # fingerprints, in input order
+    model: dict[str, Any]
+    key: str
+    final: str
+
+
+def today(tz: str) -> str:
+    return dt.datetime.now(ZoneInfo(tz)).date().isoformat()
+
+
+def resolve_partition(partition: str | None, tz: str) -> str:
+    """The partition to run: as given, else the scheduled date of this flow run, else today.
+
+    A scheduled run that starts late (or is retried the next day) still processes the date it
+    was scheduled for: the scheduled start time, in the config's timezone, decides. Outside
+    Prefect (Prefect not even imported) there is no scheduled run to ask.
+    """
+    if partition:
+        return partition
+    if "prefect" in sys.modules:
+        from prefect.runtime import flow_run
+
+        scheduled = flow_run.scheduled_start_time if flow_run.id else None
+        if scheduled is not None:
+            return scheduled.astimezone(ZoneInfo(tz)).date().isoformat()
+    return today(tz)
+
+
+def with_date(pattern: str | list[str], partition: str) -> str | list[str]:
+    """Substitute `{date}` in input URIs with the partition."""
+    if isinstance(pattern, list):
+        return [p.replace("{date}", partition) for p in pattern]
+    return pattern.replace("{date}", partition)
+
+
+def list_inputs(
+    pattern: str | list[str], partition: str, so: dict[str, Any], key: str = "pool.input"
+) -> list[str]:
+    """The partition's input files, sorted; an empty or unreadable root is an InputError."""
+    pattern = with_date(pattern, partition)
+    try:
+        urls = storage.expand_inputs(pattern, so)
+    except Exception as err:
+        raise InputError(f"{key}: cannot list {pattern}: {type(err).__name__}: {err}") from None
+    if not urls:
+        raise InputError(f"{key}: no input files match {pattern}")
+    return urls
+
+
+def output_config(cfg: CurateConfig, flow: str) -> dict[str, Any]:
+    """The part of the config that decides a flow's published output (for the run key)."""
+    data = redacted(cfg)
+    keep = {"dataset", "model", flow}
+    out = {k: v for k, v in data.items() if k in keep}
+    out["model"] = {k: v for k, v in out["model"].items() if k != "batch_size"}
+    return out
+
+
+def run_key(inputs: list[dict[str, Any]], cfg_part: dict[str, Any], model: dict[str, Any]) -> str:
+    """Identity of a partition's content: same key = same published samples."""
+    return config_hash({"v": PUBLISH_VERSION, "inputs": inputs, "config": cfg_part, "model": model})
+
+
+def input_fingerprint(flow: str, url: str, so: dict[str, Any]) -> dict[str, Any]:
+    """What an input's published output depends on: its bytes, and a video's sidecar."""
+    return video_fingerprint(url, so) if flow == "video" else storage.fingerprint(url, so)
+
+
+def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
+    """Resolve the partition, list and fingerprint its inputs, derive the run key.
+
+    The model identity here is the configured one (`device: cuda` is not checked against
+    this machine, which may be a CPU-only driver); workers resolve it where they run.
+    """
+    section = getattr(cfg, flow)
+    if section is None:
+        raise InputError(f"config: the {flow} flow needs a '{flow}' section")
+    partition = resolve_partition(partition, cfg.schedule.timezone)
+    so = cfg.storage_options
+    urls = list_inputs(section.input, partition, so, f"{flow}.input")
+    model = planned_identity(cfg.model)
+    inputs = [input_fingerprint(flow, u, so) for u in urls]
+    key = run_key(inputs, output_config(cfg, flow), model)
+    final = partition_url(cfg.output, cfg.dataset, flow, partition)
+    return RunPlan(flow, partition, urls, inputs, model, key, final)
+
+
+def already_published(plan: RunPlan, so: dict[str, Any]) -> bool:
+    """True when the partition is published with the same inputs, config and model."""
+    manifest = read_manifest(plan.final, so)
+    return bool(manifest and manifest.get("run_key") == plan.key)
+
+
+def report_url(final: str, so: dict[str, Any]) -> str | None:
+    """Where the published version's report is (readers follow the manifest)."""
+    published = read_published(final, so)
+    return published.url("report.md") if published else None
+
+
+def skipped(plan: RunPlan, so: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": "skipped",
+        "partition": plan.partition,
+        "uri": plan.final,
+        "report": report_url(plan.final, so),
+    }
