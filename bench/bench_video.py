@@ -86,7 +86,7 @@ def model_dict(args: argparse.Namespace) -> dict:
         "name": args.model,
         "pretrained": None,
         "precision": args.precision,
-        "device": "cpu",
+        "device": args.device,
         "batch_size": args.chunk_frames,
     }
 
@@ -114,7 +114,9 @@ def child_flow(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             result = run_video(parse_config(flow_config(args, args.video, Path(tmp))), PARTITION)
             seconds = time.perf_counter() - t0
-        stats = json.loads(Path(result["uri"], "stats.json").read_text())
+        from tasks.publish.manifest import read_published
+
+        stats = json.loads(Path(read_published(result["uri"]).url("stats.json")).read_text())
     return {
         "seconds": seconds,
         "frames": stats["frames"],
@@ -171,6 +173,7 @@ def child_model(args: argparse.Namespace) -> dict:
 def child(mode: str, args: argparse.Namespace, **extra: object) -> dict:
     flags = [f"--child={mode}", f"--model={args.model}", f"--precision={args.precision}"]
     flags += [f"--sample-fps={args.sample_fps}", f"--chunk-frames={args.chunk_frames}"]
+    flags += [f"--device={args.device}"]
     flags += [f"--width={args.width}", f"--height={args.height}", f"--fps={args.fps}"]
     flags += [f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]
     return run_child(Path(__file__), flags)
@@ -247,6 +250,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--chunk-frames", type=int, default=64)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--bound-frames", type=int, default=0, help="model-only frames (0: as flow)")
     ap.add_argument("--pairs", type=int, default=2, help="quarter-length flow/model pairs")
     ap.add_argument("--child", choices=["flow", "decode", "model"], help=argparse.SUPPRESS)

@@ -139,9 +139,23 @@ def targets(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             check(name, "ratio", rec.get("ratio"), rec["target_ratio"], True)
         if rec.get("scaling") and "t4x_over_4_t1x" in rec["scaling"]:
             check(name, "t4x_over_4_t1x", rec["scaling"]["t4x_over_4_t1x"], LINEAR_MAX, False)
+        details = rec.get("details", {})
+        if details.get("noop_run_s") is not None:
+            check(name, "noop_run_s", details["noop_run_s"], details["noop_run_target_s"], False)
+            backfill = next((v for k, v in details.items() if k.startswith("noop_backfill_")
+                             and k.endswith("_dates_s")), None)  # fmt: skip
+            check(name, "noop_backfill_s", backfill, details["noop_backfill_target_s"], False)
         pct = rec.get("details", {}).get("overhead_pct_at_default_shard")
         if pct is not None:
             check(name, "orchestration_overhead_pct", pct, 5.0, False)
+        for metric, target in (details.get("targets") or {}).items():  # the bench's own targets
+            check(name, metric, details.get(metric), target, False)
+    # language ID per caption against the pool flow's time per sample, in this same run
+    lang, pool = records.get("language", {}), records.get("pool", {})
+    lang_ms = lang.get("details", {}).get("ms_per_caption", lang.get("ms_per_caption"))
+    if lang_ms is not None and pool.get("throughput"):
+        share = lang_ms / (1000.0 / pool["throughput"])
+        check("language", "share_of_pool_time_per_sample", round(share, 6), 0.10, False)
     return out
 
 

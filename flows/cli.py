@@ -20,6 +20,9 @@ EXIT_CODES = {
     "CredentialError": EXIT_USAGE,
     "InputError": EXIT_INPUT,
     "MetadataError": EXIT_INPUT,
+    "ExportError": EXIT_INPUT,
+    "LabelError": EXIT_INPUT,
+    "HeadMismatch": EXIT_INPUT,
     "GateHeld": EXIT_HELD,
     "PartitionLocked": EXIT_LOCKED,
 }
@@ -30,6 +33,7 @@ FIXES = {
     "ModelLoadError": "check model.name and model.pretrained (a path, URL or open_clip tag)",
     "PartitionLocked": "wait for that run; a dead run's lock is taken over after its lease",
     "LockLost": "another run took the partition over; re-run when it has finished",
+    "LabelError": "the labels CSV needs video,start_s,end_s,label rows",
 }
 VERBOSE = False
 
@@ -44,6 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.plan import already_published, plan_run, skipped
 
     cfg = _config(args)
+    if args.flow == "video":  # the head's sha256 is part of the run key
+        from tasks.video.headfile import pin_head
+
+        cfg = pin_head(cfg)
     plan = plan_run(cfg, args.flow, args.partition)
     if not args.force and already_published(plan, cfg.storage_options):
         result = skipped(plan, cfg.storage_options)
@@ -128,6 +136,68 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ls(args: argparse.Namespace) -> int:
+    """A dataset's partitions: flow, date, counts, version, published time, held."""
+    import clip_curate as cc
+
+    ds = cc.open_dataset(args.uri)
+    rows = []
+    for flow in ("pool", "video"):
+        for p in ds.partitions(flow, args.start, args.end):
+            counts = p.stats.get("counts", {})
+            kept = counts.get("kept", counts.get("ok", ""))
+            held = "held" if p.held() else ""
+            created = str(p.manifest.get("created", ""))
+            rows.append((flow, p.name, counts.get("input", ""), kept, p.version, created, held))
+    header = ("flow", "partition", "input", "kept", "version", "published", "held")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import clip_curate as cc
+    from clip_curate.export import datacomp_subset, kept_uids, write_npy
+    from tasks.io import storage
+
+    uids = kept_uids(cc.open_dataset(args.uri), args.start, args.end)
+    if args.format == "datacomp-subset":
+        array = datacomp_subset(uids["uid"].to_list())
+        write_npy(array, args.out)
+        print(f"wrote {len(array)} uids to {args.out}")
+    else:
+        storage.write_parquet(uids, args.out)
+        print(f"wrote {uids.height} uids to {args.out}")
+    return EXIT_OK
+
+
+def cmd_nearmiss(args: argparse.Namespace) -> int:
+    """fit: a GDA head from labelled videos; eval: metrics of zero-shot and with the head."""
+    from flows import nearmiss
+    from tasks.video.evaluation import text_table
+
+    console.setup(VERBOSE)  # Prefect is imported now: its console handlers too
+    cfg = _config(args)
+    if args.action == "fit":
+        summary = nearmiss.fit(cfg, args.labels, args.partition, args.out)
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        doc = nearmiss.evaluate(cfg, args.labels, args.partition, args.head, args.out)
+        print(text_table(doc))
+        print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
+    return EXIT_OK
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    from flows.nearmiss import convert
+
+    cfg = _config(args)
+    result = convert(cfg, args.state_dict, args.out, args.activation, not args.no_normalize)
+    print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -206,11 +276,55 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("uri")
         p.set_defaults(func=func)
 
+    ls = sub.add_parser("ls", help="list a dataset's published partitions")
+    ls.add_argument("uri", help="{output}/{dataset}")
+    ls.add_argument("--start", help="YYYY-MM-DD")
+    ls.add_argument("--end", help="YYYY-MM-DD")
+    ls.set_defaults(func=cmd_ls)
+
+    export = sub.add_parser("export", help="export the kept samples' uids")
+    export.add_argument("format", choices=["datacomp-subset", "uids"])
+    export.add_argument("uri", help="{output}/{dataset}")
+    export.add_argument("--start", help="YYYY-MM-DD")
+    export.add_argument("--end", help="YYYY-MM-DD")
+    export.add_argument("--out", required=True, help="subset.npy or uids.parquet")
+    export.set_defaults(func=cmd_export)
+
+    _add_nearmiss_parsers(sub)
+
     demo = sub.add_parser("demo", help="generate a small pool and model, run the pool flow")
     demo.add_argument("--workdir", default="demo")
     demo.add_argument("--train-steps", type=int, default=200, help="0 = random weights")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_nearmiss_parsers(sub: Any) -> None:
+    nearmiss = sub.add_parser("nearmiss", help="fit and evaluate near-miss heads on labels")
+    actions = nearmiss.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("fit", "fit a GDA head on labelled videos' cached frame embeddings"),
+        ("eval", "frame and event metrics of zero-shot and with a head, against labels"),
+    ):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("--labels", required=True, help="CSV: video,start_s,end_s,label")
+        p.add_argument("-c", "--config", required=True, help="YAML config file")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+        p.add_argument("--partition", help="partition of video.input (default: today)")
+        if name == "eval":
+            p.add_argument("--head", help="head file (default: video.head of the config)")
+        p.add_argument("--out", required=True, help="HEAD.safetensors (fit) or a folder (eval)")
+        p.set_defaults(func=cmd_nearmiss)
+    heads = sub.add_parser("heads", help="embedding heads in the safetensors head format")
+    heads_actions = heads.add_subparsers(dest="action", required=True)
+    conv = heads_actions.add_parser("convert", help="a PyTorch Linear/MLP state dict -> head")
+    conv.add_argument("state_dict", help="STATE_DICT.pt (loaded with weights_only=True)")
+    conv.add_argument("-c", "--config", "--model-config", dest="config", required=True)
+    conv.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    conv.add_argument("--out", required=True, help="HEAD.safetensors")
+    conv.add_argument("--activation", choices=["relu", "none"], default="relu")
+    conv.add_argument("--no-normalize", action="store_true", help="no L2 norm of embeddings")
+    conv.set_defaults(func=cmd_heads)
 
 
 class Terminated(BaseException):
@@ -250,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     handler: Callable[[argparse.Namespace], int] = args.func
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -265,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         line, status = failure_line(err)
         print(line, file=sys.stderr)
         return status
+    finally:  # a caller embedding main() (a test, a notebook) keeps its own handling
+        signal.signal(signal.SIGTERM, previous)
 
 
 def entry() -> Any:  # pragma: no cover

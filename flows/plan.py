@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from schemas.config import CurateConfig, config_hash, redacted
+from schemas.config import ConfigError, CurateConfig, config_hash, redacted
 from tasks.io import storage
 from tasks.model.files import planned_identity
+from tasks.pool.sources import pool_inputs, shard_fingerprint
 from tasks.publish.manifest import partition_url, read_manifest, read_published
 from tasks.video.sidecar import video_fingerprint
 
@@ -38,6 +39,7 @@ class RunPlan:
     model: dict[str, Any]
     key: str
     final: str
+    files: dict[str, str] = field(default_factory=dict)  # config key -> sha256 of its file
 
 
 def today(tz: str) -> str:
@@ -89,17 +91,52 @@ def output_config(cfg: CurateConfig, flow: str) -> dict[str, Any]:
     keep = {"dataset", "model", flow}
     out = {k: v for k, v in data.items() if k in keep}
     out["model"] = {k: v for k, v in out["model"].items() if k != "batch_size"}
+    if flow == "video" and isinstance(out.get("video"), dict):
+        # the head's bytes count through `config_files` (pinned or not, one key)
+        out["video"] = {k: v for k, v in out["video"].items() if k != "head_sha256"}
     return out
 
 
-def run_key(inputs: list[dict[str, Any]], cfg_part: dict[str, Any], model: dict[str, Any]) -> str:
+def run_key(
+    inputs: list[dict[str, Any]],
+    cfg_part: dict[str, Any],
+    model: dict[str, Any],
+    files: dict[str, str] | None = None,
+) -> str:
     """Identity of a partition's content: same key = same published samples."""
-    return config_hash({"v": PUBLISH_VERSION, "inputs": inputs, "config": cfg_part, "model": model})
+    parts = {"v": PUBLISH_VERSION, "inputs": inputs, "config": cfg_part, "model": model}
+    if files:  # only when the config names files, so keys of runs without any stay the same
+        parts["files"] = files
+    return config_hash(parts)
+
+
+def config_files(cfg: CurateConfig, flow: str) -> dict[str, str]:
+    """sha256 of every file the config names whose content decides the output (MetaCLIP
+    metadata, heads), by config key: a file edited in place under the same path changes the
+    run key, so the partition is re-published instead of skipped."""
+    paths: dict[str, str] = {}
+    if flow == "pool" and cfg.pool is not None:
+        if cfg.pool.balance is not None:
+            paths["pool.balance.metadata"] = cfg.pool.balance.metadata
+        for name, head in cfg.pool.heads.items():
+            paths[f"pool.heads.{name}.path"] = head.path
+    if flow == "video" and cfg.video is not None and cfg.video.head:
+        paths["video.head"] = cfg.video.head
+    out = {}
+    for key, path in sorted(paths.items()):
+        try:
+            out[key] = storage.sha256_file(path, cfg.storage_options)
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "strerror", None) or err
+            msg = f"config: invalid value for '{key}': cannot read {path}: {reason}"
+            raise ConfigError(msg) from None
+    return out
 
 
 def input_fingerprint(flow: str, url: str, so: dict[str, Any]) -> dict[str, Any]:
-    """What an input's published output depends on: its bytes, and a video's sidecar."""
-    return video_fingerprint(url, so) if flow == "video" else storage.fingerprint(url, so)
+    """What an input's published output depends on: its bytes, and the files that come
+    with it (a video's sidecar json, img2dataset's metadata parquet beside a tar)."""
+    return video_fingerprint(url, so) if flow == "video" else shard_fingerprint(url, so)
 
 
 def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
@@ -114,11 +151,14 @@ def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
     partition = resolve_partition(partition, cfg.schedule.timezone)
     so = cfg.storage_options
     urls = list_inputs(section.input, partition, so, f"{flow}.input")
+    if flow == "pool":
+        urls = pool_inputs(urls)
     model = planned_identity(cfg.model)
     inputs = [input_fingerprint(flow, u, so) for u in urls]
-    key = run_key(inputs, output_config(cfg, flow), model)
+    files = config_files(cfg, flow)
+    key = run_key(inputs, output_config(cfg, flow), model, files)
     final = partition_url(cfg.output, cfg.dataset, flow, partition)
-    return RunPlan(flow, partition, urls, inputs, model, key, final)
+    return RunPlan(flow, partition, urls, inputs, model, key, final, files)
 
 
 def already_published(plan: RunPlan, so: dict[str, Any]) -> bool:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import polars as pl
 from prefect import flow, get_run_logger, task
 
@@ -29,7 +33,7 @@ from flows.run import (
     total_time,
     versioned,
 )
-from schemas.config import CurateConfig, ModelConfig, PoolConfig, parse_config
+from schemas.config import ConfigError, CurateConfig, ModelConfig, PoolConfig, parse_config
 from tasks.io import storage
 from tasks.metaclip.counts import (
     COUNTS_FILE,
@@ -38,10 +42,20 @@ from tasks.metaclip.counts import (
     load_matches,
     save_partition_counts,
 )
+from tasks.model.heads import HeadMismatch, apply_embedding_head, load_embedding_head
+from tasks.pool.dedup_step import (
+    EMB_FILE,
+    INDEX_FILE,
+    embedding_reader,
+    index_table,
+    read_prior,
+)
+from tasks.pool.examples import read_images
 from tasks.pool.report import entry_distribution_summary, write_pool_report
 from tasks.pool.score import ShardScores, score_shard
 from tasks.pool.select import Selection, select
 from tasks.pool.shards import plan_shards, write_pool_shard
+from tasks.pool.sources import iter_selected
 from tasks.pool.stats import pool_stats
 from tasks.publish.commit import Version
 from tasks.publish.writer import WrittenFile, describe_file, write_sizes, write_table
@@ -122,16 +136,94 @@ def publish(
         if bal is not None:  # running counts commit with the partition they describe
             save_partition_counts(version.url(COUNTS_FILE), bal, sel.pool_counts, so)
             outputs.append(describe_file(version.url(COUNTS_FILE), COUNTS_FILE, so))
+        if cfg.pool.dedup is not None:  # what later partitions dedup against (scope: dataset)
+            outputs += write_dedup_index(sel, cfg.pool, results, version, so)
         timings["publish_s"] = time.perf_counter() - t0
         stats = partition_stats(cfg, plan.partition, sel, results, bal, total_time(timings))
         stats["shards"]["output"] = len(shards)
         counts = (sel.counts_before, sel.counts_after) if bal is not None else None
 
         def report(version: Version) -> list[str]:
-            return write_pool_report(sel.samples, stats, version.root, so, counts)
+            groups = sel.extra.get("dedup_groups")
+            images = source_images(cfg.pool, so)
+            return write_pool_report(sel.samples, stats, version.root, so, counts, images, groups)
 
-        finish(cfg, plan, version, outputs, stats, report, {"balance": stats["balance"]})
+        lineage: dict[str, Any] = {"balance": stats["balance"]}
+        if cfg.pool.dedup is not None:
+            lineage["dedup"] = {
+                "scope": cfg.pool.dedup.scope,
+                "against": sel.extra.get("dedup_prior", {}),  # partition -> version read
+            }
+        finish(cfg, plan, version, outputs, stats, report, lineage)
     return stats
+
+
+def load_pool_heads(
+    cfg: CurateConfig, plan: RunPlan, results: list[ShardScores]
+) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The configured embedding heads, each checked against the model that embedded the
+    images (as the score stage resolved it) and against the bytes planned into the run key."""
+    if not cfg.pool or not cfg.pool.heads:
+        return {}
+    identities = [r.stats["model"] for r in results if r.stats.get("samples")]
+    out: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for name, head_cfg in sorted(cfg.pool.heads.items()):
+        key = f"pool.heads.{name}.path"
+        data = storage.read_bytes(head_cfg.path, cfg.storage_options)
+        if hashlib.sha256(data).hexdigest() != plan.files.get(key):
+            raise ConfigError(
+                f"config: invalid value for '{key}': {head_cfg.path} changed "
+                "while the run was going (re-run to publish with the new head)"
+            )
+        if not identities:  # nothing was embedded: the head has no rows to score
+            out[name] = _no_rows
+            continue
+        try:  # one model per run: every shard resolved the same architecture and checkpoint
+            head = load_embedding_head(data, identities[0])
+        except HeadMismatch as err:
+            msg = f"config: invalid value for '{key}': {head_cfg.path}: {err}"
+            raise ConfigError(msg) from None
+        out[name] = functools.partial(apply_embedding_head, head)
+    return out
+
+
+def _no_rows(emb: np.ndarray) -> np.ndarray:
+    return np.zeros(len(emb), np.float32)
+
+
+def source_images(pool: PoolConfig, so: dict[str, Any]) -> Any:
+    """`rows -> {uid: image bytes}` read back from the input shards (the report's pictures)."""
+
+    def read(source: str, indices: list[int]) -> Iterator[tuple[int, bytes | None]]:
+        for sample in iter_selected(
+            source, indices, storage_options=so, fmt=pool.format,
+            image_column=pool.image_column, caption_column=pool.caption_column,
+            uid_column=pool.uid_column,
+        ):  # fmt: skip
+            yield sample.index, sample.image
+
+    return lambda rows: read_images(rows, read)
+
+
+def write_dedup_index(
+    sel: Selection,
+    pool: PoolConfig,
+    results: list[ShardScores],
+    version: Version,
+    so: dict[str, Any],
+) -> list[WrittenFile]:
+    """The kept samples' fingerprints (and embeddings, for semantic dedup), in shard order."""
+    kept = sel.samples.filter(pl.col("status") == "kept")
+    out = [write_table(index_table(kept), version.url(INDEX_FILE), INDEX_FILE, so)]
+    if pool.dedup is not None and pool.dedup.semantic is not None:
+        rows = load_scores(results, so).join(
+            kept.select("source", "index"), on=["source", "index"], how="semi",
+            maintain_order="left",
+        )  # fmt: skip
+        emb = embedding_reader({r.url: r.embeddings for r in results}, so)(rows)
+        storage.write_bytes(version.url(EMB_FILE), storage.npy_bytes(emb), so)
+        out.append(describe_file(version.url(EMB_FILE), EMB_FILE, so))
+    return out
 
 
 def partition_stats(
@@ -199,7 +291,15 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     timings = {"score_s": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    sel = select(load_scores(results, cfg.storage_options), cfg.pool, matches, bal)
+    so, dedup = cfg.storage_options, cfg.pool.dedup
+    prior = None
+    if dedup is not None and dedup.scope == "dataset":
+        semantic = dedup.semantic is not None
+        prior = read_prior(cfg.output, cfg.dataset, plan.partition, semantic, so, plan.model)
+    embeddings = embedding_reader({r.url: r.embeddings for r in results}, so)
+    heads = load_pool_heads(cfg, plan, results)
+    scores = load_scores(results, so)
+    sel = select(scores, cfg.pool, matches, bal, embeddings, prior, heads)
     timings["select_s"] = time.perf_counter() - t1
     log.info("selected: %s", sel.samples.group_by("status").len().sort("status").rows())
 

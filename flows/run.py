@@ -21,7 +21,8 @@ from flows.progress import Progress
 from schemas.config import CurateConfig, config_hash, redacted
 from tasks import cancel
 from tasks.io.lock import partition_lock
-from tasks.publish.commit import Version, abort, begin, commit
+from tasks.publish.card import CARD, partition_card, publish_cards
+from tasks.publish.commit import Version, abort, begin, commit, now_utc
 from tasks.publish.gate import GateHeld, apply_gate
 from tasks.publish.manifest import code_version
 from tasks.publish.writer import WrittenFile, describe_file, write_file
@@ -124,10 +125,14 @@ def finish(
         "code_version": code_version(),
         "run_key": plan.key,
         "inputs": plan.inputs,
+        "config_files": plan.files,  # sha256 of the files the config names
         **(extra or {}),
     }
+    card = partition_card({**manifest, "version": version.id, "created": now_utc()}, stats)
+    outputs.append(write_file(version.url(CARD), CARD, card.encode(), so))
     apply_gate(cfg, plan.flow, stats, version)
     commit(version, manifest, outputs)
+    publish_cards(plan.final, card, cfg.output, cfg.dataset, so)
 
 
 def total_time(timings: dict[str, float]) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -35,6 +36,8 @@ from schemas.tables import EVENTS, FRAMES, VIDEOS, conform
 from tasks.publish.commit import Version
 from tasks.publish.writer import WrittenFile, write_sizes, write_table
 from tasks.stats import Counts
+from tasks.video.duplicates import duplicate_row, duplicate_videos
+from tasks.video.headfile import RunHead, load_run_head, pin_head, prompts_differ
 from tasks.video.publish import (
     assign_event_shards,
     frame_scores,
@@ -48,6 +51,7 @@ from tasks.video.sidecar import read_sidecar
 from tasks.video.zero_shot import prompt_set_hash
 
 Prompts = tuple[np.ndarray, np.ndarray, float]
+logger = logging.getLogger(__name__)
 
 
 @task(name="score-video", task_run_name="score {url}", **IO_RETRIES)
@@ -93,25 +97,74 @@ def prompts_for(cfg: CurateConfig, run: str) -> Prompts:
     return gather([embed_prompts_task.submit(cfg.model, prompts, cache, so)], run)[0]
 
 
+def check_head(cfg: CurateConfig) -> None:
+    """Fail fast on a head made for another model, before any video is decoded, where the
+    model's identity resolves on this machine (else `run_head` checks after scoring)."""
+    import torch
+
+    from tasks.model.clip import model_identity
+
+    if not cfg.video.head or (cfg.model.device == "cuda" and not torch.cuda.is_available()):
+        return
+    load_run_head(cfg.video, model_identity(cfg.model), cfg.storage_options)
+
+
+def run_head(cfg: CurateConfig, results: list[VideoScores]) -> RunHead | None:
+    """The configured head, checked against the model the score stage recorded."""
+    if not cfg.video.head or not results:
+        return None
+    head = load_run_head(cfg.video, results[0].model, cfg.storage_options)
+    if head is not None and prompts_differ(head, cfg.video.prompts.model_dump()):
+        logger.warning(
+            "video.head %s was fitted with other prompts: its alpha was chosen for those",
+            cfg.video.head,
+        )
+    return head
+
+
+def score_stage(
+    cfg: CurateConfig, urls: list[str], force: bool, run: str, progress: Progress | None = None
+) -> list[VideoScores]:
+    """One `score-video` task per video (cached: decoded and embedded once per model)."""
+    so, cache = cfg.storage_options, cache_root(cfg)
+    futures = [
+        score_video_task.submit(u, cfg.video, cfg.model, cache, so, force, run) for u in urls
+    ]
+    return gather(futures, run, progress, lambda r: float(r.probe.get("duration_s") or 0.0))
+
+
 def detect(
-    cfg: CurateConfig, results: list[VideoScores], prompts: Prompts
+    cfg: CurateConfig,
+    results: list[VideoScores],
+    prompts: Prompts,
+    head: RunHead | None = None,
+    copies: list[dict[str, Any]] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Frame scores and events of every video (cheap: cached embeddings in, tables out)."""
+    """Frame scores and events of every video (cheap: cached embeddings in, tables out).
+
+    `copies` are the videos.parquet rows of byte-identical copies that were not processed."""
     video, so = cfg.video, cfg.storage_options
     near, normal, scale = prompts
-    videos, frames, events = [], [], []
+    videos: list[dict[str, Any]] = [
+        {**read_sidecar(c["video"], so), **c, "sampled_frames": 0, "events": 0}
+        for c in copies or []
+    ]
+    frames, events = [], []
     for vs in results:
         f = pl.DataFrame()
         n_events = 0
         if vs.probe["status"] == "ok":
             table, emb = load_video_scores(vs, so)
-            f = frame_scores(vs.url, table, emb, near, normal, scale, video)
+            f = frame_scores(vs.url, table, emb, near, normal, scale, video, head)
             ev = video_events(vs.url, f, vs.probe["duration_s"], vs.probe["fps"], video)
             frames.append(f)
             events.append(ev)
             n_events = ev.height
         row = {**vs.probe, **read_sidecar(vs.url, so), "video": vs.url}
         videos.append({**row, "sampled_frames": f.height, "events": n_events})
+    videos = sorted(videos, key=lambda r: r["video"])  # input order, copies among the rest
+    for row in videos:
+        row.setdefault("duplicate_of", None)
     videos_df = conform(pl.DataFrame(videos, infer_schema_length=None), VIDEOS)
     frames_df = pl.concat(frames) if frames else pl.DataFrame(schema=FRAMES)
     events_df = pl.concat(events) if events else pl.DataFrame(schema=EVENTS)
@@ -130,6 +183,7 @@ def video_stats(
     hours = float(ok["duration_s"].sum() or 0.0) / 3600.0
     reasons = videos["error"].drop_nulls().value_counts(sort=True)
     clips = Counts(events=events.height).add_codes("error", events["error"].to_list())
+    ood = frames["ood_cue"].drop_nulls().value_counts(sort=True)
     return {
         "flow": "video",
         "dataset": cfg.dataset,
@@ -137,10 +191,13 @@ def video_stats(
         "counts": {
             "input": videos.height,
             "ok": ok.height,
-            "quarantined": videos.height - ok.height,
+            "quarantined": int((videos["status"] == "quarantined").sum()),
+            "duplicate": int((videos["status"] == "duplicate").sum()),
         },
         "reasons": {str(r): int(n) for r, n in reasons.iter_rows()},
         "frames": frames.height,
+        "ood_frames": int(frames["ood_flag"].sum() or 0),
+        "ood_cues": {str(c): int(n) for c, n in ood.iter_rows()},
         "events": events.height,
         "clips": int((events["status"] == "ok").sum()),
         "clip_errors": int((events["status"] == "clip_error").sum()),
@@ -160,6 +217,7 @@ def publish(
     results: list[VideoScores],
     timings: dict[str, float],
     run: str,
+    head: RunHead | None = None,
 ) -> dict[str, Any]:
     """Cut event clips into shards of a new version, write tables, stats, report; commit."""
     videos, frames, events = tables
@@ -169,6 +227,7 @@ def publish(
         "prompt_set_hash": prompt_set_hash(video.prompts.model_dump()),
         "thresholds": video.events.model_dump(),
         "sample_fps": video.sample_fps,
+        "head_sha256": head.sha256 if head else None,
     }
     with versioned(plan, so) as version:
         t0 = time.perf_counter()
@@ -189,11 +248,15 @@ def publish(
         tables = (videos, frames, events)
         stats = video_stats(cfg, plan.partition, tables, results, total_time(timings))
         thresholds = {"start": video.events.start, "stop": video.events.stop}
+        thresholds["ood"] = video.ood.threshold
 
         def report(version: Version) -> list[str]:
             return write_video_report(videos, frames, events, stats, thresholds, version.root, so)
 
-        extra = {"prompt_set_hash": lineage["prompt_set_hash"]}
+        extra = {
+            "prompt_set_hash": lineage["prompt_set_hash"],
+            "head": head.lineage() if head else None,
+        }
         finish(cfg, plan, version, outputs, stats, report, extra)
     return stats
 
@@ -204,24 +267,27 @@ def video_flow(config: dict[str, Any], partition: str | None = None, force: bool
     cfg = parse_config(config)
     if cfg.video is None:
         raise InputError("config: the video flow needs a 'video' section")
+    cfg = pin_head(cfg)  # the head's sha256 is part of the run key (a deployment's config too)
     return run_partition(cfg, "video", partition, force, _video_run, get_run_logger())
 
 
 def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     """embed -> detect -> publish for one partition (the caller holds its lock)."""
     log = get_run_logger()
-    so, cache = cfg.storage_options, cache_root(cfg)
+    check_head(cfg)
     t0 = time.perf_counter()
-    futures = [
-        score_video_task.submit(u, cfg.video, cfg.model, cache, so, force, run) for u in plan.urls
-    ]
-    progress = Progress("video", cfg.dataset, plan.partition, len(futures), "video-s")
-    results = gather(futures, run, progress, lambda r: float(r.probe.get("duration_s") or 0.0))
+    copies = duplicate_videos(plan.inputs, cfg.storage_options)  # processed once each
+    urls = [u for u in plan.urls if u not in copies]
+    progress = Progress("video", cfg.dataset, plan.partition, len(urls), "video-s")
+    results = score_stage(cfg, urls, force, run, progress)
     timings = {"score_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    tables = detect(cfg, results, prompts_for(cfg, run))
+    head = run_head(cfg, results)
+    fps = {fp["url"]: fp for fp in plan.inputs}
+    rows = [duplicate_row(u, first, fps[u]) for u, first in copies.items()]
+    tables = detect(cfg, results, prompts_for(cfg, run), head, rows)
     timings["detect_s"] = time.perf_counter() - t1
-    stats = publish(cfg, plan, tables, results, timings, run)
+    stats = publish(cfg, plan, tables, results, timings, run, head)
     publish_artifacts("video", stats, summary_markdown(stats, plan.final))
     log.info("published %s: %s, %d events", plan.final, stats["counts"], stats["events"])
     return {
@@ -239,9 +305,11 @@ def run_video(cfg: CurateConfig, partition: str | None = None, force: bool = Fal
     a partition already published with the same inputs and config is skipped at once)."""
     if cfg.video is None:
         raise InputError("config: the video flow needs a 'video' section")
+    cfg = pin_head(cfg)
     plan = plan_run(cfg, "video", partition)
     if not force and already_published(plan, cfg.storage_options):
         return skipped(plan, cfg.storage_options)
+    check_head(cfg)  # before a runner, a cluster or a Prefect server starts
     with execution(cfg) as runner:
         return video_flow.with_options(task_runner=runner)(
             config=cfg.model_dump(mode="json"), partition=plan.partition, force=force

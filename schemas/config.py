@@ -59,6 +59,14 @@ class ModelConfig(Strict):
     batch_size: int = Field(64, ge=1, le=65536)
 
 
+# DataComp's basic filter as our settings (config paths under `pool`); where each rule comes
+# from is cited in tasks/pool/quality.py.
+BASIC_FILTER: dict[str, dict[str, Any]] = {
+    "text_filter": {"languages": ["en"], "min_lang_score": 0.0, "min_words": 3, "min_chars": 6},
+    "image_filter": {"min_side": 200, "max_aspect_ratio": 3.0},
+}
+
+
 class TextFilterConfig(Strict):
     enabled: bool = True
     min_words: int = Field(2, ge=0)
@@ -66,6 +74,44 @@ class TextFilterConfig(Strict):
     min_letter_fraction: float = Field(0.5, ge=0.0, le=1.0)
     max_repeat_fraction: float = Field(0.5, gt=0.0, le=1.0)
     min_words_for_repeat: int = Field(4, ge=2)
+    min_chars: int = Field(0, ge=0)  # raw characters, whitespace included (DataComp counts so)
+    # fastText lid.176 language codes accepted ([] = every language) and the top-1 score needed
+    languages: list[str] = Field(default_factory=list)
+    min_lang_score: float = Field(0.0, ge=0.0, le=1.0)
+    # a normalised caption (case, whitespace, digits) seen more often than this in the
+    # partition, or in more than this fraction of it, is boilerplate; null turns a rule off
+    max_caption_repeats: int | None = Field(None, ge=1)
+    max_caption_fraction: float | None = Field(None, gt=0.0, le=1.0)
+
+
+class ImageFilterConfig(Strict):
+    """Size and shape rules, judged on the original size where the pool records it
+    (img2dataset's original_width/height, as DataComp does), else on the decoded image."""
+
+    min_side: int | None = Field(None, ge=1)
+    max_aspect_ratio: float | None = Field(None, ge=1.0)
+
+
+class PerceptualDedupConfig(Strict):
+    max_distance: int = Field(4, ge=0, le=32)
+
+
+class SemanticDedupConfig(Strict):
+    threshold: float = Field(0.95, gt=0.0, le=1.0)
+
+
+class DedupConfig(Strict):
+    exact: bool = True
+    perceptual: PerceptualDedupConfig | None = Field(default_factory=PerceptualDedupConfig)
+    semantic: SemanticDedupConfig | None = None
+    scope: Literal["partition", "dataset"] = "partition"
+    keep: Literal["best_score", "first"] = "best_score"
+
+
+class HeadConfig(Strict):
+    path: str
+    min: float | None = None
+    max: float | None = None
 
 
 class ClipFilterConfig(Strict):
@@ -98,10 +144,41 @@ class PoolConfig(Strict):
     caption_column: str = "caption"
     uid_column: str | None = "uid"
     text_filter: TextFilterConfig = Field(default_factory=TextFilterConfig)
+    image_filter: ImageFilterConfig = Field(default_factory=ImageFilterConfig)
+    # DataComp's basic filter in one line (BASIC_FILTER above): English, >= 3
+    # words, >= 6 characters, short side >= 200 px, aspect ratio <= 3; it overrides those keys
+    basic_filter: bool = False
     clip_filter: ClipFilterConfig = Field(default_factory=ClipFilterConfig)
+    dedup: DedupConfig | None = None
+    heads: dict[str, HeadConfig] = Field(default_factory=dict)
     balance: BalanceConfig | None = None
     shard: ShardConfig = Field(default_factory=ShardConfig)
     max_image_pixels: int = Field(89_478_485, ge=1)
+    # source json fields (img2dataset's, DataComp's) copied into samples.parquet columns;
+    # every source field is carried into the published sample's json regardless
+    passthrough: list[str] = Field(
+        default_factory=lambda: ["url", "original_width", "original_height", "sha256"]
+    )
+
+    @model_validator(mode="after")
+    def _basic_filter(self) -> PoolConfig:
+        if self.basic_filter:
+            for section, values in BASIC_FILTER.items():
+                for key, value in values.items():
+                    object.__setattr__(getattr(self, section), key, value)
+            object.__setattr__(self.text_filter, "enabled", True)
+        return self
+
+    @model_validator(mode="after")
+    def _head_names(self) -> PoolConfig:
+        from schemas.tables import SAMPLES
+
+        for name in self.heads:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+                raise ValueError(f"head name {name!r}: use a-z, 0-9, '_' (it becomes a column)")
+            if name in SAMPLES or name in self.passthrough:
+                raise ValueError(f"head name {name!r} is already a samples.parquet column")
+        return self
 
 
 class PromptsConfig(Strict):
@@ -141,6 +218,22 @@ class FusionConfig(Strict):
     zero_shot_weight: float = Field(0.8, ge=0.0)
     motion_weight: float = Field(0.2, ge=0.0)
     motion_scale: float = Field(1.0, gt=0.0)
+    # weight of the head's probability (`video.head`; ignored without a head)
+    head_weight: float = Field(0.8, ge=0.0)
+
+
+class OodConfig(Strict):
+    """Out-of-distribution frames (`tasks.video.ood`): scored always, flagged above
+    `threshold` (null: never flagged), and flagged frames are left out of event detection.
+
+    `uncertainty_weight` adds the prediction-entropy cue (COOkeD) to the picture statistics;
+    it is off by default because it flags every frame whose (ensemble) probability lies in
+    0.27-0.73 at weight 0.6, which is most frames of an uncertain zero-shot detector and the
+    near misses a head finds where zero-shot disagrees (README "Near-miss heads").
+    """
+
+    threshold: float | None = Field(0.5, ge=0.0, le=1.0)
+    uncertainty_weight: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class VideoConfig(Strict):
@@ -152,6 +245,18 @@ class VideoConfig(Strict):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     shard: ShardConfig = Field(default_factory=lambda: ShardConfig(max_samples=100))
+    # a GDA head from `curate nearmiss fit` (local path or URL), fused per `fusion.head_weight`
+    head: str | None = None
+    # the head file's sha256: set by the flow when it plans a run (so it is in the run key
+    # and the manifest); pin it yourself to refuse any other file at `head`
+    head_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    ood: OodConfig = Field(default_factory=OodConfig)
+
+    @model_validator(mode="after")
+    def _pin_needs_head(self) -> VideoConfig:
+        if self.head_sha256 is not None and not self.head:
+            raise ValueError("head_sha256 pins a head file: set video.head too")
+        return self
 
 
 class ScheduleConfig(Strict):

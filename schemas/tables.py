@@ -16,7 +16,9 @@ IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff
 STATUSES = (
     "kept",
     "filtered_text",
+    "filtered_image",
     "filtered_clip",
+    "filtered_head",
     "filtered_balance",
     "duplicate",
     "quarantined",
@@ -37,7 +39,20 @@ SCORES = {
     "emb_row": pl.Int64,  # row in the shard's fp16 embedding file, null when not embedded
     "error": pl.String,  # quarantine code found while reading/decoding, else null
     "error_detail": pl.String,  # what exactly went wrong, for a person (never parsed)
+    "source_meta": pl.String,  # the sample's source json (img2dataset fields), as JSON
+    **{
+        "sha256": pl.String,  # hex sha256 of the image bytes as stored (exact-duplicate key)
+        "phash": pl.UInt64,  # 64-bit DCT pHash of the decoded image (imagehash.phash's bits)
+        "lang": pl.String,  # fastText lid.176 top-1 language of the caption, null if no letters
+        "lang_score": pl.Float32,
+        "n_tokens": pl.Int32,  # caption tokens incl. start/end (the model's tokenizer)
+        "truncated": pl.Boolean,  # more tokens than the model's context: CLIP saw a prefix
+    },
 }
+
+# What the score stage derives from each sample besides the CLIP score (kept with it).
+FINGERPRINTS = ("sha256", "phash")
+CAPTION_FACTS = ("lang", "lang_score", "n_tokens", "truncated")
 
 # Per input shard, written when balancing: MetaCLIP matches of each caption (cached apart from
 # the scores so that changing the metadata never re-runs CLIP).
@@ -59,6 +74,13 @@ SAMPLES = {
     "width": pl.Int32,
     "height": pl.Int32,
     "clip_score": pl.Float32,
+    "sha256": pl.String,
+    "phash": pl.UInt64,
+    "lang": pl.String,
+    "lang_score": pl.Float32,
+    "n_tokens": pl.Int32,
+    "truncated": pl.Boolean,
+    "duplicate_of": pl.String,  # for `duplicate`: the uid of the group's survivor
     "entry_ids": pl.List(pl.UInt32),
     "keep_prob": pl.Float64,
     "status": pl.Enum(list(STATUSES)),
@@ -83,8 +105,8 @@ SHARD_INDEX = {
 VIDEOS = {
     "video": pl.String,  # input URL
     "fingerprint": pl.String,
-    "status": pl.Enum(["ok", "quarantined"]),
-    "error": pl.String,  # quarantine code
+    "status": pl.Enum(["ok", "quarantined", "duplicate"]),
+    "error": pl.String,  # quarantine code, or duplicate:exact
     "error_detail": pl.String,
     "duration_s": pl.Float64,
     "fps": pl.Float64,
@@ -96,6 +118,7 @@ VIDEOS = {
     "start_time": pl.String,
     "sampled_frames": pl.Int64,
     "events": pl.Int64,
+    "duplicate_of": pl.String,  # for `duplicate`: the input with the same bytes that was used
 }
 
 FRAMES = {
@@ -103,9 +126,13 @@ FRAMES = {
     "frame_index": pl.Int64,  # index into the source video's frames
     "t_s": pl.Float64,
     "p_near_miss": pl.Float32,  # zero-shot probability
-    "motion": pl.Float32,  # robust z-score of embedding change
+    "p_head": pl.Float32,  # the head's probability (`video.head`), null without a head
+    "motion": pl.Float32,  # robust z-score of embedding change (0 on OOD frames)
     "score": pl.Float32,  # fused score
-    "smoothed": pl.Float32,  # after median + EMA
+    "smoothed": pl.Float32,  # after median + EMA, within stretches of non-OOD frames; NaN on OOD
+    "ood": pl.Float32,  # out-of-distribution score in [0, 1] (tasks/video/ood.py)
+    "ood_flag": pl.Boolean,  # ood > video.ood.threshold: left out of event detection
+    "ood_cue": pl.String,  # the cue that flagged it (black, frozen, uncertain, ...), else null
     "emb_row": pl.Int64,
 }
 

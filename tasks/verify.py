@@ -211,7 +211,10 @@ def _check_pool(uri: str, stats: dict, so: dict | None) -> list[str]:
 def _check_video(uri: str, stats: dict, so: dict | None) -> list[str]:
     counts = stats.get("counts") or {}
     videos = storage.read_parquet(storage.join(uri, "videos.parquet"), so)
-    problems = _check_status_counts("videos.parquet", videos, counts, ("ok", "quarantined"))
+    statuses = (
+        ("ok", "quarantined", "duplicate") if "duplicate" in counts else ("ok", "quarantined")
+    )
+    problems = _check_status_counts("videos.parquet", videos, counts, statuses)
     events = storage.read_parquet(storage.join(uri, "events.parquet"), so)
     if "status" in events.columns:  # events whose clip could not be cut have no members
         events = events.filter(pl.col("status").cast(pl.String) == "ok")

@@ -166,13 +166,15 @@ def per_input(
     settings: dict[str, Any],
     compute: Callable[[Attempt], dict[str, Any]],
     force: bool = False,
+    fingerprint: Callable[..., dict[str, Any]] = storage.fingerprint,
 ) -> tuple[Hit, dict[str, Any]]:
     """The entry for one input file: keyed by its current fingerprint and `settings`.
 
     The stages that do expensive work per input shard or video all cache this way; returns
-    the entry and the fingerprint it was keyed by.
+    the entry and the fingerprint it was keyed by (`fingerprint(url, storage_options)`,
+    which may add files the input comes with).
     """
-    fp = storage.fingerprint(url, storage_options)
+    fp = fingerprint(url, storage_options)
     parts = {"input": fp, "settings": settings}
     hit = Cache(cache_root, storage_options).get_or_compute(namespace, parts, compute, force=force)
     return hit, fp

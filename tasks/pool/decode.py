@@ -10,15 +10,25 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from tasks.errors import SampleError, is_infrastructure, short
+from tasks.pool.phash import phash64
 
 # JPEGs much larger than the model input are decoded at a reduced DCT scale first: several
-# times faster, and the bicubic resize that follows dominates the result anyway.
-DRAFT_FACTOR = 4
+# times faster, and the bicubic resize that follows dominates the result anyway. The reduced
+# size is at least DRAFT_MIN_SIDE, so for every model with an input of 256 px or less the
+# decoded pixels, and so the perceptual hash, do not depend on the model.
+DRAFT_FACTOR = 2
+DRAFT_MIN_SIDE = 512
+
+
+def draft_side(image_size: int) -> int:
+    """The smallest side a JPEG is DCT-reduced to (reduced only when twice as large)."""
+    return max(DRAFT_FACTOR * image_size, DRAFT_MIN_SIDE)
 
 
 # What PIL calls an image format -> the member extension it is published under. Formats
@@ -48,10 +58,19 @@ def _open_checked(data: bytes, image_size: int, max_pixels: int) -> tuple[Image.
         raise ImageError("image_decode_error", f"bad size {w}x{h}")
     if w * h > max_pixels:
         raise ImageError("decompression_bomb", f"{w}x{h} > {max_pixels} pixels")
-    if img.format == "JPEG" and min(w, h) >= DRAFT_FACTOR * image_size:
-        img.draft("RGB", (2 * image_size, 2 * image_size))
+    side = draft_side(image_size)
+    if img.format == "JPEG" and min(w, h) >= 2 * side:
+        img.draft("RGB", (side, side))
     img.load()
     return img, w, h
+
+
+class Decoded(NamedTuple):
+    tensor: torch.Tensor  # the model's input
+    width: int
+    height: int
+    ext: str  # member extension of the decoded format
+    phash: int  # 64-bit perceptual hash of the decoded pixels (tasks.pool.phash)
 
 
 def decode_for_model(
@@ -59,10 +78,10 @@ def decode_for_model(
     preprocess: Callable[[Image.Image], torch.Tensor],
     image_size: int,
     max_pixels: int,
-) -> tuple[torch.Tensor, int, int, str]:
-    """Decode `data` and apply the model's preprocessing.
+) -> Decoded:
+    """Decode `data` once, for the model and the perceptual hash alike.
 
-    Returns (tensor, width, height, extension of the decoded format). Raises ImageError
+    Raises ImageError
     with code `missing_image`, `unsupported_image_format`, `decompression_bomb`,
     `truncated_image` or `image_decode_error`; never anything else for bad bytes.
     """
@@ -75,7 +94,7 @@ def decode_for_model(
             ext = EXT_OF_FORMAT[str(img.format)]
             if img.mode != "RGB":
                 img = img.convert("RGB")
-            return preprocess(img), w, h, ext
+            return Decoded(preprocess(img), w, h, ext, phash64(img))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

@@ -16,6 +16,7 @@ from tasks.pool.sample import (
     Select,
     ShardReadError,
     decode_caption,
+    download_failure,
     sniff_image_ext,
 )
 
@@ -108,8 +109,9 @@ def _parquet_sample(
         caption, caption_error = decode_caption(caption)
     elif caption is not None:
         caption = caption.strip()
+    detail = None
     if image is None:
-        error = "missing_image"
+        error, detail = download_failure(row) or ("missing_image", None)
     else:
         error = caption_error or (None if caption is not None else "missing_caption")
-    return RawSample(key, index, image, sniff_image_ext(image), caption, row, error)
+    return RawSample(key, index, image, sniff_image_ext(image), caption, row, error, detail)

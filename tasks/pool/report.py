@@ -7,13 +7,15 @@ reasons, CLIP scores and MetaCLIP balancing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from schemas.tables import STATUSES
+from tasks.pool.examples import examples_markdown, write_example_grids
+from tasks.pool.quality import top_repeated
 from tasks.publish.report import (
     PLOT_REASONS,
     PLOT_STATUS,
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 QUANTILES = ("p01", "p05", "p25", "p50", "p75", "p95", "p99")
 PLOT_SCORES = "plots/clip_score_hist.png"
 PLOT_ENTRIES = "plots/metaclip_rank_counts.png"
+PLOT_TOKENS = "plots/caption_tokens.png"
+CONTEXT = 77  # tokens an OpenAI-vocabulary CLIP text tower reads
 
 
 # ---------------------------------------------------------------- MetaCLIP distribution
@@ -165,7 +169,55 @@ def _balance_section(balance: Mapping[str, Any] | None) -> str:
     return md_table(["", "value"], rows)
 
 
-def _pool_markdown(samples: pl.DataFrame, stats: Mapping[str, Any], plots: list[str]) -> str:
+def plot_caption_tokens(samples: pl.DataFrame, out_url: str, so: Any) -> str:
+    """Caption length in the model's tokens, with the context the model reads."""
+    fig, ax = new_figure()
+    n = samples["n_tokens"].drop_nulls().to_numpy() if "n_tokens" in samples.columns else []
+    if len(n):
+        ax.hist(n, bins=min(60, max(10, int(n.max() - n.min()) + 1)))
+        ax.axvline(CONTEXT, color="black", linestyle="--", label=f"context {CONTEXT}")
+        ax.set_xlabel("caption tokens (incl. start/end)")
+        ax.set_ylabel("captions")
+        ax.legend(fontsize=8)
+    else:
+        no_data(ax, "no token counts")
+    ax.set_title("Caption length")
+    return save_figure(fig, out_url, PLOT_TOKENS, so)
+
+
+def _captions_section(samples: pl.DataFrame) -> str:
+    """Languages, truncation and the most repeated captions of the partition."""
+    if "lang" not in samples.columns:
+        return "No caption facts recorded."
+    langs = samples.group_by(pl.col("lang").fill_null("none")).len()
+    langs = langs.sort(["len", "lang"], descending=[True, False]).head(10)
+    total = max(samples.height, 1)
+    rows = [[lang, n, f"{100 * n / total:.2f}%"] for lang, n in langs.iter_rows()]
+    truncated = int(samples["truncated"].fill_null(False).sum())
+    scored = int(samples["clip_score"].is_not_null().sum())
+    judged = int(
+        (samples["truncated"].fill_null(False) & samples["clip_score"].is_not_null()).sum()
+    )
+    top = top_repeated(samples["caption"], 10).filter(pl.col("count") > 1)
+    return "\n\n".join(
+        [
+            md_table(["language", "captions", "share"], rows),
+            f"Captions longer than the model's context: {truncated} "
+            f"({judged} of {scored} CLIP scores judge only a prefix).",
+            "Repeated captions (normalised: case, whitespace, digits), most frequent first:",
+            md_table(["caption", "count"], [[ex, c] for _, c, ex in top.iter_rows()])
+            if top.height
+            else "none",
+        ]
+    )
+
+
+def _pool_markdown(
+    samples: pl.DataFrame,
+    stats: Mapping[str, Any],
+    plots: list[str],
+    examples: dict[str, list[str]] | None = None,
+) -> str:
     counts, shards = stats.get("counts") or {}, stats.get("shards") or {}
     parts = [
         f"# Pool report: {stats.get('dataset')} / {stats.get('partition')}",
@@ -180,6 +232,12 @@ def _pool_markdown(samples: pl.DataFrame, stats: Mapping[str, Any], plots: list[
         _clip_section(stats.get("clip_score") or {}),
         "## MetaCLIP balancing",
         _balance_section(stats.get("balance")),
+        "## Captions",
+        _captions_section(samples),
+        "## Deduplication",
+        _dedup_section(stats.get("reasons") or {}),
+        "## Examples",
+        *(examples_markdown(examples) if examples else ["No examples drawn."]),
         "## Plots",
         *[f"![{p.removeprefix('plots/').removesuffix('.png')}]({p})" for p in plots],
         "## Timings",
@@ -188,25 +246,43 @@ def _pool_markdown(samples: pl.DataFrame, stats: Mapping[str, Any], plots: list[
     return "\n\n".join(parts) + "\n"
 
 
+def _dedup_section(reasons: Mapping[str, int]) -> str:
+    rows = [[k, v] for k, v in sorted(reasons.items()) if k.startswith("duplicate:")]
+    if not rows:
+        return "No duplicates."
+    return md_table(["method", "duplicates"], rows)
+
+
 def write_pool_report(
     samples: pl.DataFrame,
     stats: dict,
     out_url: str,
     storage_options: dict | None = None,
     entry_counts: tuple[np.ndarray, np.ndarray] | None = None,
+    images: Callable[[pl.DataFrame], dict[str, bytes]] | None = None,
+    dedup_groups: pl.DataFrame | None = None,
 ) -> list[str]:
-    """Write report.md and plots/*.png under `out_url`; return the relative paths written."""
+    """Write report.md and plots/*.png under `out_url`; return the relative paths written.
+
+    `images(rows)` reads the image bytes of sample rows (uid -> bytes): with it the report
+    shows example grids per decision and pictures of duplicate groups.
+    """
     so, counts = storage_options, stats.get("counts") or {}
     threshold = (stats.get("clip_score") or {}).get("threshold")
     plots = [
         plot_score_hist(samples, threshold, out_url, so),
         plot_status_counts(counts, out_url, PLOT_STATUS, so),
         plot_top_reasons(stats.get("reasons") or {}, out_url, PLOT_REASONS, so),
+        plot_caption_tokens(samples, out_url, so),
     ]
     if entry_counts is not None:
         plots.append(
             plot_entry_ranks(entry_counts, (stats.get("balance") or {}).get("t"), out_url, so)
         )
-    written = [*plots, write_text(out_url, "report.md", _pool_markdown(samples, stats, plots), so)]
+    grids, examples = [], None
+    if images is not None:
+        grids, examples = write_example_grids(samples, images, dedup_groups, out_url, so)
+    md = _pool_markdown(samples, stats, plots, examples)
+    written = [*plots, *grids, write_text(out_url, "report.md", md, so)]
     logger.info("wrote pool report to %s (%d files)", out_url, len(written))
     return written

@@ -41,6 +41,19 @@ class RawSample:
     caption: str | None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    detail: str | None = None  # the error in words (e.g. img2dataset's error_message)
+
+
+def download_failure(meta: dict[str, Any]) -> tuple[str, str] | None:
+    """(code, detail) of a sample img2dataset failed to download, from its own fields.
+
+    img2dataset records every URL it tried, with `status` ("success" or the failure) and
+    `error_message`; a failed one has no image and is quarantined with that message.
+    """
+    status = meta.get("status")
+    if status in (None, "success"):
+        return None
+    return "download_failed", f"{status}: {meta.get('error_message') or ''}".strip()
 
 
 _MAGIC = {

@@ -16,6 +16,7 @@ import polars as pl
 from schemas.config import PoolConfig
 from schemas.tables import SHARD_INDEX
 from tasks.errors import InfraError
+from tasks.pool.phash import sha256_hex
 from tasks.pool.sources import iter_selected
 from tasks.publish.writer import Sample, WrittenFile, write_shard
 
@@ -26,9 +27,11 @@ def plan_shards(samples: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     return [(str(name), rows) for (name,), rows in kept.group_by("shard", maintain_order=True)]
 
 
-def sample_json(row: dict[str, Any]) -> bytes:
-    """The `{key}.json` member of a published pool sample."""
+def sample_json(row: dict[str, Any], source: dict[str, Any] | None = None) -> bytes:
+    """The `{key}.json` member of a published pool sample: the source sample's json fields
+    (img2dataset's url, sizes, exif...), with ours (uid, score, caption...) on top."""
     meta = {
+        **(source or {}),
         "uid": row["uid"],
         "clip_score": row["clip_score"],
         "source": row["source"],
@@ -37,11 +40,14 @@ def sample_json(row: dict[str, Any]) -> bytes:
         "width": row.get("width"),
         "height": row.get("height"),
         "caption": row["caption"],
+        "sha256": row.get("sha256"),
+        # hex, as imagehash prints it: a u64 does not survive JSON readers that use doubles
+        "phash": None if row.get("phash") is None else format(row["phash"], "016x"),
     }
     if row.get("keep_prob") is not None:
         meta["keep_prob"] = row["keep_prob"]
         meta["entry_ids"] = list(row.get("entry_ids") or [])
-    return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode()
 
 
 def _members(rows: pl.DataFrame, pool: PoolConfig, so: dict[str, Any]) -> Iterator[Sample]:
@@ -68,10 +74,13 @@ def _members(rows: pl.DataFrame, pool: PoolConfig, so: dict[str, Any]) -> Iterat
                 continue
             if sample.image is None:
                 raise InfraError(f"{source}#{sample.key}: image vanished since scoring")
+            if row.get("sha256") and sha256_hex(sample.image) != row["sha256"]:
+                # the input changed under the run: publishing it would break lineage
+                raise InfraError(f"{source}#{sample.key}: image bytes changed since scoring")
             files = {
                 row["image_ext"]: sample.image,
                 "txt": (row["caption"] or "").encode(),
-                "json": sample_json(row),
+                "json": sample_json(row, sample.meta),
             }
             yield row["out_key"], files, {k: row[k] for k in SHARD_INDEX}
             found += 1

@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from tasks.io.storage import get_fs
+from tasks.io.storage import exists, fingerprint, get_fs
 from tasks.pool.parquet import iter_parquet
 from tasks.pool.sample import (
     CAPTION_EXT,
@@ -37,6 +37,7 @@ from tasks.pool.sample import (
     Select,
     ShardReadError,
     decode_caption,
+    download_failure,
     parse_meta,
     sniff_image_ext,
 )
@@ -123,10 +124,70 @@ def iter_samples(
         raise ShardReadError(url, f"unknown format {fmt!r} (use webdataset or parquet)")
     with _open_shard(url, storage_options) as f:
         if fmt == "webdataset":
-            yield from iter_tar(f, url, max_member_bytes, select)
+            index = -1
+            for sample in iter_tar(f, url, max_member_bytes, select):
+                index = sample.index
+                yield sample
+            yield from failed_downloads(url, storage_options, select, first_index=index + 1)
         else:
             columns = (image_column, caption_column, uid_column)
             yield from iter_parquet(f, url, columns, select)
+
+
+def sidecar_url(url: str) -> str | None:
+    """img2dataset's per-shard metadata beside a tar: `00000.tar` -> `00000.parquet`."""
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if url.endswith(suffix):
+            return url[: -len(suffix)] + ".parquet"
+    return None
+
+
+def failed_downloads(
+    url: str, storage_options: dict[str, Any] | None, select: Select | None, first_index: int
+) -> Iterator[RawSample]:
+    """The samples img2dataset tried for a tar shard and failed to download.
+
+    Its WebDataset output holds only the successes; the sidecar parquet lists every URL
+    with `status` and `error_message`. The failures follow the tar's samples (in sidecar
+    order), quarantined with img2dataset's own error, so input counts stay complete. A
+    sidecar that is not img2dataset's (no `status` column) is ignored.
+    """
+    import pyarrow.parquet as pq
+
+    side = sidecar_url(url)
+    if side is None or not exists(side, storage_options):
+        return
+    with _open_shard(side, storage_options) as f:
+        table = pq.read_table(f)
+    if "status" not in table.column_names:
+        return
+    index = first_index
+    for row in table.to_pylist():
+        failure = download_failure(row)
+        if failure is None:
+            continue
+        key = str(row.get("key") or f"failed{index:09d}")
+        if select is None or select(key, index):
+            caption = row.get("caption")
+            meta = {k: v for k, v in row.items() if not isinstance(v, bytes)}
+            yield RawSample(key, index, None, None, caption, meta, *failure)
+        index += 1
+
+
+def shard_fingerprint(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A shard's fingerprint plus its img2dataset sidecar's (the failed rows come from it)."""
+    fp = fingerprint(url, storage_options)
+    side = sidecar_url(url)
+    if side is not None and exists(side, storage_options):
+        fp["sidecar"] = fingerprint(side, storage_options)
+    return fp
+
+
+def pool_inputs(urls: list[str]) -> list[str]:
+    """The shards of a pool among listed files: img2dataset's `*_stats.json` files and the
+    metadata parquet beside each of its tars are not shards of their own."""
+    tars = {s for u in urls if (s := sidecar_url(u))}
+    return [u for u in urls if not u.endswith("_stats.json") and u not in tars]
 
 
 def iter_selected(

@@ -58,6 +58,10 @@ class Version:
         return storage.join(self.root, name)
 
 
+def now_utc() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 def new_version_id() -> str:
     """Sortable by time, unique by a random suffix."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -94,7 +98,7 @@ def commit(version: Version, manifest: dict[str, Any], outputs: list[WrittenFile
         **manifest,
         "version": version.id,
         "previous_version": previous.version if previous else None,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created": now_utc(),
         "outputs": [
             {**asdict(o), "path": f"{version.id}/{o.path}"}
             for o in sorted(outputs, key=lambda o: o.path)

@@ -15,6 +15,10 @@ The rules apply in this order (each one documented at its function):
 Each sample stands for `1 / sample_fps` seconds: an event over samples `i..j` spans
 `[t[i], t[j] + 1 / sample_fps)`. The peak is the highest smoothed sample (the first one on
 ties), and `peak_score` is that smoothed value.
+
+Samples marked invalid (out-of-distribution frames, `tasks.video.ood`) take no part: rules
+1-5 run on each stretch of consecutive valid samples on its own (so no event contains an
+invalid sample, and events on either side of one are never merged), rule 6 on all events.
 """
 
 from __future__ import annotations
@@ -108,20 +112,28 @@ def _nms(events: list[Event], window_s: float) -> list[Event]:
     return sorted(kept, key=lambda e: e.start_s)
 
 
-def detect_events(
-    t_s: np.ndarray, scores: np.ndarray, cfg: EventsConfig, sample_fps: float
-) -> list[Event]:
-    """Events in one video's score series (raw fused scores; smoothing is done here).
+def stretches(valid: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open index ranges `[lo, hi)` of consecutive True values, in order."""
+    v = np.asarray(valid, dtype=bool)
+    edges = np.flatnonzero(np.diff(np.r_[0, v.astype(np.int8), 0]))
+    return [(int(lo), int(hi)) for lo, hi in zip(edges[::2], edges[1::2], strict=True)]
 
-    `t_s` must increase; it is the time of each scored frame (see `tasks.video.decode`).
-    `sample_fps` sets how long one sample lasts; when the video's own fps is lower than the
-    requested rate, each frame is sampled once, so pass `min(sample_fps, video fps)`.
-    """
-    t = np.asarray(t_s, dtype=np.float64)
-    s = smooth(scores, cfg.median_window, cfg.ema_alpha)
-    if t.shape != s.shape:
-        raise ValueError(f"t_s has shape {t.shape}, scores {s.shape}")
-    dt = 1.0 / sample_fps
+
+def smooth_valid(
+    scores: np.ndarray, valid: np.ndarray | None, median_window: int, ema_alpha: float
+) -> np.ndarray:
+    """`smooth` within each stretch of valid samples, NaN on invalid ones (all valid: `smooth`)."""
+    x = np.asarray(scores, dtype=np.float64)
+    if valid is None:
+        return smooth(x, median_window, ema_alpha)
+    out = np.full(x.shape, np.nan)
+    for lo, hi in stretches(valid):
+        out[lo:hi] = smooth(x[lo:hi], median_window, ema_alpha)
+    return out
+
+
+def _stretch_events(t: np.ndarray, s: np.ndarray, cfg: EventsConfig, dt: float) -> list[Event]:
+    """Rules 2-5 on one stretch of smoothed samples."""
     runs = _merge(hysteresis(s, cfg.start, cfg.stop), t, dt, cfg.merge_gap_s)
     events: list[Event] = []
     for i, j in runs:
@@ -130,6 +142,35 @@ def detect_events(
         peak = i + int(np.argmax(s[i : j + 1]))
         i, j = _truncate(i, j, peak, t, dt, cfg.max_duration_s)
         events.append(Event(float(t[i]), float(t[j] + dt), float(t[peak]), float(s[peak])))
+    return events
+
+
+def detect_events(
+    t_s: np.ndarray,
+    scores: np.ndarray,
+    cfg: EventsConfig,
+    sample_fps: float,
+    valid: np.ndarray | None = None,
+) -> list[Event]:
+    """Events in one video's score series (raw fused scores; smoothing is done here).
+
+    `t_s` must increase; it is the time of each scored frame (see `tasks.video.decode`).
+    `sample_fps` sets how long one sample lasts; when the video's own fps is lower than the
+    requested rate, each frame is sampled once, so pass `min(sample_fps, video fps)`.
+    `valid` (default: all) marks the samples detection may use (see the module docstring).
+    """
+    t = np.asarray(t_s, dtype=np.float64)
+    x = np.asarray(scores, dtype=np.float64)
+    if t.shape != x.shape:
+        raise ValueError(f"t_s has shape {t.shape}, scores {x.shape}")
+    ok = np.ones(t.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    if ok.shape != t.shape:
+        raise ValueError(f"t_s has shape {t.shape}, valid {ok.shape}")
+    dt = 1.0 / sample_fps
+    events: list[Event] = []
+    for lo, hi in stretches(ok):
+        s = smooth(x[lo:hi], cfg.median_window, cfg.ema_alpha)
+        events += _stretch_events(t[lo:hi], s, cfg, dt)
     return _nms(events, cfg.nms_window_s)
 
 

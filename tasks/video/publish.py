@@ -17,10 +17,38 @@ from schemas.tables import EVENTS, FRAMES, conform
 from tasks.errors import SampleError, as_sample_error
 from tasks.publish.writer import Sample, WrittenFile, write_shard
 from tasks.video.clips import clip_bytes, thumbnail_jpeg
-from tasks.video.events import clip_window, detect_events, smooth
+from tasks.video.events import clip_window, detect_events, smooth_valid
+from tasks.video.head import ensemble_proba, head_logit, zero_shot_logit
+from tasks.video.headfile import RunHead
+from tasks.video.ood import ood_cues
+from tasks.video.score import OOD_STATS
 from tasks.video.zero_shot import fuse, motion_cue, zero_shot_near_miss
 
 logger = logging.getLogger(__name__)
+
+
+def ood_frames(
+    frames: pl.DataFrame, p: np.ndarray, p_head: np.ndarray | None, video: VideoConfig
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """(ood score, flag, the flagging cue or None) per frame (`tasks.video.ood`)."""
+    stats = {k: frames[k].to_numpy().astype(np.float64) for k in OOD_STATS}
+    cues = ood_cues(stats, p, p_head, video.ood.uncertainty_weight)
+    names, values = list(cues), np.stack(list(cues.values()))
+    score = values.max(axis=0)
+    threshold = video.ood.threshold
+    flag = np.zeros(len(score), bool) if threshold is None else score > threshold
+    top = values.argmax(axis=0)
+    return score, flag, [names[k] if f else None for k, f in zip(top, flag, strict=True)]
+
+
+def motion_on_valid(emb: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The motion cue over the valid frames only (each against the previous valid one, the
+    robust statistics over them), 0 (neutral) on the others."""
+    if valid.all():
+        return motion_cue(emb)
+    z = np.zeros(len(emb), dtype=np.float64)
+    z[valid] = motion_cue(emb[valid]) if valid.any() else 0.0
+    return z
 
 
 def frame_scores(
@@ -31,21 +59,39 @@ def frame_scores(
     normal: np.ndarray,
     logit_scale: float,
     video: VideoConfig,
+    head: RunHead | None = None,
 ) -> pl.DataFrame:
-    """Per-frame zero-shot probability, motion cue, fused and smoothed score (FRAMES)."""
+    """Per-frame zero-shot and head probabilities, OOD score and flag, motion cue, fused and
+    smoothed score (FRAMES).
+
+    `p_head` is the head's own ensemble, sigmoid(alpha * GDA logit + (1 - alpha) * zero-shot
+    logit) with its fitted alpha; the fused score weighs it with `fusion.head_weight`.
+    OOD-flagged frames keep their scores but are no part of the motion statistics, the
+    smoothing or the events (`tasks.video.events`).
+    """
     e = emb.astype(np.float32)
     if frames.height == 0:
         return pl.DataFrame(schema=FRAMES)
     p = zero_shot_near_miss(e, near, normal, logit_scale)
-    motion = motion_cue(e)
-    score = fuse(p, motion, video.fusion)
-    smoothed = smooth(score, video.events.median_window, video.events.ema_alpha)
+    p_head = None
+    if head is not None:
+        zs_lg = zero_shot_logit(e, near, normal, logit_scale)
+        p_head = ensemble_proba(head_logit(head.head, e), zs_lg, head.alpha)
+    ood, flag, cue = ood_frames(frames, p, p_head, video)
+    motion = motion_on_valid(e, ~flag)
+    score = fuse(p, motion, video.fusion, p_head)
+    ev = video.events
+    smoothed = smooth_valid(score, ~flag if flag.any() else None, ev.median_window, ev.ema_alpha)
     df = frames.with_columns(
         pl.lit(url).alias("video"),
         pl.Series("p_near_miss", p),
+        pl.lit(None, pl.Float64).alias("p_head") if p_head is None else pl.Series("p_head", p_head),
         pl.Series("motion", motion),
         pl.Series("score", score),
         pl.Series("smoothed", smoothed),
+        pl.Series("ood", ood),
+        pl.Series("ood_flag", flag),
+        pl.Series("ood_cue", cue, dtype=pl.String),
     )
     return conform(df, FRAMES)
 
@@ -62,7 +108,9 @@ def video_events(
     if frames.height == 0:
         return pl.DataFrame(schema=EVENTS)
     rate = min(video.sample_fps, fps)  # a 2 fps video sampled "at 4 fps" has 2 samples/s
-    events = detect_events(frames["t_s"].to_numpy(), frames["score"].to_numpy(), video.events, rate)
+    valid = ~frames["ood_flag"].fill_null(False).to_numpy()  # OOD frames take no part
+    t, score = frames["t_s"].to_numpy(), frames["score"].to_numpy()
+    events = detect_events(t, score, video.events, rate, valid)
     rows = []
     for ev in events:
         c0, c1 = clip_window(ev, duration_s, video.events)

@@ -1,8 +1,9 @@
 """Human report of a video partition: per-video table, event rate, score timelines.
 
 A reviewer checks the detector by eye: the timeline of each video shows the raw and smoothed
-score against the start/stop thresholds, with detected events shaded, so a missed or spurious
-event is visible at a glance. Plots are capped so a night with thousands of videos stays cheap.
+score against the start/stop thresholds, with detected events shaded red and frames flagged
+out-of-distribution (left out of detection) shaded grey, so a missed or spurious event is
+visible at a glance. Plots are capped so a night with thousands of videos stays cheap.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from tasks.publish.report import (
@@ -42,6 +44,20 @@ def _events_per_video(events: pl.DataFrame) -> dict[str, int]:
     return dict(events.group_by("video").len().iter_rows())
 
 
+def ood_spans(frames: pl.DataFrame) -> list[tuple[float, float]]:
+    """Time spans of consecutive OOD-flagged frames, each frame lasting until the next one
+    (the last one as long as the frame before it)."""
+    if frames.is_empty() or "ood_flag" not in frames.columns:
+        return []
+    f = frames.sort("t_s")
+    t = f["t_s"].to_numpy()
+    flag = f["ood_flag"].fill_null(False).to_numpy().astype(np.int8)
+    step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
+    ends = np.r_[t[1:], t[-1] + step]
+    edges = np.flatnonzero(np.diff(np.r_[0, flag, 0]))
+    return [(float(t[a]), float(ends[b - 1])) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
 def plot_timeline(
     video: str,
     frames: pl.DataFrame,
@@ -51,9 +67,11 @@ def plot_timeline(
     rel: str,
     so: dict | None,
 ) -> str:
-    """Score and smoothed score vs time, thresholds as lines, events shaded."""
+    """Score and smoothed score vs time, thresholds as lines, events and OOD frames shaded."""
     fig, ax = new_figure()
     f = frames.sort("t_s")
+    for i, (s, e) in enumerate(ood_spans(f)):
+        ax.axvspan(s, e, color="grey", alpha=0.3, label="OOD (ignored)" if i == 0 else None)
     ax.plot(f["t_s"].to_numpy(), f["score"].to_numpy(), linewidth=0.8, alpha=0.6, label="score")
     ax.plot(f["t_s"].to_numpy(), f["smoothed"].to_numpy(), linewidth=1.5, label="smoothed")
     if thresholds.get("start") is not None:
@@ -122,6 +140,15 @@ def _rate_line(stats: Mapping[str, Any], videos: pl.DataFrame, events: pl.DataFr
     return f"{n} events in {hours:.3g} h of video: **{rate_s} events per hour**."
 
 
+def _ood_line(stats: Mapping[str, Any], thresholds: Mapping[str, Any]) -> str:
+    n = stats.get("ood_frames", 0)
+    cues = ", ".join(f"{c} {k}" for c, k in (stats.get("ood_cues") or {}).items())
+    return (
+        f"Frames flagged out-of-distribution (ood > {thresholds.get('ood')}), left out of "
+        f"event detection and shaded grey on the timelines: {n}" + (f" ({cues})." if cues else ".")
+    )
+
+
 def _video_markdown(
     videos: pl.DataFrame,
     events: pl.DataFrame,
@@ -144,6 +171,7 @@ def _video_markdown(
         _rate_line(stats, videos, events),
         f"Frames scored: {stats.get('frames', '–')}. "
         f"Thresholds: start {thresholds.get('start')}, stop {thresholds.get('stop')}.",
+        _ood_line(stats, thresholds),
         "## Reasons",
         reasons_table(stats.get("reasons") or {}),
         "## Videos",

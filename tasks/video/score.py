@@ -1,11 +1,14 @@
 """Video score stage: one video in, cached probe + per-frame CLIP embeddings out.
 
 Only what is expensive is cached (decode + image encoder, through `tasks.io.cache`), keyed
-by (video fingerprint, model identity, sample fps). Zero-shot probabilities, the motion cue,
-fusion and event detection are cheap matrix work on the cached embeddings, so changing
-prompts, fusion weights or thresholds never decodes a video again. A video that cannot be
-decoded is a quarantined row; a model, device or store failure fails the task and caches
-nothing (`tasks.errors`).
+by (video fingerprint, model identity, sample fps). With each frame's embedding the cache
+holds the picture statistics of the out-of-distribution score (`tasks.video.ood`), taken
+from the decoded pixels (at the model's input size, before the crop) while they are at
+hand. Zero-shot probabilities, a head, the motion cue, fusion, OOD flags and event
+detection are cheap matrix work on the cached table, so changing prompts, heads, fusion
+weights or thresholds never decodes a video again. A video that cannot be decoded is a
+quarantined row; a model, device or store failure fails the task and caches nothing
+(`tasks.errors`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,19 +28,34 @@ from schemas.config import ModelConfig, VideoConfig
 from tasks import cancel
 from tasks.errors import SampleError
 from tasks.io import storage
-from tasks.io.cache import Attempt, Cache, per_input
+from tasks.io.cache import Attempt, Cache, Hit, per_input
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
 from tasks.video.decode import iter_frame_chunks, local_video
+from tasks.video.ood import frame_stats
 from tasks.video.probe import probe_local
 from tasks.video.zero_shot import prompt_set_embedding, prompt_set_hash
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SCORE_VERSION = 2
+VIDEO_SCORE_VERSION = 3  # 3: OOD picture statistics per frame, resolved model in the meta
 PROMPT_VERSION = 1
 NAMESPACE = "video-scores"
-FRAME_SCHEMA = {"frame_index": pl.Int64, "t_s": pl.Float64, "emb_row": pl.Int64}
+# the picture statistics of `tasks.video.ood.frame_stats`, one column each
+OOD_STATS = (
+    "mean_luma",
+    "std_luma",
+    "saturated_fraction",
+    "frame_diff",
+    "laplacian_energy",
+    "featureless_fraction",
+)
+FRAME_SCHEMA = {
+    "frame_index": pl.Int64,
+    "t_s": pl.Float64,
+    "emb_row": pl.Int64,
+    **{k: pl.Float64 for k in OOD_STATS},
+}
 
 
 @dataclass
@@ -45,9 +63,11 @@ class VideoScores:
     url: str
     key: str
     probe: dict[str, Any]  # a VIDEOS row without the flow-level columns
-    frames: str  # parquet URL (frame_index, t_s, emb_row)
+    frames: str  # parquet URL (FRAME_SCHEMA)
     embeddings: str
     cached: bool
+    # the identity of the model that embedded the frames, as resolved where it ran
+    model: dict[str, Any] = field(default_factory=dict)
 
 
 def video_settings(video: VideoConfig, model_cfg: ModelConfig) -> dict[str, Any]:
@@ -87,11 +107,17 @@ def pixels(model: ClipModel, frames: np.ndarray) -> torch.Tensor:
 
 
 def _chunks(path: str, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
-    size = model.image_size
+    """(indices, times, model input, picture statistics) per chunk, in the decode thread.
+
+    The previous chunk's last frame goes along, so a frozen picture is seen across chunks.
+    """
+    size, prev = model.image_size, None
     for idx, times, frames in iter_frame_chunks(
         path, None, video.sample_fps, size, video.chunk_frames
     ):
-        yield idx, times, pixels(model, frames)
+        stats = frame_stats(frames, prev)
+        prev = frames[-1].copy()
+        yield idx, times, pixels(model, frames), stats
 
 
 def embed_frames(
@@ -102,11 +128,11 @@ def embed_frames(
     Raises `SampleError` when the file does not decode; checks for cancellation per chunk.
     """
     tables, embs, n = [], [], 0
-    for idx, times, batch in prefetch(_chunks(path, video, model), 2, name="video-decode"):
+    for idx, times, batch, stats in prefetch(_chunks(path, video, model), 2, name="video-decode"):
         cancel.check(run)
         emb = model.encode_images(batch).astype(np.float16)
         rows = np.arange(n, n + len(idx), dtype=np.int64)
-        tables.append(pl.DataFrame({"frame_index": idx, "t_s": times, "emb_row": rows}))
+        tables.append(pl.DataFrame({"frame_index": idx, "t_s": times, "emb_row": rows, **stats}))
         embs.append(emb)
         n += len(idx)
     table = pl.concat(tables) if tables else pl.DataFrame(schema=FRAME_SCHEMA)
@@ -156,7 +182,8 @@ def _compute(
         seconds,
         duration / seconds if seconds > 0 else 0.0,
     )
-    return {"probe": probe, "seconds": round(seconds, 3)}
+    identity = {k: v for k, v in model.info.items() if k != "logit_scale"}
+    return {"probe": probe, "seconds": round(seconds, 3), "model": identity}
 
 
 def score_video(
@@ -178,10 +205,31 @@ def score_video(
         lambda attempt: _compute(url, video, model_cfg, storage_options, run, attempt),
         force,
     )
+    return _scores(url, hit, fp)
+
+
+def _scores(url: str, hit: Hit, fp: dict[str, Any]) -> VideoScores:
     probe = {**hit.meta["probe"], "video": url, "fingerprint": storage.fingerprint_key(fp)}
+    files = hit.files
+    model = hit.meta["model"]
     return VideoScores(
-        url, hit.key, probe, hit.files["frames.parquet"], hit.files["emb.npy"], hit.cached
+        url, hit.key, probe, files["frames.parquet"], files["emb.npy"], hit.cached, model
     )
+
+
+def cached_video_scores(
+    url: str,
+    video: VideoConfig,
+    model_cfg: ModelConfig,
+    cache_root: str,
+    storage_options: dict[str, Any] | None = None,
+) -> VideoScores | None:
+    """What `score_video` would read back from the cache (same key), or None: no decode,
+    no model (the identity is resolved from the model's files, as for the key)."""
+    fp = storage.fingerprint(url, storage_options)
+    parts = {"input": fp, "settings": video_settings(video, model_cfg)}
+    hit = Cache(cache_root, storage_options).lookup(NAMESPACE, parts)
+    return None if hit is None else _scores(url, hit, fp)
 
 
 def load_video_scores(vs: VideoScores, so: dict | None) -> tuple[pl.DataFrame, np.ndarray]:

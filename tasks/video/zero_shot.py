@@ -5,7 +5,8 @@ Two cues, fused into one score in [0, 1] per sampled frame:
 - zero-shot: how much closer the frame is to the near-miss prompt set than to the normal one
   (CLIP's own two-way classifier over averaged prompt embeddings);
 - motion: how abruptly the picture changes from the previous sampled frame, as a robust
-  z-score within the video, so a shaky camera or a busy street sets its own baseline.
+  z-score within the video, so a shaky camera or a busy street sets its own baseline (with
+  a floor on the scale, so a still camera does not turn noise into huge z-scores).
 """
 
 from __future__ import annotations
@@ -64,9 +65,14 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def robust_z(x: np.ndarray) -> np.ndarray:
-    """(x - median) / (1.4826 * MAD); falls back to the mean absolute deviation when the
-    MAD is 0 (more than half the values equal), and to all zeros when x is constant."""
+def robust_z(x: np.ndarray, min_scale: float = 0.0) -> np.ndarray:
+    """(x - median) / scale, scale = max(1.4826 * MAD, `min_scale`).
+
+    When the MAD is 0 (more than half the values equal) the mean absolute deviation
+    (times 1.2533) stands in for it; when the scale is still 0 (x constant, no floor) the
+    result is all zeros. `min_scale` is a floor in x's own units: without one, a nearly
+    constant series has a MAD of ~1e-6 and ordinary noise becomes z of ~1e4.
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         return x.copy()
@@ -75,39 +81,65 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     scale = MAD_TO_SIGMA * np.median(dev)
     if scale <= EPS:
         scale = MEAN_AD_TO_SIGMA * dev.mean()
+    scale = max(scale, min_scale)
     if scale <= EPS:
         return np.zeros_like(x)
     return (x - med) / scale
 
 
+# `1 - cosine` between consecutive CLIP frame embeddings (ViT-B/L, 2-8 samples/s): a
+# re-encoded still picture is ~1e-4 (fp16 caching adds ~1e-7), a camera driving or panning
+# 0.01-0.1, a hard cut between two road scenes ~0.2-0.5 (unrelated images sit near cosine
+# 0.5). 0.01, the low end of real motion, is the smallest spread the cue trusts: below it
+# the video is "still", and a change must be a visible fraction of real motion to score.
+MOTION_MIN_SCALE = 0.01
+# (Typical magnitudes for OpenAI/LAION CLIP, not measured on this fleet's footage: worth
+# checking on real videos with `1 - cos` percentiles.) A hard cut in a still video lands at
+# about 0.3 / 0.01 = 30: the cap keeps the cue bounded (frames.parquet, reports) where the
+# fused term sigmoid(z / motion_scale) is > 0.997 for any motion_scale up to 5.
+MOTION_Z_MAX = 30.0
+
+
 def motion_cue(image_emb: np.ndarray) -> np.ndarray:
     """Robust z-score of `1 - cosine` between consecutive frames' embeddings.
 
-    The first frame has no predecessor: its change is 0 and its z-score is set to 0 (neutral);
-    the median and MAD are taken over the real changes only, so the placeholder does not
-    bias them.
+    The scale is floored at `MOTION_MIN_SCALE` (see there) so that z means "changes in
+    units of at least 1% cosine", comparable across videos, and z is clipped to
+    [-MOTION_Z_MAX, MOTION_Z_MAX]. The first frame has no predecessor: its z-score is 0
+    (neutral); the median and MAD are taken over the real changes only, so the
+    placeholder does not bias them.
     """
     emb = l2_normalize(np.atleast_2d(image_emb))
     z = np.zeros(len(emb), dtype=np.float64)
     if len(emb) > 1:
         change = 1.0 - np.sum(emb[1:] * emb[:-1], axis=1)
-        z[1:] = robust_z(change)
+        z[1:] = np.clip(robust_z(change, MOTION_MIN_SCALE), -MOTION_Z_MAX, MOTION_Z_MAX)
     return z
 
 
-def fuse(p_near: np.ndarray, motion_z: np.ndarray, fusion: FusionConfig) -> np.ndarray:
-    """Weighted mean of P(near miss) and sigmoid(motion_z / motion_scale), in [0, 1].
+def fuse(
+    p_near: np.ndarray,
+    motion_z: np.ndarray,
+    fusion: FusionConfig,
+    p_head: np.ndarray | None = None,
+) -> np.ndarray:
+    """Weighted mean of P(near miss), sigmoid(motion_z / motion_scale) and, when a head is
+    given, the head's probability (`fusion.head_weight`), in [0, 1].
 
-    Both terms lie in [0, 1], so their weighted mean does too; a frame with typical motion
-    (z = 0) contributes 0.5 from the motion term. With both weights 0, P(near miss) is
-    returned unchanged.
+    Every term lies in [0, 1], so their weighted mean does too; a frame with typical motion
+    (z = 0) contributes 0.5 from the motion term. With all weights 0, P(near miss) is
+    returned unchanged. Without `p_head` the head weight plays no part.
     """
     p = np.asarray(p_near, dtype=np.float64)
-    total = fusion.zero_shot_weight + fusion.motion_weight
+    head_w = fusion.head_weight if p_head is not None else 0.0
+    total = fusion.zero_shot_weight + fusion.motion_weight + head_w
     if total <= 0:
         return p.copy()
     motion = _sigmoid(np.asarray(motion_z, dtype=np.float64) / fusion.motion_scale)
-    return (fusion.zero_shot_weight * p + fusion.motion_weight * motion) / total
+    fused = fusion.zero_shot_weight * p + fusion.motion_weight * motion
+    if p_head is not None:
+        fused = fused + head_w * np.asarray(p_head, dtype=np.float64)
+    return fused / total
 
 
 def prompt_set_hash(prompts: Sequence[str] | Mapping[str, Sequence[str]]) -> str:

@@ -202,3 +202,41 @@ def test_every_image_format_the_readers_accept_publishes_and_verifies(
     assert sorted(kept["image_ext"].to_list()) == sorted([*fmts, "png", "png"])
     [ppm] = samples.filter(pl.col("status") == "quarantined").iter_rows(named=True)
     assert (ppm["error"], ppm["error_detail"]) == ("unsupported_image_format", "PPM")
+
+
+def test_img2dataset_layout_quarantines_failed_downloads_with_their_error(
+    tmp_path, tiny_model, prefect_harness
+):
+    """img2dataset's WebDataset output: the tar holds the successes; the parquet beside it
+    lists every URL with status and error_message; `_stats.json` is a report. Only the tar
+    is a shard, and the failures count as quarantined inputs with img2dataset's error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "in"
+    ok = make_samples(4, seed=31)
+    for s in ok:
+        s.meta = {**s.meta, "status": "success", "error_message": None, "key": s.key}
+    write_tar(d / "00000.tar", ok)
+    rows = [{"key": s.key, "status": "success", "error_message": None, "url": "u"} for s in ok]
+    rows += [
+        {"key": "000000004", "status": "failed_to_download", "error_message": "HTTP Error 404"},
+        {"key": "000000005", "status": "failed_to_resize", "error_message": "cannot identify"},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), d / "00000.parquet")
+    (d / "00000_stats.json").write_text('{"count": 6}')
+    cfg = make_config(tmp_path, tiny_model, text_filter={"enabled": False})
+    cfg["pool"]["input"] = str(d / "*")
+    assert run_pool(parse_config(cfg), PARTITION)["status"] == "published"
+    final = partition_dir(tmp_path)
+    assert verify_partition(str(final)) == []
+    stats = json.loads((published_dir(final) / "stats.json").read_text())
+    assert stats["shards"]["input"] == 1 and stats["counts"]["input"] == 6
+    samples = pl.read_parquet(published_dir(final) / "samples.parquet")
+    failed = samples.filter(pl.col("error") == "download_failed")
+    assert failed["key"].to_list() == ["000000004", "000000005"]
+    assert failed["error_detail"].to_list() == [
+        "failed_to_download: HTTP Error 404",
+        "failed_to_resize: cannot identify",
+    ]
+    assert set(failed["status"].cast(pl.String)) == {"quarantined"}

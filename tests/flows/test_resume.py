@@ -234,7 +234,8 @@ def kill_and_resume(point, pool, reference, tiny_model, tmp_path) -> None:
     reused = 2 if point == "score" else N_SHARDS
     assert (shards["cached"], shards["scored"]) == (reused, N_SHARDS - reused)
     # the killed run's version folder is gone, its lock released
-    assert folder_names(final, None) == {"manifest.json", "_SUCCESS", published.version}
+    expected = {"manifest.json", "_SUCCESS", "README.md", published.version}
+    assert folder_names(final, None) == expected
     assert not Path(lock_url(final)).exists()
 
 
@@ -308,7 +309,7 @@ def test_republish_killed_keeps_the_previous_version(
     assert verify_partition(final, so) == []
     assert_same_partition(final, reference, so)
     # the killed run's files are gone; the replaced version is kept for readers in flight
-    expected = {"manifest.json", "_SUCCESS", published.version, old["version"]}
+    expected = {"manifest.json", "_SUCCESS", "README.md", published.version, old["version"]}
     if point == "prune":  # the skipped re-run touched nothing (not even the dead run's lock,
         assert expected <= folder_names(final, so)  # which the next run takes over)
     else:

@@ -76,7 +76,11 @@ def test_shared_videos_with_broken_copies(tmp_path, tiny_model, prefect_harness)
             "output": str(tmp_path / "out"),
             "model": {**tiny_model, "precision": "fp32", "batch_size": 64},
             # thresholds at 0: every frame is "near-miss", so clips are cut from every real video
-            "video": {"input": str(src / "*.mp4"), "events": {"start": 0.0, "stop": 0.0}},
+            "video": {
+                "input": str(src / "*.mp4"),
+                "events": {"start": 0.0, "stop": 0.0},
+                "ood": {"threshold": None},
+            },  # every video gets events: a clip test
         }
     )
     result = run_video(cfg, "2026-11-24")

@@ -145,3 +145,28 @@ def test_a_changed_sidecar_republishes_without_decoding_again(
     assert vids.filter(pl.col("video").str.ends_with("cam_a.mp4"))["vehicle_id"][0] == "truck-8"
     stats = json.loads((part / "stats.json").read_text())
     assert stats["videos_scored"] == 0 and stats["videos_cached"] == 5
+
+
+def test_byte_identical_videos_are_processed_once(tmp_path, tiny_model, prefect_harness):
+    import shutil
+
+    d = tmp_path / "in"
+    d.mkdir()
+    a = make_video(d / "a_first.mp4", duration_s=2.0, fps=10, size=(64, 48))
+    shutil.copyfile(a, d / "b_copy.mp4")  # same bytes, another name
+    make_video(d / "c_other.mp4", duration_s=2.0, fps=10, size=(64, 48), moving_square=False)
+    assert (d / "c_other.mp4").read_bytes() != a.read_bytes()
+    result = run_video(parse_config(video_config(tmp_path, tiny_model)), PARTITION)
+    assert verify_partition(result["uri"]) == []
+    root = published_dir(result["uri"])
+    vids = pl.read_parquet(root / "videos.parquet")
+    rows = {Path(r["video"]).name: r for r in vids.iter_rows(named=True)}
+    assert rows["b_copy.mp4"]["status"] == "duplicate"
+    assert rows["b_copy.mp4"]["duplicate_of"] == str(d / "a_first.mp4")
+    assert rows["b_copy.mp4"]["error"] == "duplicate:exact"
+    assert {rows[n]["status"] for n in ("a_first.mp4", "c_other.mp4")} == {"ok"}
+    stats = json.loads((root / "stats.json").read_text())
+    assert stats["counts"] == {"input": 3, "ok": 2, "quarantined": 0, "duplicate": 1}
+    assert stats["videos_scored"] == 2  # the copy was never decoded
+    frames = pl.read_parquet(root / "frames.parquet")
+    assert str(d / "b_copy.mp4") not in set(frames["video"])

@@ -102,6 +102,9 @@ def _samples() -> pl.DataFrame:
             "error_detail": None,
             "shard": shard,
             "out_key": out_key,
+            **dict.fromkeys(
+                ["sha256", "phash", "lang", "lang_score", "n_tokens", "truncated", "duplicate_of"]
+            ),
         }
         for i, (status, out_key, shard, ext, score) in enumerate(ROWS)
     ]

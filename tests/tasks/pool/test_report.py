@@ -24,7 +24,9 @@ POOL_STATS = {
         "input": 12,
         "kept": 5,
         "filtered_text": 2,
+        "filtered_image": 0,
         "filtered_clip": 3,
+        "filtered_head": 0,
         "filtered_balance": 0,
         "duplicate": 1,
         "quarantined": 1,
@@ -98,7 +100,7 @@ def test_pool_report_writes_what_it_says(tmp_path: Path) -> None:
     written = write_pool_report(
         _samples(POOL_STATS), POOL_STATS, str(tmp_path), entry_counts=(before, after)
     )
-    assert written[-1] == "report.md" and len(set(written)) == len(written) == 5
+    assert written[-1] == "report.md" and len(set(written)) == len(written) == 6
     assert sorted(
         p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()
     ) == sorted(written)
@@ -127,7 +129,7 @@ def test_pool_report_without_balance_or_scores(tmp_path: Path) -> None:
         "threshold": None,
     }
     written = write_pool_report(empty(SAMPLES), stats, str(tmp_path))
-    assert "plots/metaclip_rank_counts.png" not in written and len(written) == 4
+    assert "plots/metaclip_rank_counts.png" not in written and len(written) == 5
     md = (tmp_path / "report.md").read_text()
     assert "Balancing: not configured." in md and "Selection: none; threshold –." in md
     assert_png(tmp_path / "plots" / "clip_score_hist.png")

@@ -27,6 +27,7 @@ def scores(rows: list[tuple]) -> pl.DataFrame:
             "emb_row": i,
             "error": e,
             "error_detail": None,
+            "source_meta": None,
         }
         for i, (u, c, sc, e) in enumerate(rows)
     ]

@@ -11,6 +11,8 @@ import pytest
 
 from schemas.config import FusionConfig
 from tasks.video.zero_shot import (
+    MOTION_MIN_SCALE,
+    MOTION_Z_MAX,
     fuse,
     motion_cue,
     prompt_set_embedding,
@@ -69,9 +71,48 @@ def test_motion_cue_from_angles() -> None:
     change = 1 - np.cos(np.radians(np.diff(angles)))  # independent: from the angles
     med = np.median(change)
     mad = np.median(np.abs(change - med))
+    assert 1.4826 * mad > MOTION_MIN_SCALE  # the floor does not bind here
     expected = np.concatenate([[0.0], (change - med) / (1.4826 * mad)])
+    assert expected[5] > MOTION_Z_MAX  # the 90-degree jump (z ~ 54) is capped
+    expected = np.clip(expected, -MOTION_Z_MAX, MOTION_Z_MAX)
     np.testing.assert_allclose(motion_cue(emb), expected, atol=1e-9)
     assert np.argmax(motion_cue(emb)) == 5  # the frame after the 90-degree jump
+
+
+def test_robust_z_floor() -> None:
+    # MAD 0.001 -> sigma 0.0014826, floored to 0.01
+    x = np.array([0.0, 0.001, 0.002, 0.003, 0.5])
+    np.testing.assert_allclose(robust_z(x, min_scale=0.01), (x - 0.002) / 0.01)
+    np.testing.assert_allclose(robust_z(x, min_scale=1e-6), (x - 0.002) / 0.0014826)
+    assert robust_z(np.full(4, 0.3), min_scale=0.01).tolist() == [0.0] * 4
+
+
+def test_motion_cue_still_video_with_one_cut_is_bounded() -> None:
+    # a still camera: consecutive embeddings differ by ~1e-5 rad (fp16-level noise), then
+    # one hard cut of 45 degrees (1 - cos = 0.29, a cut between two road scenes)
+    rng = np.random.default_rng(1)
+    angles = np.cumsum(rng.normal(0, 1e-5, 60))
+    angles[30:] += math.pi / 4
+    emb = np.stack([unit(math.degrees(a)) for a in angles])
+    z = motion_cue(emb)
+    change = 1 - np.cos(np.diff(angles))  # independent of the embedding path
+    med = np.median(change)
+    assert 1.4826 * np.median(np.abs(change - med)) < 1e-9  # the unfloored scale explodes
+    assert z[30] == pytest.approx((change[29] - med) / MOTION_MIN_SCALE, rel=1e-6)
+    assert 20 < z[30] < 50
+    others = np.delete(z, 30)
+    assert np.abs(others).max() < 1e-3
+
+
+def test_motion_cue_is_capped() -> None:
+    # a still video whose cut is a full reversal (1 - cos = 2); MAD 0, the mean-|dev|
+    # fallback 1.2533 * 2 / 999 = 0.0025 is floored to 0.01: z would be 200
+    emb = np.array([unit(0)] * 500 + [unit(180)] * 500)
+    z = motion_cue(emb)
+    assert z[500] == MOTION_Z_MAX and np.abs(np.delete(z, 500)).max() == 0.0
+    # a short one: the fallback (1.2533 * 2 / 19) binds, not the floor
+    z = motion_cue(np.array([unit(0)] * 10 + [unit(180)] * 10))
+    assert z[10] == pytest.approx(2 / (1.2533 * 2 / 19))
 
 
 def test_motion_cue_degenerate_videos() -> None:

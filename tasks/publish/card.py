@@ -1,0 +1,140 @@
+"""Dataset cards: README.md files that people and Hugging Face `datasets` can read.
+
+Each partition's card is a file of its version (listed in the manifest) and is copied to
+the partition folder after the commit; the dataset's card lists every published partition.
+Their YAML front matter names the shard tars of the published versions as `data_files`,
+so `datasets.load_dataset(folder)` yields images and captions (WebDataset) rather than the
+parquet sidecars. The copies outside the versions are conveniences; readers of record
+follow `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import yaml
+
+from tasks.io import storage
+from tasks.publish.manifest import partition_url, partitions, read_published
+
+logger = logging.getLogger(__name__)
+
+CARD = "README.md"
+WEBDATASET_PIN = "webdataset<=0.2.86"
+
+
+def _front_matter(configs: list[dict[str, Any]]) -> str:
+    data = {"configs": configs, "tags": ["clip-curate", "webdataset"]}
+    return "---\n" + yaml.safe_dump(data, sort_keys=False) + "---\n"
+
+
+def _counts_table(stats: dict[str, Any]) -> str:
+    counts = stats.get("counts") or {}
+    rows = [f"| {k} | {v} |" for k, v in counts.items()]
+    reasons = [f"| {k} | {v} |" for k, v in (stats.get("reasons") or {}).items()]
+    out = ["| status | count |", "|---|---:|", *rows]
+    if reasons:
+        out += ["", "| reason | count |", "|---|---:|", *reasons]
+    return "\n".join(out)
+
+
+def partition_card(manifest: dict[str, Any], stats: dict[str, Any]) -> str:
+    """The card of one published partition (paths relative to the partition folder)."""
+    flow, version = manifest["flow"], manifest["version"]
+    dataset, partition = manifest["dataset"], manifest["partition"]
+    shards = f"{version}/shards/*.tar"
+    model = manifest.get("model") or {}
+    config = {"config_name": "default", "data_files": [{"split": "train", "path": shards}]}
+    what = (
+        "image-text pairs (`.jpg`/`.png`/... original bytes, `.txt` caption, `.json` metadata)"
+        if flow == "pool"
+        else "near-miss event clips (`.mp4`, `.jpg` peak frame, `.json` event metadata)"
+    )
+    return "\n".join(
+        [
+            _front_matter([config]),
+            f"# {dataset} / {flow} / {partition}",
+            "",
+            f"Curated by clip-curate ({manifest.get('code_version')}): {what}, published as",
+            f"WebDataset shards in `{version}/shards/` with `sizes.json`.",
+            "",
+            "## How it was made",
+            "",
+            f"- model: `{model.get('name')}` / `{model.get('pretrained')}`, checkpoint sha256 "
+            f"`{model.get('checkpoint_sha256')}`",
+            f"- config hash `{manifest.get('config_hash')}`, run key `{manifest.get('run_key')}`",
+            f"- {len(manifest.get('inputs') or [])} input files (fingerprints in manifest.json)",
+            f"- published {manifest.get('created')}",
+            "",
+            _counts_table(stats),
+            "",
+            "## Load it",
+            "",
+            "```python",
+            "import clip_curate as cc  # this project's reader: follows manifest.json",
+            "ds = cc.open_dataset('<output>/" + dataset + "')",
+            f"loader = ds.torch_dataset('{flow}', start='{partition}', end='{partition}')",
+            "```",
+            "",
+            "```python",
+            "import webdataset as wds, glob",
+            f"samples = wds.WebDataset(sorted(glob.glob('{shards}')), shardshuffle=False)",
+            "```",
+            "",
+            "```python",
+            "from datasets import load_dataset",
+            "train = load_dataset('<this folder>', split='train')",
+            "```",
+            "",
+            "open_clip training (`--dataset-type webdataset`): pass the tars with brace notation",
+            f"(`{version}/shards/{{000000..00000N}}.tar`); it reads `shards/sizes.json`. Train",
+            f"with `{WEBDATASET_PIN}`: open_clip_train 3.3's loader breaks on webdataset >= 0.2.96",
+            "(webdataset#384, open_clip#935).",
+            "",
+        ]
+    )
+
+
+def dataset_card(output: str, dataset: str, so: dict[str, Any] | None) -> str:
+    """The card at `{output}/{dataset}`: one config per flow over its published versions."""
+    configs, lines = [], []
+    for flow in ("pool", "video"):
+        files, rows = [], []
+        for name in partitions(output, dataset, flow, so):
+            published = read_published(partition_url(output, dataset, flow, name), so)
+            if published is None or not published.version:
+                continue
+            files.append(f"{flow}/{name}/{published.version}/shards/*.tar")
+            rows.append(f"| {flow} | {name} | {published.version} |")
+        if files:
+            name = "default" if flow == "pool" else flow
+            configs.append({"config_name": name, "data_files": [{"split": "train", "path": files}]})
+            lines += rows
+    return "\n".join(
+        [
+            _front_matter(configs),
+            f"# {dataset}",
+            "",
+            "Curated by clip-curate. Every partition folder has its own card and manifest.",
+            "",
+            "| flow | partition | version |",
+            "|---|---|---|",
+            *lines,
+            "",
+        ]
+    )
+
+
+def publish_cards(final: str, card: str, output: str, dataset: str, so: dict[str, Any]) -> None:
+    """Copy a committed partition's card beside its manifest; refresh the dataset's card.
+
+    A failure here is logged, not raised: the partition is already published, and the
+    next commit of the dataset writes the cards again.
+    """
+    try:
+        storage.write_bytes(storage.join(final, CARD), card.encode(), so)
+        text = dataset_card(output, dataset, so)
+        storage.write_bytes(storage.join(output, dataset, CARD), text.encode(), so)
+    except OSError as err:
+        logger.warning("could not write the dataset cards: %s", err)
