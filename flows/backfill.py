@@ -57,6 +57,11 @@ def backfill(
         raise ConfigError(f"config: the {flow} flow needs a '{flow}' section")
     if max_parallel < 1:
         raise ConfigError("backfill: --max-parallel must be at least 1")
+    dedup = cfg.pool.dedup if flow == "pool" and cfg.pool is not None else None
+    if dedup is not None and dedup.scope == "dataset" and max_parallel > 1:
+        # each date dedups against the dates before it: they must be published first
+        logger.warning("pool.dedup.scope is dataset: backfilling one date at a time, in order")
+        max_parallel = 1
     if use_deployment(cfg, flow, mode):
         one = remote_runner(cfg, flow, force, timeout)
     else:

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from schemas.config import ConfigError, CurateConfig, config_hash, redacted
 from tasks.io import storage
 from tasks.model.files import planned_identity
+from tasks.pool.dedup_step import prior_partitions
 from tasks.pool.sources import pool_inputs, shard_fingerprint
 from tasks.publish.manifest import partition_url, read_manifest, read_published
 from tasks.video.sidecar import video_fingerprint
@@ -40,6 +41,8 @@ class RunPlan:
     key: str
     final: str
     files: dict[str, str] = field(default_factory=dict)  # config key -> sha256 of its file
+    # dedup with scope: dataset: the earlier published partitions compared against
+    prior: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def today(tz: str) -> str:
@@ -102,11 +105,14 @@ def run_key(
     cfg_part: dict[str, Any],
     model: dict[str, Any],
     files: dict[str, str] | None = None,
+    prior: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """Identity of a partition's content: same key = same published samples."""
     parts = {"v": PUBLISH_VERSION, "inputs": inputs, "config": cfg_part, "model": model}
     if files:  # only when the config names files, so keys of runs without any stay the same
         parts["files"] = files
+    if prior:  # dataset-scope dedup: which earlier versions the decisions depend on
+        parts["prior"] = {k: v["version"] for k, v in prior.items()}
     return config_hash(parts)
 
 
@@ -156,9 +162,13 @@ def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
     model = planned_identity(cfg.model)
     inputs = [input_fingerprint(flow, u, so) for u in urls]
     files = config_files(cfg, flow)
-    key = run_key(inputs, output_config(cfg, flow), model, files)
+    prior = {}
+    dedup = cfg.pool.dedup if flow == "pool" and cfg.pool is not None else None
+    if dedup is not None and dedup.scope == "dataset":
+        prior = prior_partitions(cfg.output, cfg.dataset, partition, so)
+    key = run_key(inputs, output_config(cfg, flow), model, files, prior)
     final = partition_url(cfg.output, cfg.dataset, flow, partition)
-    return RunPlan(flow, partition, urls, inputs, model, key, final, files)
+    return RunPlan(flow, partition, urls, inputs, model, key, final, files, prior)
 
 
 def already_published(plan: RunPlan, so: dict[str, Any]) -> bool:

@@ -183,6 +183,12 @@ def load_pool_heads(
         except HeadMismatch as err:
             msg = f"config: invalid value for '{key}': {head_cfg.path}: {err}"
             raise ConfigError(msg) from None
+        if head.weights[-1].shape[0] != 1:
+            msg = (
+                f"config: invalid value for '{key}': {head_cfg.path} has "
+                f"{head.weights[-1].shape[0]} outputs; a pool head needs one (one column)"
+            )
+            raise ConfigError(msg)
         out[name] = functools.partial(apply_embedding_head, head)
     return out
 
@@ -295,7 +301,7 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     prior = None
     if dedup is not None and dedup.scope == "dataset":
         semantic = dedup.semantic is not None
-        prior = read_prior(cfg.output, cfg.dataset, plan.partition, semantic, so, plan.model)
+        prior = read_prior(cfg.output, cfg.dataset, plan.prior, semantic, so, plan.model)
     embeddings = embedding_reader({r.url: r.embeddings for r in results}, so)
     heads = load_pool_heads(cfg, plan, results)
     scores = load_scores(results, so)

@@ -165,18 +165,20 @@ class PoolConfig(Strict):
         if self.basic_filter:
             for section, values in BASIC_FILTER.items():
                 for key, value in values.items():
+                    value = list(value) if isinstance(value, list) else value  # no shared lists
                     object.__setattr__(getattr(self, section), key, value)
             object.__setattr__(self.text_filter, "enabled", True)
         return self
 
     @model_validator(mode="after")
     def _head_names(self) -> PoolConfig:
-        from schemas.tables import SAMPLES
+        from schemas.tables import SAMPLES, SCORES
 
+        taken = {*SAMPLES, *SCORES, *self.passthrough, "partition"}  # partition: the reader's
         for name in self.heads:
             if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
                 raise ValueError(f"head name {name!r}: use a-z, 0-9, '_' (it becomes a column)")
-            if name in SAMPLES or name in self.passthrough:
+            if name in taken:
                 raise ValueError(f"head name {name!r} is already a samples.parquet column")
         return self
 

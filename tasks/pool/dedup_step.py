@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from schemas.config import DedupConfig
+from tasks.errors import InfraError
 from tasks.io import storage
 from tasks.pool.dedup import (
     UnionFind,
@@ -38,7 +39,6 @@ from tasks.publish.manifest import partitions, read_published
 
 INDEX_FILE = "dedup/index.parquet"  # uid, sha256, phash of the partition's kept samples
 EMB_FILE = "dedup/emb.npy"  # their fp16 image embeddings, same order (semantic scope)
-SCORE_DECIMALS = 4  # "best_score" compares clip scores at this precision
 INDEX_SCHEMA = {"uid": pl.String, "sha256": pl.String, "phash": pl.UInt64}
 
 
@@ -94,6 +94,10 @@ def deduplicate(
     """
     prior = prior or PriorIndex.empty()
     n_prior, n_cand = prior.rows.height, cand.height
+    if n_cand == 0:  # nothing to decide (every row was decided before dedup)
+        none = pl.Series([], dtype=pl.String)
+        groups = _groups_table([], [], [], [], [])
+        return DedupResult(none.alias("duplicate_of"), none.alias("error"), none, groups)
     n = n_prior + n_cand
     uids = prior.rows["uid"].to_list() + cand["uid"].to_list()
     sha = prior.rows["sha256"].to_list() + cand["sha256"].to_list()
@@ -114,20 +118,28 @@ def deduplicate(
     if cfg.semantic is not None:
         if emb is None:
             raise ValueError("semantic dedup needs the candidates' embeddings")
-        parts = [prior.emb] if prior.emb is not None and n_prior else []
-        all_emb = np.concatenate([*parts, emb]) if parts else emb
+        prior_emb = prior.emb
+        if n_prior and (prior_emb is None or prior_emb.shape != (n_prior, emb.shape[1])):
+            # earlier partitions without comparable embeddings: zero vectors match nothing
+            prior_emb = np.zeros((n_prior, emb.shape[1]), np.float16)
+        all_emb = np.concatenate([prior_emb, emb]) if n_prior else emb
         if len(all_emb) != n:
             raise ValueError(f"{len(all_emb)} embeddings for {n} rows")
         semantic = semantic_groups(all_emb, cfg.semantic.threshold, seed=seed)
         labels.append(semantic)
     group = _combined(labels, n)
-    # scores rounded to SCORE_DECIMALS: the same image scored in another batch (another
-    # sharding or worker count) differs in the last float bits, and must still tie (the
-    # earliest copy in input order wins), or the survivor would depend on the batching
-    clip = cand["clip_score"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    score = np.concatenate([np.full(n_prior, np.inf), np.round(clip, SCORE_DECIMALS)])
+    # the same image with the same caption must tie exactly (the earliest in input order
+    # wins): scored in another batch (another sharding, worker count or precision) its
+    # score differs in the last bits, so every such copy gets the group's lowest score
+    shared = cand.select(
+        pl.col("clip_score").cast(pl.Float64).min().over(["sha256", "caption"]).fill_null(np.nan)
+    )
+    score = np.concatenate([np.full(n_prior, np.inf), shared.to_series().to_numpy()])
     # prior rows come first, so "first" keeps them too; "best_score" sees them as +inf
     is_dup, of = survivors(group, score, "first" if cfg.keep == "first" else "best_score")
+    # a published row is never taken back, even when two of them fall into one group
+    # (published under other settings, or linked only through a new sample)
+    is_dup[:n_prior] = False
     dup_rows = np.flatnonzero(is_dup)
     method, distance = [], []
     for i in dup_rows:
@@ -156,9 +168,7 @@ def deduplicate(
             m, f"cosine {d:.4f}"
         )
         detail[i] = f"{measure} to {uids[j]}{where}"
-    groups = _groups_table(group, is_dup, of, uids, dup_rows, method, distance)
-    if n_prior and bool(is_dup[:n_prior].any()):
-        raise AssertionError("a prior (published) sample was marked duplicate")  # by design never
+    groups = _groups_table(of, uids, dup_rows, method, distance)
     sl = slice(n_prior, n)
     return DedupResult(
         pl.Series("duplicate_of", dup_of[sl], pl.String),
@@ -169,11 +179,9 @@ def deduplicate(
 
 
 def _groups_table(
-    group: np.ndarray,
-    is_dup: np.ndarray,
-    of: np.ndarray,
+    of: np.ndarray | list,
     uids: list[str],
-    dup_rows: np.ndarray,
+    dup_rows: np.ndarray | list,
     method: list[str],
     distance: list[float],
 ) -> pl.DataFrame:
@@ -202,7 +210,6 @@ def _groups_table(
         rows.append(
             {"group": uids[j], "uid": uids[j], "survivor": True, "method": None, "distance": None}
         )
-    del group, is_dup
     return pl.DataFrame(rows, schema=schema).sort(
         ["group", "survivor", "uid"], descending=[False, True, False]
     )
@@ -234,54 +241,83 @@ def embedding_reader(
     return take
 
 
-def read_prior(
-    output: str,
-    dataset: str,
-    partition: str,
-    semantic: bool,
-    storage_options: dict[str, Any] | None,
-    model: Any = None,
-) -> PriorIndex:
-    """Fingerprints (and embeddings) of the kept samples of every published partition of the
-    dataset's pool flow that sorts before `partition`, as their published versions hold them.
+MODEL_KEYS = ("architecture_sha256", "pretrained", "checkpoint_sha256")  # what the weights are
 
-    A partition published without a dedup index (dedup was off then) contributes nothing:
-    its samples were never fingerprinted. Later partitions never count, so a backfill of an
-    earlier date decides the same way whatever was published after it. Embeddings of a
-    partition scored by another model than `model` are not comparable: zero vectors stand in.
+
+def prior_partitions(
+    output: str, dataset: str, partition: str, storage_options: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """The published partitions of the dataset's pool flow that sort before `partition` and
+    hold a dedup index: {partition: {"version", "model", "embeddings"}} (manifests only).
+
+    Planned with the run, this is part of its run key: a Tuesday run that happened before
+    Monday was published is not skipped once Monday is, and later dates never count, so a
+    backfill of an earlier date decides the same way whatever was published after it.
     """
-    frames, embs, versions = [], [], {}
-    dim: int | None = None
+    out: dict[str, dict[str, Any]] = {}
     for name in partitions(output, dataset, "pool", storage_options):
         if name >= partition:
             continue
         published = read_published(storage.join(output, dataset, "pool", name), storage_options)
-        if published is None or not published.has(INDEX_FILE):
+        if published is None or not published.version or not published.has(INDEX_FILE):
             continue
-        rows = storage.read_parquet(published.url(INDEX_FILE), storage_options)
+        model = published.manifest.get("model") or {}
+        out[name] = {
+            "version": published.version,
+            "model": {k: model.get(k) for k in MODEL_KEYS},
+            "embeddings": published.has(EMB_FILE),
+        }
+    return out
+
+
+def read_prior(
+    output: str,
+    dataset: str,
+    planned: dict[str, dict[str, Any]],
+    semantic: bool,
+    storage_options: dict[str, Any] | None,
+    model: dict[str, Any] | None = None,
+) -> PriorIndex:
+    """Fingerprints (and embeddings) of the kept samples of the earlier partitions `planned`
+    (`prior_partitions`), read from exactly the versions planned: versions are immutable, and
+    one pruned since the plan fails the run (infrastructure) instead of deciding on other data.
+
+    Embeddings of a partition scored with other weights (architecture, tag, checkpoint) than
+    `model` are not comparable: zero vectors stand in, which match nothing.
+    """
+    frames, embs = [], []
+    want = {k: (model or {}).get(k) for k in MODEL_KEYS}
+    for name, info in sorted(planned.items()):
+        base = storage.join(output, dataset, "pool", name, info["version"])
+        try:
+            rows = storage.read_parquet(storage.join(base, INDEX_FILE), storage_options)
+        except FileNotFoundError as err:
+            raise InfraError(
+                f"{name}: dedup index of version {info['version']} is gone "
+                "(re-published since this run was planned): re-run"
+            ) from err
         frames.append(
             rows.select([pl.col(c).cast(t) for c, t in INDEX_SCHEMA.items()]).with_columns(
                 pl.lit(name).alias("partition")
             )
         )
-        versions[name] = str(published.manifest.get("version"))
-        if semantic:
-            emb = None
-            same_model = model is None or published.manifest.get("model") == model
-            if same_model and published.has(EMB_FILE):
-                emb = storage.read_npy(published.url(EMB_FILE), storage_options)
-            embs.append(emb if emb is not None and len(emb) == rows.height else None)
-            if embs[-1] is not None:
-                dim = embs[-1].shape[1]
+        emb = None
+        if semantic and info.get("embeddings") and (model is None or info["model"] == want):
+            emb = storage.read_npy(storage.join(base, EMB_FILE), storage_options)
+            if len(emb) != rows.height:
+                raise InfraError(f"{name}: {len(emb)} embeddings for {rows.height} indexed rows")
+        embs.append(emb)
+    versions = {name: info["version"] for name, info in sorted(planned.items())}
     if not frames:
-        return PriorIndex.empty(dim if semantic else None)
+        return PriorIndex.empty(None)
     table = pl.concat(frames)
     emb_all = None
     if semantic:
-        # a partition without embeddings gets zero vectors: cosine 0, never a semantic match
-        width = dim or 1
-        emb_all = np.concatenate(
-            [e if e is not None else np.zeros((f.height, width), np.float16)
-             for e, f in zip(embs, frames, strict=True)]
-        )  # fmt: skip
+        dims = {e.shape[1] for e in embs if e is not None}
+        width = dims.pop() if len(dims) == 1 else None
+        if width is not None:  # rows without comparable embeddings: zero vectors
+            emb_all = np.concatenate(
+                [e if e is not None else np.zeros((f.height, width), np.float16)
+                 for e, f in zip(embs, frames, strict=True)]
+            )  # fmt: skip
     return PriorIndex(table, emb_all, versions)

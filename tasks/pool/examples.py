@@ -113,7 +113,12 @@ def write_example_grids(
             if len(groups) == DEDUP_GROUPS:
                 break
     wanted = {u for us in chosen.values() for u in us} | {u for g in groups for u in g}
-    rows = samples.filter(pl.col("uid").is_in(list(wanted))).unique("uid", keep="first")
+    # a repeated uid has several rows: picture the one that was not quarantined
+    rows = (
+        samples.filter(pl.col("uid").is_in(list(wanted)))
+        .sort(pl.col("status").cast(pl.String) == "quarantined", maintain_order=True)
+        .unique("uid", keep="first", maintain_order=True)
+    )
     data = images(rows)
     by_uid = {r["uid"]: r for r in rows.iter_rows(named=True)}
     written = []

@@ -117,18 +117,27 @@ def normalized_captions(captions: pl.Series) -> pl.Series:
 
 
 def boilerplate_reasons(
-    captions: pl.Series, max_repeats: int | None, max_fraction: float | None
+    captions: pl.Series,
+    max_repeats: int | None,
+    max_fraction: float | None,
+    images: pl.Series | None = None,
 ) -> pl.Series:
     """``text:boilerplate`` for a caption whose normalised form occurs more than `max_repeats`
     times, or in more than `max_fraction` of the captions given (a whole partition: counts over
     one shard would miss repeats spread across shards); null otherwise and for null captions.
 
     A caption that occurs once is never boilerplate, however small the partition (with
-    ``max_fraction=0.001``, 1 of 500 is more than 0.1%). None turns a rule off.
+    ``max_fraction=0.001``, 1 of 500 is more than 0.1%). None turns a rule off. With
+    `images` (e.g. sha256 per row), repeats count distinct images per caption, not rows.
     """
-    n = len(captions)
     frame = pl.DataFrame({"k": normalized_captions(captions)})
-    count = pl.len().over("k")
+    if images is None:
+        n = len(captions)
+        count = pl.len().over("k")
+    else:  # one image re-posted with its caption is a copy (dedup's business), not a template
+        frame = frame.with_columns(images.alias("img"))
+        n = frame.select(pl.struct("k", "img").n_unique()).item()
+        count = pl.col("img").n_unique().over("k")
     flagged = pl.lit(False)
     if max_repeats is not None:
         flagged = flagged | (count > max_repeats)

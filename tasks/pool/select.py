@@ -85,8 +85,9 @@ def _first_reason(*reasons: pl.Series) -> pl.Series:
 
 def _text_rules(df: pl.DataFrame, pool: PoolConfig) -> pl.DataFrame:
     """Caption rules, first failing rule wins: the string heuristics (`text_rules`), then
-    length in characters, language, and boilerplate (counted over the captions still
-    undecided here, i.e. the partition's usable samples, not per shard)."""
+    length in characters, language, and boilerplate (distinct images per normalised caption
+    among the rows still undecided here, i.e. the partition's usable samples, not per
+    shard: an image re-posted with its caption is dedup's business, not a template)."""
     cfg = pool.text_filter
     caption = df["caption"]
     reasons = [text_filter_reasons(caption, cfg).alias("a")]
@@ -98,7 +99,10 @@ def _text_rules(df: pl.DataFrame, pool: PoolConfig) -> pl.DataFrame:
     if cfg.max_caption_repeats is not None or cfg.max_caption_fraction is not None:
         open_rows = df.select(_undecided())["status"]
         repeats = boilerplate_reasons(
-            caption.filter(open_rows), cfg.max_caption_repeats, cfg.max_caption_fraction
+            caption.filter(open_rows),
+            cfg.max_caption_repeats,
+            cfg.max_caption_fraction,
+            df["sha256"].filter(open_rows),  # distinct images per caption: copies count once
         )
         full = pl.Series("d", [None] * df.height, pl.String).scatter(open_rows.arg_true(), repeats)
         reasons.append(full)

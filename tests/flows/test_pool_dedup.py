@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from flows.plan import plan_run
 from flows.pool import run_pool
 from schemas.config import parse_config
 from tasks.pool.phash import phash64
@@ -159,7 +160,10 @@ def test_dataset_scope_dedups_against_earlier_nights(tmp_path, tiny_model, prefe
     pattern = str(tmp_path / "in" / "{date}" / "*.tar")
     assert p1 != p2
     cfg = parse_config(config(tmp_path, tiny_model, pattern, scope="dataset"))
+    before = plan_run(cfg, "pool", DAY2)
     first = run_pool(cfg, DAY1)
+    after = plan_run(cfg, "pool", DAY2)  # Tuesday's result depends on Monday's version
+    assert before.key != after.key and after.prior[DAY1]["version"] == first_version(first["uri"])
     d1 = published_samples(first["uri"])
     second = run_pool(cfg, DAY2)
     d2 = published_samples(second["uri"])

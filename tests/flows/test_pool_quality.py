@@ -7,6 +7,7 @@ sizes are generated at the boundaries, token counts come from open_clip's own to
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -42,7 +43,7 @@ def image(w: int, h: int, seed: int) -> bytes:
 
 
 def s(uid: str, caption: str, w: int = 256, h: int = 256, **meta) -> PoolSample:
-    seed = int.from_bytes(uid.encode()[:4].ljust(4, b"\0"), "little")
+    seed = int.from_bytes(hashlib.sha256(uid.encode()).digest()[:4], "little")  # one per uid
     return PoolSample(key=uid, image=image(w, h, seed), ext="png", caption=caption,
                       meta={"uid": uid, **meta})  # fmt: skip
 

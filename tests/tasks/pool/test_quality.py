@@ -268,3 +268,12 @@ def test_token_lengths_boundary_and_long_captions(tokenizer) -> None:
     assert tokens[1, -1].item() == tokenizer.eot_token_id
     n_short, cut = token_lengths(pl.Series([at_limit]), tokenizer, context_length=32)
     assert n_short.to_list() == [77] and cut.to_list() == [True]
+
+
+def test_boilerplate_counts_distinct_images_when_given():
+    """One photo re-posted with its caption is a copy (dedup's business), not a template."""
+    captions = pl.Series(["Click here"] * 4 + ["A nice dog"] * 3 + ["x"])
+    images = pl.Series(["a", "b", "c", "d", "e", "e", "e", "f"])
+    got = boilerplate_reasons(captions, 2, None, images).to_list()
+    assert got == [BOILERPLATE] * 4 + [None] * 4
+    assert boilerplate_reasons(captions, 2, None).to_list() == [BOILERPLATE] * 7 + [None]
