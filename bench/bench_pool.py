@@ -209,9 +209,12 @@ def main() -> None:
             for p in ("fp32", "bf16")
         }
         fastest = max(bounds, key=bounds.get)
-        write_shards(work / "warm", pairs[:8], 8)  # start Prefect's API outside the timing
-        flow_run({**cfg, "pool": {**cfg["pool"], "input": str(work / "warm" / "*.tar")}}, 8)
-        flow = flow_run(cfg, len(pairs))
+        from infra.server import api_scope
+
+        write_shards(work / "warm", pairs[:8], 8)
+        with api_scope():  # Prefect's API starts in the warm-up run and stays up for the timed one
+            flow_run({**cfg, "pool": {**cfg["pool"], "input": str(work / "warm" / "*.tar")}}, 8)
+            flow = flow_run(cfg, len(pairs))
         shards = sorted(str(p) for p in (work / "in").glob("*.tar"))
         rss = {f"{k}x": score_rss(cfg, (shards * 4)[: k * 1]) for k in (1, 2, 4)}
         repeats = caption_repeats()

@@ -105,10 +105,12 @@ def flow_config(args: argparse.Namespace, video: str, work: Path) -> dict:
 def child_flow(args: argparse.Namespace) -> dict:
     """Warm up (Prefect client, model) on a short video, then time the flow on `args.video`."""
     from flows.video import run_video
+    from infra.server import api_scope
     from schemas.config import parse_config
 
     warm = video_path(0.1, args.width, args.height, args.fps)
-    with tempfile.TemporaryDirectory() as tmp:
+    # Prefect's API starts in the warm-up run and stays up for the timed one
+    with tempfile.TemporaryDirectory() as tmp, api_scope():
         run_video(parse_config(flow_config(args, str(warm), Path(tmp) / "w")), PARTITION)
         with RssSampler() as rss:
             t0 = time.perf_counter()
