@@ -164,7 +164,9 @@ def _heads(
     emb = embeddings(df.filter(embedded))
     idx = embedded.arg_true()
     for name in sorted(pool.heads):
-        values = np.asarray(heads[name](emb), dtype=np.float64).reshape(-1) if len(emb) else []
+        values = np.asarray(heads[name](emb), dtype=np.float64) if len(emb) else np.zeros(0)
+        if values.shape != (len(idx),):  # one number per embedded row, or the rows would shift
+            raise ValueError(f"head {name}: output shape {values.shape}, want ({len(idx)},)")
         full = pl.Series(name, [None] * df.height, pl.Float64).scatter(idx, pl.Series(values))
         df = df.with_columns(full)
     for name in sorted(pool.heads):
