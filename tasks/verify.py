@@ -205,7 +205,26 @@ def _check_pool(uri: str, stats: dict, so: dict | None) -> list[str]:
     samples = storage.read_parquet(storage.join(uri, "samples.parquet"), so)
     problems = _check_status_counts("samples.parquet", samples, counts, STATUSES)
     kept = int(counts.get("kept", 0))
+    problems += _guard("dedup", lambda: _check_dedup_index(uri, samples, so))
     return problems + _guard("shards", lambda: _check_pool_shards(uri, kept, samples, so))
+
+
+def _check_dedup_index(uri: str, samples: pl.DataFrame, so: dict | None) -> list[str]:
+    """What later partitions dedup against must be exactly this version's kept samples."""
+    index_url = storage.join(uri, "dedup", "index.parquet")
+    if not storage.exists(index_url, so):
+        return []
+    index = storage.read_parquet(index_url, so)
+    kept = samples.filter(pl.col("status").cast(pl.String) == "kept")
+    problems = []
+    if index["uid"].to_list() != kept["uid"].to_list():
+        problems.append(f"dedup/index.parquet: {index.height} rows are not the {kept.height} kept")
+    elif index["sha256"].to_list() != kept["sha256"].to_list():
+        problems.append("dedup/index.parquet: sha256 differs from samples.parquet")
+    emb_url = storage.join(uri, "dedup", "emb.npy")
+    if storage.exists(emb_url, so) and len(storage.read_npy(emb_url, so)) != index.height:
+        problems.append(f"dedup/emb.npy: not one embedding per indexed row ({index.height})")
+    return problems
 
 
 def _check_video(uri: str, stats: dict, so: dict | None) -> list[str]:

@@ -132,6 +132,14 @@ def test_copies_are_duplicates_of_the_survivor(tmp_path, tiny_model, keep, prefe
                     assert int(meta["phash"], 16) == row["phash"]
                     seen += 1
     assert seen == result["counts"]["kept"] == len(samples) - 7
+    # the index later nights dedup against is the kept samples; verify notices otherwise
+    index = published_dir(result["uri"]) / "dedup" / "index.parquet"
+    assert (
+        pl.read_parquet(index)["uid"].to_list()
+        == df.filter(pl.col("status") == "kept")["uid"].to_list()
+    )
+    pl.read_parquet(index).head(2).write_parquet(index)
+    assert any("dedup/index.parquet: 2 rows" in p for p in verify_partition(result["uri"]))
 
 
 def test_same_groups_for_any_sharding_and_runner(tmp_path, tiny_model, prefect_harness):
