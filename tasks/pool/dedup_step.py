@@ -313,11 +313,12 @@ def read_prior(
     table = pl.concat(frames)
     emb_all = None
     if semantic:
-        dims = {e.shape[1] for e in embs if e is not None}
+        dims = {e.shape[1] for e in embs if e is not None and len(e)}  # an empty one has none
         width = dims.pop() if len(dims) == 1 else None
         if width is not None:  # rows without comparable embeddings: zero vectors
             emb_all = np.concatenate(
-                [e if e is not None else np.zeros((f.height, width), np.float16)
+                [e if e is not None and e.shape[1] == width
+                 else np.zeros((f.height, width), np.float16)
                  for e, f in zip(embs, frames, strict=True)]
             )  # fmt: skip
     return PriorIndex(table, emb_all, versions)

@@ -62,3 +62,25 @@ def test_semantic_with_history_lacking_embeddings_and_with_no_candidates():
     assert res.duplicate_of.to_list() == [None, "x", None]
     empty = deduplicate(cand([]), np.zeros((0, 0), np.float16), cfg, p)
     assert empty.duplicate_of.len() == 0 and empty.groups.height == 0
+
+
+def test_history_with_an_empty_night_keeps_the_other_nights_embeddings(tmp_path):
+    """A night that kept nothing stores a (0, 0) array; it must not switch off semantic
+    comparison against every other night."""
+    from tasks.pool.dedup_step import EMB_FILE, INDEX_FILE, read_prior
+
+    nights = {"2026-01-01": 2, "2026-01-02": 0}
+    planned = {}
+    for night, n in nights.items():
+        base = tmp_path / "d" / "pool" / night / "v-1"
+        (base / "dedup").mkdir(parents=True)
+        pl.DataFrame(
+            {"uid": [f"{night}-{i}" for i in range(n)], "sha256": ["s"] * n, "phash": [1] * n},
+            schema={"uid": pl.String, "sha256": pl.String, "phash": pl.UInt64},
+        ).write_parquet(base / INDEX_FILE)
+        emb = np.ones((n, 4), np.float16) if n else np.zeros((0, 0), np.float16)
+        np.save(base / EMB_FILE, emb)
+        planned[night] = {"version": "v-1", "model": {}, "embeddings": True}
+    got = read_prior(str(tmp_path), "d", planned, True, None, model=None)
+    assert got.rows.height == 2 and got.emb is not None and got.emb.shape == (2, 4)
+    assert got.versions == {"2026-01-01": "v-1", "2026-01-02": "v-1"}
