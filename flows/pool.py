@@ -218,15 +218,12 @@ def write_dedup_index(
     version: Version,
     so: dict[str, Any],
 ) -> list[WrittenFile]:
-    """The kept samples' fingerprints (and embeddings, for semantic dedup), in shard order."""
+    """The kept samples' fingerprints (and embeddings, for semantic dedup), in input order."""
     kept = sel.samples.filter(pl.col("status") == "kept")
     out = [write_table(index_table(kept), version.url(INDEX_FILE), INDEX_FILE, so)]
     if pool.dedup is not None and pool.dedup.semantic is not None:
-        rows = load_scores(results, so).join(
-            kept.select("source", "index"), on=["source", "index"], how="semi",
-            maintain_order="left",
-        )  # fmt: skip
-        emb = embedding_reader({r.url: r.embeddings for r in results}, so)(rows)
+        # the samples table carries each row's source and emb_row: no score table re-read
+        emb = embedding_reader({r.url: r.embeddings for r in results}, so)(kept)
         storage.write_bytes(version.url(EMB_FILE), storage.npy_bytes(emb), so)
         out.append(describe_file(version.url(EMB_FILE), EMB_FILE, so))
     return out
