@@ -4,7 +4,7 @@ Each script runs in its own process and prints one JSON object as its last stdou
 For each, the result records the workload, throughput, the bound it is compared to, the
 ratio, peak RSS and how time grows from 1x to 4x the input (`t4x_over_4_t1x`: 1.0 is
 linear), keeps the script's own output under `details`, and checks the issue's targets:
-pool and video flows >= 0.7 of their bounds, linear scaling, orchestration < 5% of run time.
+pool and video flows >= 0.85 of their bounds, linear scaling, orchestration < 5% of run time.
 
     .venv/bin/python bench/run_all.py --out bench/results.json [--quick] [--only video,pool]
 """

@@ -18,7 +18,7 @@ from prefect import flow
 from flows.common import cache_root, execution
 from flows.plan import InputError, list_inputs, resolve_partition
 from flows.progress import Progress
-from flows.video import Prompts, check_head, detect, prompts_for, run_head, score_stage
+from flows.video import Prompts, check_head, detect, run_head, score_stage
 from schemas.config import CurateConfig, parse_config
 from tasks import cancel
 from tasks.io import storage
@@ -71,8 +71,7 @@ def nearmiss_scores_flow(config: dict[str, Any], urls: list[str]) -> tuple[list,
     cfg = parse_config(config)
     token = cancel.new_token()
     progress = Progress("nearmiss", cfg.dataset, "labelled", len(urls), "video-s")
-    results = score_stage(cfg, urls, False, token, progress)
-    prompts = prompts_for(cfg, token)
+    results, prompts = score_stage(cfg, urls, False, token, progress)
     cancel.forget(token)
     return results, prompts
 

@@ -33,6 +33,7 @@ from flows.run import (
 )
 from schemas.config import CurateConfig, ModelConfig, VideoConfig, parse_config
 from schemas.tables import EVENTS, FRAMES, VIDEOS, conform
+from tasks import cancel
 from tasks.publish.commit import Version
 from tasks.publish.writer import WrittenFile, write_sizes, write_table
 from tasks.stats import Counts
@@ -124,13 +125,24 @@ def run_head(cfg: CurateConfig, results: list[VideoScores]) -> RunHead | None:
 
 def score_stage(
     cfg: CurateConfig, urls: list[str], force: bool, run: str, progress: Progress | None = None
-) -> list[VideoScores]:
-    """One `score-video` task per video (cached: decoded and embedded once per model)."""
+) -> tuple[list[VideoScores], Prompts]:
+    """One `score-video` task per video (cached: decoded and embedded once per model), and
+    the prompt sets' embeddings, computed while those tasks run rather than after them."""
     so, cache = cfg.storage_options, cache_root(cfg)
     futures = [
         score_video_task.submit(u, cfg.video, cfg.model, cache, so, force, run) for u in urls
     ]
-    return gather(futures, run, progress, lambda r: float(r.probe.get("duration_s") or 0.0))
+    try:
+        prompts = prompts_for(cfg, run)
+    except BaseException:
+        cancel.cancel(run)  # the videos in flight stop too
+        raise
+    return gather(futures, run, progress, video_seconds), prompts
+
+
+def video_seconds(scores: VideoScores) -> float:
+    """What a scored video adds to the progress bar."""
+    return float(scores.probe.get("duration_s") or 0.0)
 
 
 def detect(
@@ -279,13 +291,13 @@ def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     copies = duplicate_videos(plan.inputs, cfg.storage_options)  # processed once each
     urls = [u for u in plan.urls if u not in copies]
     progress = Progress("video", cfg.dataset, plan.partition, len(urls), "video-s")
-    results = score_stage(cfg, urls, force, run, progress)
+    results, prompts = score_stage(cfg, urls, force, run, progress)
     timings = {"score_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     head = run_head(cfg, results)
     fps = {fp["url"]: fp for fp in plan.inputs}
     rows = [duplicate_row(u, first, fps[u]) for u, first in copies.items()]
-    tables = detect(cfg, results, prompts_for(cfg, run), head, rows)
+    tables = detect(cfg, results, prompts, head, rows)
     timings["detect_s"] = time.perf_counter() - t1
     stats = publish(cfg, plan, tables, results, timings, run, head)
     publish_artifacts("video", stats, summary_markdown(stats, plan.final))

@@ -9,6 +9,12 @@ decord 0.6 cannot stream: given a file object it reads the whole file into memor
 fixed-size pieces (`local_video`), which bounds memory at the cost of local disk; local
 paths are opened in place. A flow that runs several stages on one remote video can enter
 `local_video` once and pass the local path to each stage.
+
+decord 0.6 also keeps decoding after `get_batch` returns: its decoder thread reads on
+towards the end of the file, frames nobody asked for, on a core the model needs (on two
+cores it took a third of the model's time). `read_batch` seeks back to frame 0 after each
+batch, which stops that thread; the next batch seeks to its own frames as before, so the
+frames are the same (`tests/tasks/video/test_decode.py`).
 """
 
 from __future__ import annotations
@@ -106,8 +112,12 @@ def iter_frame_chunks(
     sample_fps: float,
     size: int | tuple[int, int],
     chunk_frames: int,
+    threads: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield `(frame_indices, t_s, frames)` chunks of at most `chunk_frames` sampled frames.
+
+    `threads` are decord's decoding threads (0: FFmpeg picks, one per core); the score stage
+    sizes them with the model's threads (`tasks.parallel.score_sizing`).
 
     Frames are uint8 RGB `(N, H, W, 3)`, resized by decord while decoding (see
     `decode_size`). Only one chunk is decoded at a time, so memory is bounded by
@@ -119,7 +129,9 @@ def iter_frame_chunks(
     with local_video(url, storage_options) as path:
         with as_sample_error("decode_error", *DECODE_ERRORS):
             width, height = decode_size(*_source_size(path), size)
-            reader = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height)
+            reader = decord.VideoReader(
+                path, ctx=decord.cpu(0), width=width, height=height, num_threads=threads
+            )
             fps, n_frames = float(reader.get_avg_fps()), len(reader)
         picks = sample_times(n_frames / fps, fps, sample_fps)
         logger.debug("%s: %d of %d frames at %.3g fps", url, len(picks), n_frames, sample_fps)
@@ -128,5 +140,13 @@ def iter_frame_chunks(
             indices = np.array([i for i, _ in part], dtype=np.int64)
             times = np.array([t for _, t in part], dtype=np.float64)
             with as_sample_error("decode_error", *DECODE_ERRORS):
-                frames = reader.get_batch(indices.tolist()).asnumpy()
+                frames = read_batch(reader, indices.tolist())
             yield indices, times, frames
+
+
+def read_batch(reader: decord.VideoReader, indices: list[int]) -> np.ndarray:
+    """`reader.get_batch(indices)` as uint8 RGB, leaving the decoder idle (see the module
+    docstring): without the seek its thread decodes the rest of the file in the background."""
+    frames = reader.get_batch(indices).asnumpy()
+    reader.seek(0)
+    return frames

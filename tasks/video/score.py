@@ -31,6 +31,7 @@ from tasks.io import storage
 from tasks.io.cache import Attempt, Cache, Hit, per_input
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
+from tasks.parallel import cpu_count, score_sizing
 from tasks.video.decode import iter_frame_chunks, local_video
 from tasks.video.ood import frame_stats
 from tasks.video.probe import probe_local
@@ -112,8 +113,9 @@ def _chunks(path: str, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
     The previous chunk's last frame goes along, so a frozen picture is seen across chunks.
     """
     size, prev = model.image_size, None
+    _, threads = score_sizing(cpu_count(), model.device)  # the model keeps the other cores
     for idx, times, frames in iter_frame_chunks(
-        path, None, video.sample_fps, size, video.chunk_frames
+        path, None, video.sample_fps, size, video.chunk_frames, threads
     ):
         stats = frame_stats(frames, prev)
         prev = frames[-1].copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -111,3 +112,23 @@ def test_long_video_memory_is_bounded_by_chunk(tmp_path: Path) -> None:
 def test_rejects_bad_chunk_size(video: Path) -> None:
     with pytest.raises(ValueError):
         next(iter_frame_chunks(str(video), None, 2.0, 32, 0))
+
+
+def test_decoder_is_idle_between_chunks(tmp_path: Path) -> None:
+    """decord 0.6 went on decoding the rest of the file after each batch, on a core the
+    model needed while it embedded that batch (a third of its speed on two cores). Between
+    two chunks this process must use no CPU: the wait below is idle whatever its length
+    (a busy decoder would use about as much CPU as the wait lasts)."""
+    # 60 s at 30 fps: the rest of the file is far more than the wait's worth of decoding
+    long = make_video(tmp_path / "long.mp4", 60.0, 30, (320, 240), gop=60)
+    chunks = iter_frame_chunks(str(long), None, 1.0, 64, 2)
+    idx, _, frames = next(chunks)
+    assert [frame_code(f) for f in frames] == idx.tolist()
+    wait_s = 0.5
+    cpu0 = time.process_time()
+    time.sleep(wait_s)
+    used = time.process_time() - cpu0
+    assert used < 0.2 * wait_s, f"{used:.3f}s of CPU while waiting {wait_s}s"
+    rest = list(chunks)  # the next chunks are still the frames asked for
+    assert sum(len(c[0]) for c in rest) == 58
+    assert all(frame_code(f) == i % 256 for c in rest for i, f in zip(c[0], c[2], strict=True))
