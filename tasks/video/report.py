@@ -95,8 +95,13 @@ def _timelines(
     out_url: str,
     so: dict | None,
 ) -> dict[str, str]:
-    """One timeline per ok video (in table order, up to MAX_TIMELINES): {video: rel path}."""
+    """One timeline per ok video, up to MAX_TIMELINES: {video: rel path}.
+
+    Past the cap the videos with the most events come first (what a reviewer checks), then
+    the others in table order."""
     ok = videos.filter(pl.col("status").cast(pl.String) == "ok")["video"].to_list()
+    per_video = _events_per_video(events)
+    ok = sorted(ok, key=lambda v: -per_video.get(v, 0)) if len(ok) > MAX_TIMELINES else ok
     out: dict[str, str] = {}
     for n, video in enumerate(ok[:MAX_TIMELINES]):
         vf = frames.filter(pl.col("video") == video)
@@ -158,7 +163,8 @@ def _video_markdown(
 ) -> str:
     n_ok = videos.filter(pl.col("status").cast(pl.String) == "ok").height
     capped = (
-        f"Timelines shown for the first {MAX_TIMELINES} of {n_ok} ok videos (capped)."
+        f"Timelines shown for {MAX_TIMELINES} of {n_ok} ok videos (capped; the videos "
+        "with the most events first)."
         if n_ok > MAX_TIMELINES
         else f"Timelines for all {n_ok} ok videos."
     )

@@ -116,5 +116,23 @@ def test_video_report_caps_timelines(tmp_path: Path, monkeypatch: pytest.MonkeyP
     )
     assert [w for w in written if "timeline" in w] == ["plots/timeline_0.png"]
     md = (tmp_path / "report.md").read_text()
-    assert "Timelines shown for the first 1 of 2 ok videos (capped)." in md
+    assert (
+        "Timelines shown for 1 of 2 ok videos (capped; the videos with the most events first)."
+        in md
+    )
     assert "1 events in 0.005 h of video: **200 events per hour**." in md  # from the tables
+
+
+def test_capped_timelines_show_the_videos_with_events_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(video_report, "MAX_TIMELINES", 1)
+    videos, frames, events = _video_tables()
+    events = events.with_columns(pl.lit("s3://fleet/c.mp4").alias("video"))  # the last ok one
+    write_video_report(videos, frames, events, VIDEO_STATS, {"start": 0.6}, str(tmp_path))
+    rows = md_rows((tmp_path / "report.md").read_text(), "#")
+    assert [(r[1], r[5], r[6]) for r in rows] == [
+        ("a.mp4", "0", ""),
+        ("b.mp4", "0", ""),
+        ("c.mp4", "1", "[plot](plots/timeline_0.png)"),
+    ]
