@@ -42,7 +42,12 @@ from tasks.metaclip.counts import (
     load_matches,
     save_partition_counts,
 )
-from tasks.model.heads import HeadMismatch, apply_embedding_head, load_embedding_head
+from tasks.model.heads import (
+    EmbeddingHead,
+    HeadMismatch,
+    apply_embedding_head,
+    load_embedding_head,
+)
 from tasks.pool.dedup_step import (
     EMB_FILE,
     INDEX_FILE,
@@ -167,30 +172,59 @@ def load_pool_heads(
         return {}
     identities = [r.stats["model"] for r in results if r.stats.get("samples")]
     out: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-    for name, head_cfg in sorted(cfg.pool.heads.items()):
-        key = f"pool.heads.{name}.path"
-        data = storage.read_bytes(head_cfg.path, cfg.storage_options)
-        if hashlib.sha256(data).hexdigest() != plan.files.get(key):
-            raise ConfigError(
-                f"config: invalid value for '{key}': {head_cfg.path} changed "
-                "while the run was going (re-run to publish with the new head)"
-            )
+    for name in sorted(cfg.pool.heads):
         if not identities:  # nothing was embedded: the head has no rows to score
+            pool_head(cfg, plan, name, None)
             out[name] = _no_rows
             continue
-        try:  # one model per run: every shard resolved the same architecture and checkpoint
-            head = load_embedding_head(data, identities[0])
-        except HeadMismatch as err:
-            msg = f"config: invalid value for '{key}': {head_cfg.path}: {err}"
-            raise ConfigError(msg) from None
-        if head.weights[-1].shape[0] != 1:
-            msg = (
-                f"config: invalid value for '{key}': {head_cfg.path} has "
-                f"{head.weights[-1].shape[0]} outputs; a pool head needs one (one column)"
-            )
-            raise ConfigError(msg)
+        # one model per run: every shard resolved the same architecture and checkpoint
+        head = pool_head(cfg, plan, name, identities[0])
         out[name] = functools.partial(apply_embedding_head, head)
     return out
+
+
+def check_pool_heads(cfg: CurateConfig, plan: RunPlan) -> None:
+    """Fail fast on a head made for another model, before any shard is scored, where the
+    model's identity resolves on this machine (else `load_pool_heads` checks after scoring)."""
+    import torch
+
+    from tasks.model.clip import model_identity
+
+    if not cfg.pool or not cfg.pool.heads:
+        return
+    if cfg.model.device == "cuda" and not torch.cuda.is_available():
+        return
+    identity = model_identity(cfg.model)
+    for name in sorted(cfg.pool.heads):
+        pool_head(cfg, plan, name, identity)
+
+
+def pool_head(
+    cfg: CurateConfig, plan: RunPlan, name: str, model: dict[str, Any] | None
+) -> EmbeddingHead | None:
+    """Head `name` read and checked: its bytes are the ones planned into the run key, and,
+    given the `model` identity, it was made for that model and has one output."""
+    head_cfg = cfg.pool.heads[name]
+    key = f"pool.heads.{name}.path"
+    data = storage.read_bytes(head_cfg.path, cfg.storage_options)
+    if hashlib.sha256(data).hexdigest() != plan.files.get(key):
+        raise ConfigError(
+            f"config: invalid value for '{key}': {head_cfg.path} changed "
+            "while the run was going (re-run to publish with the new head)"
+        )
+    if model is None:
+        return None
+    try:
+        head = load_embedding_head(data, model)
+    except HeadMismatch as err:
+        raise ConfigError(f"config: invalid value for '{key}': {head_cfg.path}: {err}") from None
+    if head.weights[-1].shape[0] != 1:
+        msg = (
+            f"config: invalid value for '{key}': {head_cfg.path} has "
+            f"{head.weights[-1].shape[0]} outputs; a pool head needs one (one column)"
+        )
+        raise ConfigError(msg)
+    return head
 
 
 def _no_rows(emb: np.ndarray) -> np.ndarray:
@@ -285,6 +319,7 @@ def pool_flow(config: dict[str, Any], partition: str | None = None, force: bool 
 def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     """score -> select -> publish for one partition (the caller holds its lock)."""
     log = get_run_logger()
+    check_pool_heads(cfg, plan)
     t0 = time.perf_counter()
     results = score_all(cfg, force, plan, run)
     scored = sum(not r.cached for r in results)
@@ -329,6 +364,7 @@ def run_pool(cfg: CurateConfig, partition: str | None = None, force: bool = Fals
     plan = plan_run(cfg, "pool", partition)
     if not force and already_published(plan, cfg.storage_options):
         return skipped(plan, cfg.storage_options)
+    check_pool_heads(cfg, plan)  # before a runner, a cluster or a Prefect server starts
     with execution(cfg) as runner:
         return pool_flow.with_options(task_runner=runner)(
             config=cfg.model_dump(mode="json"), partition=plan.partition, force=force

@@ -100,6 +100,8 @@ def test_head_for_another_model_is_refused(tmp_path, tiny_model, capsys, prefect
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pool.heads.aesthetic.path" in err[0] and "head was made" in err[0]
     assert not (tmp_path / "out" / "h" / "pool" / DAY / "_SUCCESS").exists()
+    # refused before any shard was scored: a wrong head costs no CLIP time
+    assert not list((tmp_path / "out").rglob("emb.npy"))
 
 
 def test_head_names_cannot_shadow_columns():
