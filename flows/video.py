@@ -82,22 +82,6 @@ def write_clips_task(
     return write_event_shard(name, events, base, lineage, so)
 
 
-def prompts_for(cfg: CurateConfig, run: str) -> Prompts:
-    """The prompt sets' embeddings (cached per model and prompts).
-
-    Computed in this process when the model can run here, so that every runner (threads,
-    processes, Dask, Ray) gets bit-identical prompt embeddings (a text tower run with
-    another thread count can differ in the last bits); on a driver without the configured
-    GPU they are computed by a worker instead.
-    """
-    import torch
-
-    so, cache, prompts = cfg.storage_options, cache_root(cfg), cfg.video.prompts.model_dump()
-    if cfg.model.device != "cuda" or torch.cuda.is_available():
-        return prompt_embeddings(cfg.model, prompts, cache, so)
-    return gather([embed_prompts_task.submit(cfg.model, prompts, cache, so)], run)[0]
-
-
 def check_head(cfg: CurateConfig) -> None:
     """Fail fast on a head made for another model, before any video is decoded, where the
     model's identity resolves on this machine (else `run_head` checks after scoring)."""
@@ -127,17 +111,33 @@ def score_stage(
     cfg: CurateConfig, urls: list[str], force: bool, run: str, progress: Progress | None = None
 ) -> tuple[list[VideoScores], Prompts]:
     """One `score-video` task per video (cached: decoded and embedded once per model), and
-    the prompt sets' embeddings, computed while those tasks run rather than after them."""
-    so, cache = cfg.storage_options, cache_root(cfg)
+    the prompt sets' embeddings (cached per model and prompts).
+
+    The prompts are embedded in this process when the model can run here, so that every
+    runner (threads, processes, Dask, Ray) gets bit-identical prompt embeddings (a text
+    tower run with another thread count can differ in the last bits), while the videos
+    score (a failed video is noticed once that short pass ends); on a driver without the
+    configured GPU a worker embeds them, submitted ahead of the videos.
+    """
+    import torch
+
+    so, cache, prompts = cfg.storage_options, cache_root(cfg), cfg.video.prompts.model_dump()
+    here = cfg.model.device != "cuda" or torch.cuda.is_available()
+    remote = None if here else embed_prompts_task.submit(cfg.model, prompts, cache, so)
     futures = [
         score_video_task.submit(u, cfg.video, cfg.model, cache, so, force, run) for u in urls
     ]
-    try:
-        prompts = prompts_for(cfg, run)
-    except BaseException:
-        cancel.cancel(run)  # the videos in flight stop too
-        raise
-    return gather(futures, run, progress, video_seconds), prompts
+    embedded = None
+    if here:
+        try:
+            embedded = prompt_embeddings(cfg.model, prompts, cache, so)
+        except BaseException:
+            cancel.cancel(run)  # the videos in flight stop too
+            raise
+    results = gather(futures, run, progress, video_seconds)
+    if remote is not None:
+        embedded = gather([remote], run)[0]
+    return results, embedded
 
 
 def video_seconds(scores: VideoScores) -> float:

@@ -10,15 +10,19 @@ fixed-size pieces (`local_video`), which bounds memory at the cost of local disk
 paths are opened in place. A flow that runs several stages on one remote video can enter
 `local_video` once and pass the local path to each stage.
 
-decord 0.6 also keeps decoding after `get_batch` returns: its decoder thread reads on
-towards the end of the file, frames nobody asked for, on a core the model needs (on two
-cores it took a third of the model's time). `read_batch` seeks back to frame 0 after each
-batch, which stops that thread; the next batch seeks to its own frames as before, so the
-frames are the same (`tests/tasks/video/test_decode.py`).
+decord 0.6 also keeps working after `get_batch` returns: its reader thread runs on ahead
+into the file, on a core the model needs (on two cores it took a third of the model's
+time). A `seek(0)` stops it, but also makes the next batch jump to its keyframe, and
+decord's jumps land on the wrong frame in some containers (AVI, intra-refresh H.264) and
+cost a decode from the keyframe. So a chunk ends with `seek(0)` only where decord would jump
+anyway: the next chunk starts in another GOP (or there is none); a next chunk in the same
+GOP decodes on from where this one stopped, as without the seek
+(`tests/tasks/video/test_decode.py`).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -133,20 +137,31 @@ def iter_frame_chunks(
                 path, ctx=decord.cpu(0), width=width, height=height, num_threads=threads
             )
             fps, n_frames = float(reader.get_avg_fps()), len(reader)
+            keys = [int(k) for k in reader.get_key_indices()]
         picks = sample_times(n_frames / fps, fps, sample_fps)
         logger.debug("%s: %d of %d frames at %.3g fps", url, len(picks), n_frames, sample_fps)
         for lo in range(0, len(picks), chunk_frames):
             part = picks[lo : lo + chunk_frames]
             indices = np.array([i for i, _ in part], dtype=np.int64)
             times = np.array([t for _, t in part], dtype=np.float64)
+            following = picks[lo + chunk_frames][0] if lo + chunk_frames < len(picks) else None
             with as_sample_error("decode_error", *DECODE_ERRORS):
-                frames = read_batch(reader, indices.tolist())
+                frames = reader.get_batch(indices.tolist()).asnumpy()
+                if jumps(keys, int(indices[-1]) + 1, following):
+                    reader.seek(0)  # stops the reader thread (module docstring)
             yield indices, times, frames
 
 
-def read_batch(reader: decord.VideoReader, indices: list[int]) -> np.ndarray:
-    """`reader.get_batch(indices)` as uint8 RGB, leaving the decoder idle (see the module
-    docstring): without the seek its thread decodes the rest of the file in the background."""
-    frames = reader.get_batch(indices).asnumpy()
-    reader.seek(0)
-    return frames
+def keyframe_of(keys: list[int], index: int) -> int:
+    """The keyframe at or before `index` (`keys` sorted; 0 before the first one)."""
+    at = bisect.bisect_right(keys, index) - 1
+    return keys[at] if at >= 0 else 0
+
+
+def jumps(keys: list[int], position: int, following: int | None) -> bool:
+    """Whether decord jumps to a keyframe to read frame `following` from `position` (the
+    frame after the last one read): it does when the frame is behind or in another GOP.
+    Nothing to read next counts as a jump: the reader is left idle."""
+    if following is None or following < position:
+        return True
+    return keyframe_of(keys, following) != keyframe_of(keys, position)

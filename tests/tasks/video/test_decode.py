@@ -10,7 +10,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from tasks.video.decode import decode_size, frame_at, iter_frame_chunks, sample_times
+from tasks.video.decode import decode_size, frame_at, iter_frame_chunks, jumps, sample_times
 from tests.video_factory import frame_code, make_video
 
 
@@ -132,3 +132,23 @@ def test_decoder_is_idle_between_chunks(tmp_path: Path) -> None:
     rest = list(chunks)  # the next chunks are still the frames asked for
     assert sum(len(c[0]) for c in rest) == 58
     assert all(frame_code(f) == i % 256 for c in rest for i, f in zip(c[0], c[2], strict=True))
+
+
+def test_jumps_only_where_decord_would_seek_anyway() -> None:
+    keys = [0, 10, 20]
+    assert not jumps(keys, 5, 9)  # same GOP, ahead: decodes on
+    assert jumps(keys, 5, 10) and jumps(keys, 5, 25)  # another GOP
+    assert not jumps(keys, 10, 15)  # position is itself a keyframe of the same GOP
+    assert jumps(keys, 12, 11)  # behind
+    assert jumps(keys, 12, None)  # nothing next: leave the reader idle
+    assert not jumps([], 3, 900) and not jumps([0], 3, 900)  # one GOP: never
+
+
+def test_sampling_every_frame_of_an_avi_returns_the_frames_asked_for(tmp_path: Path) -> None:
+    """decord's jump to a keyframe lands on the wrong frame in AVI: a chunk that starts in
+    the GOP where the previous one stopped must decode on, not jump (it did once, when every
+    chunk ended with a seek: 536 of 600 frames of a 2 fps parking recording were wrong)."""
+    avi = make_video(tmp_path / "parking.avi", 60.0, 2, (160, 120), gop=10, container="avi")
+    _, idx, _, frames = collect(str(avi), 4.0, 64, 8)
+    assert idx.tolist() == list(range(120))
+    assert [frame_code(f) for f in frames] == idx.tolist()
