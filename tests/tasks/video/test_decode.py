@@ -152,3 +152,21 @@ def test_sampling_every_frame_of_an_avi_returns_the_frames_asked_for(tmp_path: P
     _, idx, _, frames = collect(str(avi), 4.0, 64, 8)
     assert idx.tolist() == list(range(120))
     assert [frame_code(f) for f in frames] == idx.tolist()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, not fixed: decord 0.6 maps frame indices to the wrong pictures in H.264 "
+    "AVI and in MPEG-TS with B-frames (a frame decoded in order is right; a sampled one, "
+    "reached through decord's index, is off by up to seconds). Remuxing to MP4 avoids it; "
+    "the fix is a probe-time check of decord's frame against an in-order decode.",
+)
+@pytest.mark.parametrize(("container", "bframes"), [("avi", 0), ("mpegts", 2)])
+def test_sampled_frames_of_avi_and_ts_are_the_frames_asked_for(
+    tmp_path: Path, container: str, bframes: int
+) -> None:
+    video = make_video(
+        tmp_path / f"v.{container}", 8.0, 30, (160, 120), container=container, bframes=bframes
+    )
+    _, idx, _, frames = collect(str(video), 4.0, 64, 64)
+    assert [frame_code(f) for f in frames] == [i % 256 for i in idx.tolist()]
