@@ -13,6 +13,12 @@ run cheapest first and the first failure is the code:
   recorder that cut one file is more likely to have corrupted the rest of it.
 - `unsupported_codec`: a video stream that decord's FFmpeg has no decoder for.
 - `no_frames`, `zero_fps`, `absurd_duration`: decodable but unusable timing.
+- `unreliable_index`: decord reaches a sampled frame by jumping to its keyframe, and in
+  some files (H.264 in AVI, MPEG-TS with B-frames, MPEG-PS, intra-refresh H.264, HEVC with
+  B-frames in MP4) it lands on another picture, off by frames to seconds: scores would be
+  published against the wrong moments. The frame just past the second keyframe, read
+  through decord's index, must be the very picture decoded in order (bit for bit: same
+  decoder); a stream-copy remux to MP4 fixes AVI, TS and PS files.
 
 fps and the frame count come from decord, the decoder the scoring stage uses; the codec
 name and size from PyAV. Everything opens through `tasks.io.storage`, so s3:// works too.
@@ -28,6 +34,7 @@ from typing import Any
 
 import av
 import decord
+import numpy as np
 
 from tasks.errors import SampleError, is_infrastructure
 from tasks.video.decode import local_video
@@ -135,6 +142,33 @@ def _decode_info(path: str, info: dict[str, Any]) -> None:
             reader[index].asnumpy()
         except (decord.DECORDError, RuntimeError, IndexError) as err:
             raise Quarantine("truncated", f"frame {index} of {n_frames} ({_short(err)})") from None
+    _check_index(path, reader, n_frames)
+
+
+# frames decoded in order at most to check decord's index (a longer first GOP is not checked)
+MAX_INDEX_CHECK = 400
+
+
+def _check_index(path: str, reader: decord.VideoReader, n_frames: int) -> None:
+    """Quarantine a file in which decord's frame index leads to another picture (module
+    docstring): the frame 3 past the second keyframe, reached through a jump, against the
+    same frame decoded in order from the start."""
+    keys = [int(k) for k in reader.get_key_indices()]
+    if len(keys) < 2:  # one GOP: decord never jumps
+        return
+    index = min(n_frames - 1, keys[1] + 3)
+    if index > MAX_INDEX_CHECK:
+        return
+    jumped = reader.get_batch([index]).asnumpy()[0]
+    in_order = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    for _ in range(index):
+        in_order.next()
+    if not np.array_equal(jumped, in_order.next().asnumpy()):
+        raise Quarantine(
+            "unreliable_index",
+            f"frame {index} read through decord's index is not frame {index} decoded in "
+            "order (remux to MP4: ffmpeg -i IN -c copy OUT.mp4)",
+        )
 
 
 def probe_video(

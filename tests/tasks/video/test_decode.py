@@ -156,10 +156,10 @@ def test_sampling_every_frame_of_an_avi_returns_the_frames_asked_for(tmp_path: P
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known, not fixed: decord 0.6 maps frame indices to the wrong pictures in H.264 "
-    "AVI and in MPEG-TS with B-frames (a frame decoded in order is right; a sampled one, "
-    "reached through decord's index, is off by up to seconds). Remuxing to MP4 avoids it; "
-    "the fix is a probe-time check of decord's frame against an in-order decode.",
+    reason="decord 0.6 maps frame indices to the wrong pictures in H.264 AVI and in MPEG-TS "
+    "with B-frames (a sampled frame is off by up to seconds): the probe quarantines such "
+    "files as unreliable_index (tests/tasks/video/test_probe.py), so they are never decoded "
+    "for scores; this records what decoding them would give.",
 )
 @pytest.mark.parametrize(("container", "bframes"), [("avi", 0), ("mpegts", 2)])
 def test_sampled_frames_of_avi_and_ts_are_the_frames_asked_for(

@@ -146,3 +146,26 @@ def test_bad_sidecar_is_ignored_with_warning(
     with caplog.at_level(logging.WARNING, logger="tasks.video.probe"):
         assert read_sidecar(str(video)) == {"vehicle_id": None, "start_time": None}
     assert "ignoring sidecar" in caplog.text
+
+
+@pytest.mark.parametrize(("container", "bframes"), [("avi", 0), ("mpegts", 2)])
+def test_a_file_decord_indexes_wrongly_is_quarantined(
+    tmp_path: Path, container: str, bframes: int
+) -> None:
+    """In these files decord's sampled frames are other pictures (`test_decode.py` shows
+    it); scoring them would publish scores against the wrong moments."""
+    video = make_video(
+        tmp_path / f"v.{container}", 8.0, 30, (160, 120), container=container, bframes=bframes
+    )
+    row = probe_video(str(video))
+    assert (row["status"], row["error"]) == ("quarantined", "unreliable_index")
+    assert "remux to MP4" in row["error_detail"]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"bframes": 2}, {"container": "matroska"}, {"container": "mov", "bframes": 2}, {"gop": 3}],
+)
+def test_files_decord_indexes_right_pass_the_index_check(tmp_path: Path, kw: dict) -> None:
+    video = make_video(tmp_path / "v.mp4", 8.0, 30, (160, 120), **kw)
+    assert probe_video(str(video))["status"] == "ok"
