@@ -151,24 +151,39 @@ MAX_INDEX_CHECK = 400
 
 def _check_index(path: str, reader: decord.VideoReader, n_frames: int) -> None:
     """Quarantine a file in which decord's frame index leads to another picture (module
-    docstring): the frame 3 past the second keyframe, reached through a jump, against the
-    same frame decoded in order from the start."""
+    docstring): frame timestamps must increase (H.264 in AVI has none, joined TS segments
+    restart them), and the frames 0-3 past the second keyframe, each reached through a jump,
+    must be the same frames decoded in order (open-GOP leading pictures sit right after the
+    keyframe)."""
+    if n_frames > 1:
+        starts = reader.get_frame_timestamp(list(range(n_frames)))[:, 0]
+        if not bool(np.all(np.diff(starts) > 0)):
+            raise Quarantine("unreliable_index", f"frame timestamps do not increase ({ADVICE})")
     keys = [int(k) for k in reader.get_key_indices()]
     if len(keys) < 2:  # one GOP: decord never jumps
         return
-    index = min(n_frames - 1, keys[1] + 3)
-    if index > MAX_INDEX_CHECK:
+    picks = list(range(keys[1], min(n_frames, keys[1] + 4)))
+    if not picks or picks[-1] > MAX_INDEX_CHECK:
         return
-    jumped = reader.get_batch([index]).asnumpy()[0]
+    jumped = {}
+    for index in picks:
+        reader.seek(0)  # each frame through its own jump to the keyframe
+        jumped[index] = reader.get_batch([index]).asnumpy()[0]
     in_order = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    for _ in range(index):
-        in_order.next()
-    if not np.array_equal(jumped, in_order.next().asnumpy()):
-        raise Quarantine(
-            "unreliable_index",
-            f"frame {index} read through decord's index is not frame {index} decoded in "
-            "order (remux to MP4: ffmpeg -i IN -c copy OUT.mp4)",
-        )
+    for index in range(picks[-1] + 1):
+        frame = in_order.next()
+        if index in jumped and not np.array_equal(jumped[index], frame.asnumpy()):
+            raise Quarantine(
+                "unreliable_index",
+                f"frame {index} read through decord's index is not frame {index} decoded "
+                f"in order ({ADVICE})",
+            )
+
+
+ADVICE = (
+    "AVI, MPEG-TS and MPEG-PS files: remux to MP4 with ffmpeg -i IN -c copy OUT.mp4; "
+    "others: re-encode"
+)
 
 
 def probe_video(
