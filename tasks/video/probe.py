@@ -16,9 +16,10 @@ run cheapest first and the first failure is the code:
 - `unreliable_index`: decord reaches a sampled frame by jumping to its keyframe, and in
   some files (H.264 in AVI, MPEG-TS with B-frames, MPEG-PS, intra-refresh H.264, HEVC with
   B-frames in MP4) it lands on another picture, off by frames to seconds: scores would be
-  published against the wrong moments. The frame just past the second keyframe, read
-  through decord's index, must be the very picture decoded in order (bit for bit: same
-  decoder); a stream-copy remux to MP4 fixes AVI, TS and PS files.
+  published against the wrong moments. Frame timestamps must increase, and the four
+  frames from the second keyframe on, each read through decord's index, must be the very
+  pictures decoded in order (bit for bit: same decoder); a stream-copy remux to MP4 fixes
+  AVI, TS and PS files.
 
 fps and the frame count come from decord, the decoder the scoring stage uses; the codec
 name and size from PyAV. Everything opens through `tasks.io.storage`, so s3:// works too.
