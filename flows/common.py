@@ -49,6 +49,14 @@ def summary_markdown(stats: dict[str, Any], uri: str) -> str:
     )
 
 
+def model_runs_here(cfg: CurateConfig) -> bool:
+    """Whether the configured model can run in this process (a CUDA model needs a GPU here):
+    where it can, checks and prompt embeddings happen here; else on a worker."""
+    import torch
+
+    return cfg.model.device != "cuda" or torch.cuda.is_available()
+
+
 def cache_root(cfg: CurateConfig) -> str:
     return cfg.cache or storage.join(cfg.output, cfg.dataset, "_cache")
 

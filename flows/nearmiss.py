@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import cache_root, execution
+from flows.common import cache_root, execution, model_runs_here
 from flows.plan import InputError, list_inputs, resolve_partition
 from flows.progress import Progress
 from flows.video import Prompts, check_head, detect, run_head, score_stage
@@ -74,12 +74,6 @@ def nearmiss_scores_flow(config: dict[str, Any], urls: list[str]) -> tuple[list,
     results, prompts = score_stage(cfg, urls, False, token, progress)
     cancel.forget(token)
     return results, prompts
-
-
-def model_runs_here(cfg: CurateConfig) -> bool:
-    import torch
-
-    return cfg.model.device != "cuda" or torch.cuda.is_available()
 
 
 def score_labelled(cfg: CurateConfig, labels_path: str, partition: str | None) -> Labelled:

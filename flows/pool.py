@@ -17,6 +17,7 @@ from flows.common import (
     InputError,
     cache_root,
     execution,
+    model_runs_here,
     publish_artifacts,
     summary_markdown,
 )
@@ -186,13 +187,9 @@ def load_pool_heads(
 def check_pool_heads(cfg: CurateConfig, plan: RunPlan) -> None:
     """Fail fast on a head made for another model, before any shard is scored, where the
     model's identity resolves on this machine (else `load_pool_heads` checks after scoring)."""
-    import torch
-
     from tasks.model.clip import model_identity
 
-    if not cfg.pool or not cfg.pool.heads:
-        return
-    if cfg.model.device == "cuda" and not torch.cuda.is_available():
+    if not cfg.pool or not cfg.pool.heads or not model_runs_here(cfg):
         return
     identity = model_identity(cfg.model)
     for name in sorted(cfg.pool.heads):

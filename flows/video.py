@@ -15,6 +15,7 @@ from flows.common import (
     InputError,
     cache_root,
     execution,
+    model_runs_here,
     publish_artifacts,
     summary_markdown,
 )
@@ -85,11 +86,9 @@ def write_clips_task(
 def check_head(cfg: CurateConfig) -> None:
     """Fail fast on a head made for another model, before any video is decoded, where the
     model's identity resolves on this machine (else `run_head` checks after scoring)."""
-    import torch
-
     from tasks.model.clip import model_identity
 
-    if not cfg.video.head or (cfg.model.device == "cuda" and not torch.cuda.is_available()):
+    if not cfg.video.head or not model_runs_here(cfg):
         return
     load_run_head(cfg.video, model_identity(cfg.model), cfg.storage_options)
 
@@ -119,10 +118,8 @@ def score_stage(
     score (a failed video is noticed once that short pass ends); on a driver without the
     configured GPU a worker embeds them, submitted ahead of the videos.
     """
-    import torch
-
     so, cache, prompts = cfg.storage_options, cache_root(cfg), cfg.video.prompts.model_dump()
-    here = cfg.model.device != "cuda" or torch.cuda.is_available()
+    here = model_runs_here(cfg)
     remote = None if here else embed_prompts_task.submit(cfg.model, prompts, cache, so)
     futures = [
         score_video_task.submit(u, cfg.video, cfg.model, cache, so, force, run) for u in urls
