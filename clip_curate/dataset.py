@@ -9,38 +9,54 @@ torch or open_clip (`torch_dataset` imports torch when called).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import polars as pl
 
 from tasks.io import storage
-from tasks.publish.manifest import Published, partition_url, partitions, read_published
+from tasks.publish.catalog import Catalog, read_catalog
+from tasks.publish.manifest import Published, read_published
 
 FLOWS = ("pool", "video")
 
 
-@dataclass(frozen=True)
 class Partition:
-    """One published partition of one flow."""
+    """One published partition of one flow, as the dataset's catalog lists it; its manifest
+    (the source of truth for its files) is read when first needed."""
 
-    flow: str
-    name: str
-    published: Published
-    storage_options: dict[str, Any]
+    def __init__(
+        self, flow: str, name: str, uri: str, entry: dict[str, Any], storage_options: dict
+    ) -> None:
+        self.flow, self.name, self.uri = flow, name, uri
+        self.entry, self.storage_options = entry, storage_options
 
-    @property
-    def uri(self) -> str:
-        return self.published.uri
+    def __repr__(self) -> str:
+        return f"Partition({self.flow!r}, {self.name!r}, version={self.version!r})"
+
+    @cached_property
+    def published(self) -> Published:
+        found = read_published(self.uri, self.storage_options)
+        if found is None:
+            raise FileNotFoundError(f"{self.uri} is no longer published")
+        return found
 
     @property
     def version(self) -> str | None:
-        return self.published.version
+        return self.entry.get("version")
 
     @property
     def manifest(self) -> dict[str, Any]:
         return self.published.manifest
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        """The partition's status counts (from the catalog: no file read)."""
+        return dict(self.entry.get("counts") or {})
+
+    @property
+    def created(self) -> str | None:
+        return self.entry.get("created")
 
     def url(self, name: str) -> str:
         """URL of file `name` of the published version (e.g. `samples.parquet`)."""
@@ -67,13 +83,7 @@ class Partition:
 
     def held(self) -> bool:
         """Whether a newer version of this partition is held by the publish gate."""
-        so = self.storage_options
-        for url in storage.listdir(self.uri, so):
-            name = url.rstrip("/").rsplit("/", 1)[-1]
-            is_other = name.startswith("v-") and name != self.version
-            if is_other and storage.exists(storage.join(url, "_HELD.json"), so):
-                return True
-        return False
+        return bool(self.entry.get("held"))
 
 
 def _check_date(value: str | None, what: str) -> str | None:
@@ -102,16 +112,18 @@ class Dataset:
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, not {flow!r}")
         lo, hi = _check_date(start, "start"), _check_date(end, "end")
-        output, dataset = self.uri.rsplit("/", 1) if "/" in self.uri else ("", self.uri)
+        folder = storage.join(self.uri, flow)
         out = []
-        for name in partitions(output, dataset, flow, self.storage_options):
+        for name, entry in sorted(self.catalog(flow).entries.items()):
             if (lo and name < lo) or (hi and name > hi):
                 continue
-            uri = partition_url(output, dataset, flow, name)
-            published = read_published(uri, self.storage_options)
-            if published is not None:
-                out.append(Partition(flow, name, published, self.storage_options))
+            uri = storage.join(folder, name)
+            out.append(Partition(flow, name, uri, entry, self.storage_options))
         return out
+
+    def catalog(self, flow: str) -> Catalog:
+        """The flow's catalog: every published partition in one read."""
+        return read_catalog(storage.join(self.uri, flow), self.storage_options)
 
     def _frame(self, flow: str, table: str, start: str | None, end: str | None) -> pl.LazyFrame:
         frames = [_plain_enums(p.table(table)) for p in self.partitions(flow, start, end)]

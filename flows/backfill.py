@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flows.backfill_remote import remote_runner, use_deployment
 from flows.dates import Mode, Row, counts_detail, date_range, format_table, one_line
-from flows.plan import already_published, plan_run
+from flows.plan import HISTORY_SETTINGS, already_published, history_kinds, plan_run
 from schemas.config import ConfigError, CurateConfig
 
 logger = logging.getLogger(__name__)
@@ -57,10 +57,15 @@ def backfill(
         raise ConfigError(f"config: the {flow} flow needs a '{flow}' section")
     if max_parallel < 1:
         raise ConfigError("backfill: --max-parallel must be at least 1")
-    dedup = cfg.pool.dedup if flow == "pool" and cfg.pool is not None else None
-    if dedup is not None and dedup.scope == "dataset" and max_parallel > 1:
-        # each date dedups against the dates before it: they must be published first
-        logger.warning("pool.dedup.scope is dataset: backfilling one date at a time, in order")
+    kinds = history_kinds(cfg, flow)
+    if kinds and max_parallel > 1:
+        # each date reads the dates before it: they must be published first (shards within
+        # a date are still scored in parallel)
+        logger.warning(
+            "%s read earlier dates: backfilling one date at a time, in date order "
+            "(--max-parallel %d applies to dates without history settings)",
+            " and ".join(HISTORY_SETTINGS[k] for k in kinds), max_parallel,
+        )  # fmt: skip
         max_parallel = 1
     if use_deployment(cfg, flow, mode):
         one = remote_runner(cfg, flow, force, timeout)

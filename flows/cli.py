@@ -137,19 +137,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """A dataset's partitions: flow, date, counts, version, published time, held."""
+    """A dataset's partitions: flow, date, counts, version, published time, held, stale (all
+    from each flow's catalog: one read, however many partitions)."""
     import clip_curate as cc
 
     ds = cc.open_dataset(args.uri)
     rows = []
     for flow in ("pool", "video"):
+        cat = ds.catalog(flow)
         for p in ds.partitions(flow, args.start, args.end):
-            counts = p.stats.get("counts", {})
+            counts = p.counts
             kept = counts.get("kept", counts.get("ok", ""))
             held = "held" if p.held() else ""
-            created = str(p.manifest.get("created", ""))
-            rows.append((flow, p.name, counts.get("input", ""), kept, p.version, created, held))
-    header = ("flow", "partition", "input", "kept", "version", "published", "held")
+            stale = "stale" if cat.stale(p.name) else ""
+            rows.append((flow, p.name, counts.get("input", ""), kept, p.version, p.created or "",
+                         held, stale))  # fmt: skip
+    header = ("flow", "partition", "input", "kept", "version", "published", "held", "stale")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

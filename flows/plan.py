@@ -19,6 +19,7 @@ from tasks.io import storage
 from tasks.model.files import planned_identity
 from tasks.pool.dedup_step import prior_partitions
 from tasks.pool.sources import pool_inputs, shard_fingerprint
+from tasks.publish.catalog import Catalog, flow_folder, read_catalog
 from tasks.publish.manifest import partition_url, read_manifest, read_published
 from tasks.video.sidecar import video_fingerprint
 
@@ -43,6 +44,11 @@ class RunPlan:
     files: dict[str, str] = field(default_factory=dict)  # config key -> sha256 of its file
     # dedup with scope: dataset: the earlier published partitions compared against
     prior: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what the partition reads from earlier ones ({"kinds", "state", "through"}), or None
+    history: dict[str, Any] | None = None
+    # earlier published partitions to bring up to date first, in date order: from the first
+    # whose history changed since it ran (each is re-run only where its run key changed)
+    stale: list[str] = field(default_factory=list)
 
 
 def today(tz: str) -> str:
@@ -105,15 +111,38 @@ def run_key(
     cfg_part: dict[str, Any],
     model: dict[str, Any],
     files: dict[str, str] | None = None,
-    prior: dict[str, dict[str, Any]] | None = None,
+    history: dict[str, Any] | None = None,
 ) -> str:
     """Identity of a partition's content: same key = same published samples."""
     parts = {"v": PUBLISH_VERSION, "inputs": inputs, "config": cfg_part, "model": model}
     if files:  # only when the config names files, so keys of runs without any stay the same
         parts["files"] = files
-    if prior:  # dataset-scope dedup: which earlier versions the decisions depend on
-        parts["prior"] = {k: v["version"] for k, v in prior.items()}
+    if history:  # what it read from earlier partitions (dedup index, running counts)
+        parts["history"] = {"kinds": history["kinds"], "state": history["state"]}
     return config_hash(parts)
+
+
+HISTORY_SETTINGS = {"dedup": "pool.dedup.scope: dataset", "counts": "pool.balance.running_counts"}
+
+
+def history_kinds(cfg: CurateConfig, flow: str) -> list[str]:
+    """What a partition of `flow` reads from earlier partitions under this config: `dedup`
+    (dataset-scope dedup), `counts` (MetaCLIP running counts). Empty: it depends on its own
+    inputs only, and dates can run in any order or at once."""
+    kinds = []
+    if flow == "pool" and cfg.pool is not None:
+        if cfg.pool.dedup is not None and cfg.pool.dedup.scope == "dataset":
+            kinds.append("dedup")
+        if cfg.pool.balance is not None and cfg.pool.balance.running_counts:
+            kinds.append("counts")
+    return kinds
+
+
+def history_of(cat: Catalog, partition: str, kinds: list[str]) -> dict[str, Any]:
+    """The history a partition would read now: its kinds, their state, the last partition."""
+    before = [n for n in cat.before(partition) if any(cat.entries[n].get("offers", {}).get(k)
+                                                         for k in kinds)]  # fmt: skip
+    return {"kinds": kinds, "state": cat.state(partition, kinds), "through": (before or [None])[-1]}
 
 
 def config_files(cfg: CurateConfig, flow: str) -> dict[str, str]:
@@ -162,17 +191,25 @@ def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
     model = planned_identity(cfg.model)
     inputs = [input_fingerprint(flow, u, so) for u in urls]
     files = config_files(cfg, flow)
-    prior = {}
-    dedup = cfg.pool.dedup if flow == "pool" and cfg.pool is not None else None
-    if dedup is not None and dedup.scope == "dataset":
-        prior = prior_partitions(cfg.output, cfg.dataset, partition, so)
-    key = run_key(inputs, output_config(cfg, flow), model, files, prior)
+    prior, history, stale = {}, None, []
+    kinds = history_kinds(cfg, flow)
+    if kinds:  # one read: the catalog says what every earlier partition offers
+        cat = read_catalog(flow_folder(cfg.output, cfg.dataset, flow), so)
+        history, changed = history_of(cat, partition, kinds), cat.stale_before(partition)
+        # from the first one whose history changed on, every earlier partition may change
+        stale = [n for n in cat.before(partition) if changed and n >= changed[0]]
+        if "dedup" in kinds:
+            prior = prior_partitions(cat, partition)
+    key = run_key(inputs, output_config(cfg, flow), model, files, history)
     final = partition_url(cfg.output, cfg.dataset, flow, partition)
-    return RunPlan(flow, partition, urls, inputs, model, key, final, files, prior)
+    return RunPlan(flow, partition, urls, inputs, model, key, final, files, prior, history, stale)
 
 
 def already_published(plan: RunPlan, so: dict[str, Any]) -> bool:
-    """True when the partition is published with the same inputs, config and model."""
+    """True when the partition is published with the same inputs, config, model and history,
+    and every earlier partition it reads is itself up to date."""
+    if plan.stale:
+        return False
     manifest = read_manifest(plan.final, so)
     return bool(manifest and manifest.get("run_key") == plan.key)
 

@@ -37,7 +37,6 @@ from flows.run import (
 from schemas.config import ConfigError, CurateConfig, ModelConfig, PoolConfig, parse_config
 from tasks.io import storage
 from tasks.metaclip.counts import (
-    COUNTS_FILE,
     BalanceInputs,
     balance_inputs,
     load_matches,
@@ -140,8 +139,8 @@ def publish(
         samples_url = version.url("samples.parquet")
         outputs.append(write_table(sel.samples, samples_url, "samples.parquet", so))
         if bal is not None:  # running counts commit with the partition they describe
-            save_partition_counts(version.url(COUNTS_FILE), bal, sel.pool_counts, so)
-            outputs.append(describe_file(version.url(COUNTS_FILE), COUNTS_FILE, so))
+            for name in save_partition_counts(version.root, bal, sel.pool_counts, so):
+                outputs.append(describe_file(version.url(name), name, so))
         if cfg.pool.dedup is not None:  # what later partitions dedup against (scope: dataset)
             outputs += write_dedup_index(sel, cfg.pool, results, version, so)
         timings["publish_s"] = time.perf_counter() - t0

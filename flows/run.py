@@ -22,6 +22,7 @@ from schemas.config import CurateConfig, config_hash, redacted
 from tasks import cancel
 from tasks.io.lock import partition_lock
 from tasks.publish.card import CARD, partition_card, publish_cards
+from tasks.publish.catalog import HistoryChanged
 from tasks.publish.commit import Version, abort, begin, commit, now_utc
 from tasks.publish.gate import GateHeld, apply_gate
 from tasks.publish.manifest import code_version
@@ -30,22 +31,53 @@ from tasks.publish.writer import WrittenFile, describe_file, write_file
 Body = Callable[[CurateConfig, RunPlan, bool, str], dict[str, Any]]
 
 
+HISTORY_ATTEMPTS = 3  # an earlier date committed meanwhile: select again (scores are cached)
+
+
 def run_partition(
     cfg: CurateConfig, flow: str, partition: str | None, force: bool, body: Body, log: Any
 ) -> dict[str, Any]:
-    """Plan, lock, skip what is published, else `body(cfg, plan, force, cancel_token)`."""
+    """Plan, lock, skip what is published, else `body(cfg, plan, force, cancel_token)`.
+
+    A partition that reads earlier ones (dataset-scope dedup, running counts) first brings
+    them up to date: earlier partitions whose history changed since they ran are re-run, in
+    date order, so the result is the one of publishing every date in order.
+    """
     plan = plan_run(cfg, flow, partition)
-    log.info("partition %s: %d inputs", plan.partition, len(plan.urls))
-    with partition_lock(plan.final, cfg.storage_options):
-        if not force and already_published(plan, cfg.storage_options):
-            log.info("partition %s already published with the same inputs", plan.partition)
-            return skipped(plan, cfg.storage_options)
-        token = cancel.new_token()
-        result = body(cfg, plan, force, token)
-        # only a run that ended normally forgets its token: after a failure the task runner
-        # is still waiting for in-flight tasks, which must go on seeing the cancellation
-        cancel.forget(token)
-        return result
+    if plan.stale:
+        log.warning(
+            "history of %s changed: re-running %d earlier partition(s) first, in date order: %s",
+            plan.partition, len(plan.stale), ", ".join(plan.stale),
+        )  # fmt: skip
+        for earlier in plan.stale:
+            _run_one(cfg, flow, earlier, False, body, log)
+    return _run_one(cfg, flow, plan.partition, force, body, log)
+
+
+def _run_one(
+    cfg: CurateConfig, flow: str, partition: str, force: bool, body: Body, log: Any
+) -> dict[str, Any]:
+    for attempt in range(1, HISTORY_ATTEMPTS + 1):
+        plan = plan_run(cfg, flow, partition)
+        log.info("partition %s: %d inputs", plan.partition, len(plan.urls))
+        with partition_lock(plan.final, cfg.storage_options):
+            if not force and already_published(plan, cfg.storage_options):
+                log.info("partition %s already published with the same inputs", plan.partition)
+                return skipped(plan, cfg.storage_options)
+            token = cancel.new_token()
+            try:
+                result = body(cfg, plan, force, token)
+            except HistoryChanged as err:
+                if attempt == HISTORY_ATTEMPTS:
+                    raise
+                log.warning("%s; selecting again against the new history", err)
+                cancel.forget(token)
+                continue
+            # only a run that ended normally forgets its token: after a failure the task
+            # runner is still waiting for in-flight tasks, which must go on seeing the cancel
+            cancel.forget(token)
+            return result
+    raise AssertionError("unreachable")
 
 
 POLL_S = 1.0
@@ -126,6 +158,9 @@ def finish(
         "run_key": plan.key,
         "inputs": plan.inputs,
         "config_files": plan.files,  # sha256 of the files the config names
+        "history": plan.history,  # what it read from earlier partitions (None: nothing)
+        "counts": stats.get("counts", {}),
+        "events": stats.get("events"),
         **(extra or {}),
     }
     card = partition_card({**manifest, "version": version.id, "created": now_utc()}, stats)

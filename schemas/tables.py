@@ -101,6 +101,20 @@ SHARD_INDEX = {
     "image_ext": pl.String,
 }
 
+# Files of a published pool version that later partitions read, by the kind of history they
+# are (dataset-scope dedup, MetaCLIP running counts). A partition's digest of them is what the
+# catalog calls its offer: a later night depends on the offers of every earlier partition.
+DEDUP_INDEX_FILE = "dedup/index.parquet"  # uid, sha256, phash of the kept samples
+DEDUP_EMB_FILE = "dedup/emb.npy"  # their fp16 image embeddings, same order (semantic dedup)
+ENTRY_COUNTS_FILE = "entry_counts.parquet"  # this partition's own MetaCLIP entry counts
+RUNNING_COUNTS_FILE = "running_counts.parquet"  # its counts plus every earlier partition's
+HISTORY_FILES = {
+    "dedup": (DEDUP_INDEX_FILE, DEDUP_EMB_FILE),
+    "counts": (ENTRY_COUNTS_FILE,),
+}
+# ... and every file a later night may open (the catalog lists which ones a version has)
+LATER_READ_FILES = (DEDUP_INDEX_FILE, DEDUP_EMB_FILE, ENTRY_COUNTS_FILE, RUNNING_COUNTS_FILE)
+
 # Video flow tables.
 VIDEOS = {
     "video": pl.String,  # input URL

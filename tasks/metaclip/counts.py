@@ -1,10 +1,14 @@
 """What balancing a pool partition needs besides its scores: metadata, matches, earlier counts.
 
-Counts across partitions are stored per partition, as `entry_counts.parquet` inside the
-partition's published version (tied to the metadata sha256), rather than as one running
-total: they commit atomically with the samples they describe (a crash can never leave a
-published partition without its counts, or counts without their partition), and re-running
-or backfilling a partition replaces its own contribution instead of counting it twice.
+Counts across partitions are stored inside each partition's published version (tied to the
+metadata sha256): `entry_counts.parquet`, its own counts, and with `running_counts`
+`running_counts.parquet`, its counts plus those of every earlier partition. Both commit
+atomically with the samples they describe (a crash can never leave a published partition
+without its counts, or counts without their partition), re-running a partition replaces its
+own contribution instead of counting it twice, and a night reads one running total (the
+previous night's) instead of every earlier partition's counts. A total is only used while its
+partition's history is unchanged (`tasks.publish.catalog`): re-publishing an earlier date makes
+the later ones stale, and they are re-run in date order before a later night reads them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from schemas.config import BalanceConfig, CurateConfig
+from schemas.tables import ENTRY_COUNTS_FILE, RUNNING_COUNTS_FILE
 from tasks.io import storage
 from tasks.metaclip.balance import (
     entry_counts,
@@ -26,11 +31,11 @@ from tasks.metaclip.balance import (
     save_running_counts,
 )
 from tasks.metaclip.metadata import load_metadata
-from tasks.publish.manifest import partition_url, partitions, read_published
+from tasks.publish.catalog import flow_folder, read_catalog
 
 logger = logging.getLogger(__name__)
 
-COUNTS_FILE = "entry_counts.parquet"
+COUNTS_FILE = ENTRY_COUNTS_FILE
 LEGACY_FOLDER = "_entry_counts"  # where partitions published before versioning kept them
 
 
@@ -66,19 +71,29 @@ def balance(entry_ids: pl.Series, uids: pl.Series, bal: BalanceInputs) -> Balanc
 
 
 def earlier_counts(cfg: CurateConfig, partition: str, sha: str, n: int) -> np.ndarray:
-    """Sum of the entry counts of published partitions before `partition` (same metadata)."""
+    """Sum of the entry counts of published partitions before `partition` (same metadata).
+
+    The latest earlier partition that kept a running total (its counts plus every earlier
+    partition's) and whose history has not changed since gives the sum in one read; own
+    counts of partitions published after it (without a total) are added on top.
+    """
     so = cfg.storage_options
+    cat = read_catalog(flow_folder(cfg.output, cfg.dataset, "pool"), so)
     total = np.zeros(n, np.int64)
-    for name in partitions(cfg.output, cfg.dataset, "pool", so):
-        if name >= partition:
-            continue
-        published = read_published(partition_url(cfg.output, cfg.dataset, "pool", name), so)
-        if published is None:
-            continue
-        if published.has(COUNTS_FILE):
-            url = published.url(COUNTS_FILE)
-        else:
+    for name in reversed(cat.before(partition)):
+        entry = cat.entries[name]
+        files, version = entry.get("history_files") or [], entry.get("version")
+        base = storage.join(cfg.output, cfg.dataset, "pool", name)
+        if version and RUNNING_COUNTS_FILE in files and not cat.stale(name):
+            running = load_running_counts(storage.join(base, version, RUNNING_COUNTS_FILE), sha, so)
+            if running is not None:
+                return total + running
+        if version and COUNTS_FILE in files:
+            url = storage.join(base, version, COUNTS_FILE)
+        elif not version:  # published before versioning
             url = storage.join(cfg.output, cfg.dataset, "pool", LEGACY_FOLDER, f"{name}.parquet")
+        else:
+            continue
         counts = load_running_counts(url, sha, so)
         if counts is not None:
             total += counts
@@ -98,10 +113,16 @@ def balance_inputs(cfg: CurateConfig, partition: str) -> BalanceInputs | None:
 
 
 def save_partition_counts(
-    url: str, bal: BalanceInputs, counts: np.ndarray, so: dict[str, Any] | None
-) -> None:
-    """This partition's own counts, written into its version folder before the commit."""
-    save_running_counts(url, counts, bal.metadata_sha256, so)
+    folder: str, bal: BalanceInputs, counts: np.ndarray, so: dict[str, Any] | None
+) -> list[str]:
+    """This partition's own counts, and with running counts the total through it (what the
+    next night reads), written into its version `folder` before the commit; their names."""
+    save_running_counts(storage.join(folder, COUNTS_FILE), counts, bal.metadata_sha256, so)
+    if bal.prior_counts is None:
+        return [COUNTS_FILE]
+    total = bal.prior_counts + counts
+    save_running_counts(storage.join(folder, RUNNING_COUNTS_FILE), total, bal.metadata_sha256, so)
+    return [COUNTS_FILE, RUNNING_COUNTS_FILE]
 
 
 def load_matches(urls: list[str], sources: list[str], so: dict[str, Any] | None) -> pl.DataFrame:

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from schemas.config import DedupConfig
+from schemas.tables import DEDUP_EMB_FILE, DEDUP_INDEX_FILE
 from tasks.errors import InfraError
 from tasks.io import storage
 from tasks.pool.dedup import (
@@ -35,10 +36,10 @@ from tasks.pool.dedup import (
     survivors,
 )
 from tasks.pool.phash import hamming
-from tasks.publish.manifest import partitions, read_published
+from tasks.publish.catalog import Catalog
 
-INDEX_FILE = "dedup/index.parquet"  # uid, sha256, phash of the partition's kept samples
-EMB_FILE = "dedup/emb.npy"  # their fp16 image embeddings, same order (semantic scope)
+INDEX_FILE = DEDUP_INDEX_FILE  # uid, sha256, phash of the partition's kept samples
+EMB_FILE = DEDUP_EMB_FILE  # their fp16 image embeddings, same order (semantic scope)
 INDEX_SCHEMA = {"uid": pl.String, "sha256": pl.String, "phash": pl.UInt64}
 
 
@@ -244,28 +245,24 @@ def embedding_reader(
 MODEL_KEYS = ("architecture_sha256", "pretrained", "checkpoint_sha256")  # what the weights are
 
 
-def prior_partitions(
-    output: str, dataset: str, partition: str, storage_options: dict[str, Any] | None
-) -> dict[str, dict[str, Any]]:
+def prior_partitions(cat: Catalog, partition: str) -> dict[str, dict[str, Any]]:
     """The published partitions of the dataset's pool flow that sort before `partition` and
-    hold a dedup index: {partition: {"version", "model", "embeddings"}} (manifests only).
+    hold a dedup index: {partition: {"version", "model", "embeddings"}} (from the catalog).
 
-    Planned with the run, this is part of its run key: a Tuesday run that happened before
-    Monday was published is not skipped once Monday is, and later dates never count, so a
-    backfill of an earlier date decides the same way whatever was published after it.
+    Planned with the run: a backfill of an earlier date decides the same way whatever was
+    published after it, since later dates never count.
     """
     out: dict[str, dict[str, Any]] = {}
-    for name in partitions(output, dataset, "pool", storage_options):
-        if name >= partition:
+    for name in cat.before(partition):
+        entry = cat.entries[name]
+        files = entry.get("history_files") or []
+        if not entry.get("version") or INDEX_FILE not in files:
             continue
-        published = read_published(storage.join(output, dataset, "pool", name), storage_options)
-        if published is None or not published.version or not published.has(INDEX_FILE):
-            continue
-        model = published.manifest.get("model") or {}
+        model = entry.get("model") or {}
         out[name] = {
-            "version": published.version,
+            "version": entry["version"],
             "model": {k: model.get(k) for k in MODEL_KEYS},
-            "embeddings": published.has(EMB_FILE),
+            "embeddings": EMB_FILE in files,
         }
     return out
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from tasks.io import storage
-from tasks.publish.manifest import partition_url, partitions, read_published
+from tasks.publish.catalog import flow_folder, read_catalog
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,13 @@ def dataset_card(output: str, dataset: str, so: dict[str, Any] | None) -> str:
     configs, lines = [], []
     for flow in ("pool", "video"):
         files, rows = [], []
-        for name in partitions(output, dataset, flow, so):
-            published = read_published(partition_url(output, dataset, flow, name), so)
-            if published is None or not published.version:
+        cat = read_catalog(flow_folder(output, dataset, flow), so)  # one read, not one per date
+        for name in cat.names():
+            version = cat.entries[name].get("version")
+            if not version:
                 continue
-            files.append(f"{flow}/{name}/{published.version}/shards/*.tar")
-            rows.append(f"| {flow} | {name} | {published.version} |")
+            files.append(f"{flow}/{name}/{version}/shards/*.tar")
+            rows.append(f"| {flow} | {name} | {version} |")
         if files:
             name = "default" if flow == "pool" else flow
             configs.append({"config_name": name, "data_files": [{"split": "train", "path": files}]})

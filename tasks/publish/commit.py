@@ -7,7 +7,8 @@
    locally, one PUT on an object store) by a manifest naming the new version and listing
    its files with sizes and sha256. That write *is* the publication. `_SUCCESS` follows
    (once, for the first version); then version folders other than the new one and the one
-   it replaced are removed.
+   it replaced are removed. The dataset's catalog (`tasks.publish.catalog`) is told before
+   and after the manifest write, so it always equals the manifests.
 
 A run that fails, is killed at any point, or is held by the gate therefore leaves the
 previous version published and intact: until the pointer moves, readers follow the old
@@ -26,6 +27,7 @@ from typing import Any
 
 from tasks.io import storage
 from tasks.io.lock import assert_held
+from tasks.publish import catalog
 from tasks.publish.manifest import (
     MANIFEST,
     ROOT_FILES,
@@ -104,13 +106,21 @@ def commit(version: Version, manifest: dict[str, Any], outputs: list[WrittenFile
             for o in sorted(outputs, key=lambda o: o.path)
         ],
     }
+    # the catalog notes the commit first (and refuses one computed against history that
+    # changed meanwhile); readers resolve the note from the manifest until `finish`
+    catalog.begin(version.final, version.id, so, manifest.get("history"))
     assert_held(version.final)
     write_pointer(version.final, manifest, so)
     mark_success(version.final, so)
     logger.info("published %s version %s (%d files)", version.final, version.id, len(outputs))
+    published = Published(version.final, manifest)
+    try:
+        catalog.finish(version.final, published, so)
+    except Exception as err:  # published already; the pending note keeps readers right
+        logger.warning("could not update the catalog of %s: %s", version.final, err)
     keep = {version.id} | ({previous.version} if previous and previous.version else set())
     prune(version.final, so, keep)
-    return Published(version.final, manifest)
+    return published
 
 
 def abort(version: Version) -> None:
@@ -137,6 +147,10 @@ def hold(version: Version, record: dict[str, Any]) -> str:
     """
     so = version.storage_options
     storage.write_json(version.url(HELD), record, so)
+    try:
+        catalog.record_held(version.final, {"version": version.id}, so)
+    except Exception as err:  # `curate ls` would miss the mark; the held folder is the truth
+        logger.warning("could not note the held version in the catalog: %s", err)
     published = read_published(version.final, so)
     keep = {version.id}
     if published is not None:

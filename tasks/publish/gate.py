@@ -18,8 +18,9 @@ from typing import Any
 
 from schemas.config import CurateConfig, GateConfig
 from tasks.io import storage
+from tasks.publish.catalog import flow_folder, read_catalog
 from tasks.publish.commit import Version, hold
-from tasks.publish.manifest import partition_url, partitions, read_published
+from tasks.publish.manifest import partition_url
 
 logger = logging.getLogger(__name__)
 
@@ -83,18 +84,20 @@ def compare(
 def previous_partition(
     cfg: CurateConfig, flow: str, partition: str
 ) -> tuple[str, dict[str, Any]] | None:
-    """(URL, stats) of the latest published partition before `partition`, if any."""
+    """(URL, stats) of the latest published partition before `partition`, if any (the
+    catalog names it: one read, whatever the history's length)."""
     so = cfg.storage_options
-    for name in reversed(partitions(cfg.output, cfg.dataset, flow, so)):
-        if name >= partition:
-            continue
-        published = read_published(partition_url(cfg.output, cfg.dataset, flow, name), so)
-        if published is None:
-            continue
+    cat = read_catalog(flow_folder(cfg.output, cfg.dataset, flow), so)
+    for name in reversed(cat.before(partition)):
+        uri = partition_url(cfg.output, cfg.dataset, flow, name)
+        version = cat.entries[name].get("version")
+        url = (
+            storage.join(uri, version, "stats.json") if version else storage.join(uri, "stats.json")
+        )
         try:
-            return published.uri, storage.read_json(published.url("stats.json"), so)
+            return uri, storage.read_json(url, so)
         except (OSError, ValueError) as err:
-            logger.warning("gate: cannot read the stats of %s: %s", published.uri, err)
+            logger.warning("gate: cannot read the stats of %s: %s", uri, err)
     return None
 
 

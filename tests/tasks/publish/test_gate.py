@@ -193,7 +193,8 @@ def test_pool_flow_gate(tmp_path, tiny_model, prefect_harness, capsys):
         "ok": False,
     }
     assert all(r["ok"] for name, r in rows.items() if name != "kept_fraction")
-    assert sorted(p.name for p in parts.iterdir()) == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    folders = sorted(p.name for p in parts.iterdir() if p.name[0] not in "._")  # not the catalog
+    assert folders == ["2026-01-01", "2026-01-02", "2026-01-03"]
 
     # the override publishes it, and the held copy goes
     assert run("2026-01-03", "pool.clip_filter.top_fraction=0.2", "gate.override=true") == 0
