@@ -117,9 +117,23 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from tasks.verify import verify_partition
+    """A partition (its files, counts, checksums), or a dataset's catalogs and dedup index."""
+    from tasks.io import storage
+    from tasks.verify import verify_dataset, verify_partition
 
-    problems = verify_partition(args.uri)
+    is_partition = storage.exists(storage.join(args.uri, "manifest.json")) or storage.exists(
+        storage.join(args.uri, "_SUCCESS")
+    )
+    dataset = not is_partition and any(
+        storage.exists(storage.join(args.uri, f)) for f in ("pool", "video")
+    )
+    if dataset and args.repair:
+        from tasks.publish.catalog import write_rebuilt
+
+        for flow in ("pool", "video"):
+            if storage.exists(storage.join(args.uri, flow)):
+                write_rebuilt(storage.join(args.uri, flow))
+    problems = verify_dataset(args.uri) if dataset else verify_partition(args.uri)
     for p in problems:
         print(f"FAIL {p}")
     if problems:
@@ -271,13 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     bal.add_argument("--out", required=True)
     bal.set_defaults(func=cmd_balance)
 
-    for name, func, text in (
-        ("verify", cmd_verify, "check a published partition"),
-        ("report", cmd_report, "print the summary of a published partition"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("uri")
-        p.set_defaults(func=func)
+    ver = sub.add_parser(
+        "verify", help="check a published partition, or a dataset's catalogs and dedup index"
+    )
+    ver.add_argument("uri", help="a partition folder, or {output}/{dataset}")
+    ver.add_argument("--repair", action="store_true",
+                     help="dataset: rebuild the catalogs from the manifests first")  # fmt: skip
+    ver.set_defaults(func=cmd_verify)
+    rep = sub.add_parser("report", help="print the summary of a published partition")
+    rep.add_argument("uri")
+    rep.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("ls", help="list a dataset's published partitions")
     ls.add_argument("uri", help="{output}/{dataset}")

@@ -35,6 +35,9 @@ from flows.run import (
     versioned,
 )
 from schemas.config import ConfigError, CurateConfig, ModelConfig, PoolConfig, parse_config
+from tasks.dedup_index.compact import compact
+from tasks.dedup_index.query import Matches, query_history
+from tasks.dedup_index.runs import PointerMoved
 from tasks.io import storage
 from tasks.metaclip.counts import (
     BalanceInputs,
@@ -51,17 +54,18 @@ from tasks.model.heads import (
 from tasks.pool.dedup_step import (
     EMB_FILE,
     INDEX_FILE,
+    MODEL_KEYS,
     embedding_reader,
     index_table,
-    read_prior,
 )
 from tasks.pool.examples import read_images
 from tasks.pool.report import entry_distribution_summary, write_pool_report
 from tasks.pool.score import ShardScores, score_shard
-from tasks.pool.select import Selection, select
+from tasks.pool.select import PriorLookup, Selection, select
 from tasks.pool.shards import plan_shards, write_pool_shard
 from tasks.pool.sources import iter_selected
 from tasks.pool.stats import pool_stats
+from tasks.publish.catalog import HistoryChanged, flow_folder
 from tasks.publish.commit import Version
 from tasks.publish.writer import WrittenFile, describe_file, write_sizes, write_table
 from tasks.stats import Counts
@@ -259,6 +263,44 @@ def write_dedup_index(
     return out
 
 
+def history_lookup(cfg: CurateConfig, plan: RunPlan) -> PriorLookup | None:
+    """With `scope: dataset`, how the select stage looks its candidates up in the index of
+    the earlier partitions the plan read (their versions are the plan's)."""
+    dedup = cfg.pool.dedup
+    if dedup is None or dedup.scope != "dataset":
+        return None
+    folder = flow_folder(cfg.output, cfg.dataset, "pool")
+    model = {k: plan.model.get(k) for k in MODEL_KEYS}
+
+    def lookup(cand: pl.DataFrame, emb: np.ndarray | None) -> Matches:
+        try:
+            return query_history(folder, plan.prior, cand, emb, dedup, model, cfg.storage_options)
+        except FileNotFoundError as err:  # a version the plan read was replaced meanwhile
+            raise HistoryChanged(f"{plan.partition}: earlier dedup data changed: {err}") from None
+
+    return lookup
+
+
+def compact_index(cfg: CurateConfig, log: Any) -> None:
+    """After a commit with `scope: dataset`: fold the new segment into the index. The index is
+    derived data: a failure here costs the next night a segment read, never a wrong answer."""
+    dedup = cfg.pool.dedup
+    if dedup is None or dedup.scope != "dataset":
+        return
+    t0 = time.perf_counter()
+    try:
+        done = compact(
+            flow_folder(cfg.output, cfg.dataset, "pool"),
+            cfg.storage_options,
+            semantic=dedup.semantic is not None,
+            max_distance=dedup.perceptual.max_distance if dedup.perceptual else None,
+        )
+    except (OSError, PointerMoved, ValueError) as err:
+        log.warning("dedup index not compacted (the next run retries): %s", err)
+        return
+    log.info("dedup index: %s in %.2f s", done, time.perf_counter() - t0)
+
+
 def partition_stats(
     cfg: CurateConfig,
     partition: str,
@@ -325,11 +367,8 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     timings = {"score_s": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    so, dedup = cfg.storage_options, cfg.pool.dedup
-    prior = None
-    if dedup is not None and dedup.scope == "dataset":
-        semantic = dedup.semantic is not None
-        prior = read_prior(cfg.output, cfg.dataset, plan.prior, semantic, so, plan.model)
+    so = cfg.storage_options
+    prior = history_lookup(cfg, plan)
     embeddings = embedding_reader({r.url: r.embeddings for r in results}, so)
     heads = load_pool_heads(cfg, plan, results)
     scores = load_scores(results, so)
@@ -338,6 +377,7 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     log.info("selected: %s", sel.samples.group_by("status").len().sort("status").rows())
 
     stats = publish(cfg, plan, sel, results, bal, timings, run)
+    compact_index(cfg, log)
     publish_artifacts("pool", stats, summary_markdown(stats, plan.final))
     log.info("published %s: %s", plan.final, stats["counts"])
     return {

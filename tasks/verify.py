@@ -290,6 +290,34 @@ def verify_partition(uri: str, storage_options: dict | None = None) -> list[str]
     return problems
 
 
+def verify_dataset(uri: str, storage_options: dict | None = None) -> list[str]:
+    """Problems of a dataset's shared bookkeeping: each flow's catalog must equal what the
+    manifests say, and the pool's dedup index must be exactly the segments it covers.
+    (Each partition is checked by `verify_partition`.)"""
+    from tasks.dedup_index.verify import verify_index
+    from tasks.publish.catalog import read_catalog, rebuild
+
+    so, problems = storage_options, []
+    for flow in ("pool", "video"):
+        folder = storage.join(uri, flow)
+        if not storage.exists(folder, so):
+            continue
+        have, want = read_catalog(folder, so).entries, rebuild(folder, so).entries
+        for name in sorted(set(have) | set(want)):
+            if have.get(name) != want.get(name):
+                problems.append(
+                    f"{flow} catalog: {name} is {_catalog_says(have.get(name))}, its manifest "
+                    f"says {_catalog_says(want.get(name))} (`curate verify --repair` rebuilds it)"
+                )
+        if flow == "pool":
+            problems += verify_index(folder, so)
+    return problems
+
+
+def _catalog_says(entry: dict | None) -> str:
+    return "not published" if entry is None else f"version {entry.get('version')}"
+
+
 # ---------------------------------------------------------------- summary
 
 

@@ -222,6 +222,42 @@ def read_npy(url: str, storage_options: dict[str, Any] | None = None) -> Any:
     return np.load(io.BytesIO(read_bytes(url, storage_options)), allow_pickle=False)
 
 
+def read_npy_rows(url: str, rows: Any, storage_options: dict[str, Any] | None = None) -> Any:
+    """Rows `rows` (ascending or not) of a 2-D .npy file, reading only their bytes: a memory
+    map locally, ranged reads elsewhere. Pickled content is refused."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    fs, path = get_fs(url, storage_options)
+    if is_local(fs):
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.asarray(data[rows])
+    with fs.open(path, "rb", block_size=1 << 16) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if fortran or len(shape) != 2 or dtype.hasobject:
+        raise ValueError(f"{url}: not a C-ordered 2-D numeric array")
+    width = shape[1] * dtype.itemsize
+    out = np.empty((len(rows), shape[1]), dtype=dtype)
+    if not len(rows):
+        return out
+    if rows.min() < 0 or rows.max() >= shape[0]:
+        raise IndexError(f"{url}: rows out of range 0..{shape[0] - 1}")
+    starts = (offset + rows * width).tolist()
+    chunks = fs.cat_ranges([path] * len(rows), starts, [s + width for s in starts])
+    for i, chunk in enumerate(chunks):
+        if isinstance(chunk, Exception):
+            raise chunk
+        out[i] = np.frombuffer(chunk, dtype=dtype)
+    return out
+
+
 def read_parquet(url: str, storage_options: dict[str, Any] | None = None) -> Any:
     import polars as pl
 

@@ -10,9 +10,12 @@ strongest method that ties it to the survivor directly (exact > perceptual > sem
 member tied only through a chain is `duplicate:semantic` or `:perceptual` after its own
 group label).
 
-With `scope: dataset` the rows published by earlier partitions (`PriorIndex`, read from each
-partition's committed `dedup/` files) come first and always survive: what was published on
-Monday is never taken back by Tuesday's run, and Tuesday's copy of it is the duplicate.
+With `scope: dataset` the earlier published rows that candidates copy (`Matches`, found by
+querying the dataset's dedup index, `tasks.dedup_index`) come first and always survive: what
+was published on Monday is never taken back by Tuesday's run, and Tuesday's copy of it is the
+duplicate. Within the night the groups are as before; across nights each candidate is linked
+to the earlier rows the index finds (exact and perceptual: all of them; semantic: those the
+ANN index proposes, confirmed by the cosine).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import polars as pl
 
 from schemas.config import DedupConfig
 from schemas.tables import DEDUP_EMB_FILE, DEDUP_INDEX_FILE
-from tasks.errors import InfraError
+from tasks.dedup_index.query import Matches
 from tasks.io import storage
 from tasks.pool.dedup import (
     UnionFind,
@@ -41,22 +44,6 @@ from tasks.publish.catalog import Catalog
 INDEX_FILE = DEDUP_INDEX_FILE  # uid, sha256, phash of the partition's kept samples
 EMB_FILE = DEDUP_EMB_FILE  # their fp16 image embeddings, same order (semantic scope)
 INDEX_SCHEMA = {"uid": pl.String, "sha256": pl.String, "phash": pl.UInt64}
-
-
-@dataclass
-class PriorIndex:
-    """Kept samples of earlier published partitions: fingerprints, embeddings, and which
-    partition version each came from (recorded in the manifest's lineage)."""
-
-    rows: pl.DataFrame  # INDEX_SCHEMA + partition
-    emb: np.ndarray | None  # (rows, d) fp16, or None when semantic dedup is off
-    versions: dict[str, str]  # partition -> published version read
-
-    @staticmethod
-    def empty(dim: int | None = None) -> PriorIndex:
-        schema = {**INDEX_SCHEMA, "partition": pl.String}
-        emb = None if dim is None else np.zeros((0, dim), np.float16)
-        return PriorIndex(pl.DataFrame(schema=schema), emb, {})
 
 
 @dataclass
@@ -80,20 +67,36 @@ def _combined(labels: list[np.ndarray], n: int) -> np.ndarray:
     return uf.roots()
 
 
+def _with_history(within: np.ndarray, n_prior: int, cross: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Groups over earlier rows + candidates: the candidates' own groups (`within`, ids into
+    the candidates), joined by the links (candidate, earlier row) found in the index."""
+    n_cand = len(within)
+    uf = UnionFind(n_prior + n_cand)
+    rows = np.arange(n_cand, dtype=np.int64)
+    moved = within != rows
+    if moved.any():
+        uf.union(rows[moved] + n_prior, within[moved] + n_prior)
+    ci, ri = cross[0], cross[1]
+    if len(ci):
+        uf.union(ri, ci + n_prior)
+    return uf.roots()
+
+
 def deduplicate(
     cand: pl.DataFrame,
     emb: np.ndarray | None,
     cfg: DedupConfig,
-    prior: PriorIndex | None = None,
+    prior: Matches | None = None,
     seed: int = 0,
 ) -> DedupResult:
     """Decide duplicates among `cand` (uid, sha256, phash, clip_score; input order).
 
     `emb` holds the candidates' image embeddings (row i = cand row i) when semantic dedup is
-    on. Prior rows (earlier partitions) join the grouping ahead of the candidates and win
-    every group they are in.
+    on. `prior` (dataset scope) holds the earlier published rows the candidates copy, as the
+    index found them (`tasks.dedup_index`): they join the grouping ahead of the candidates
+    and win every group they are in.
     """
-    prior = prior or PriorIndex.empty()
+    prior = prior or Matches.empty()
     n_prior, n_cand = prior.rows.height, cand.height
     if n_cand == 0:  # nothing to decide (every row was decided before dedup)
         none = pl.Series([], dtype=pl.String)
@@ -103,31 +106,33 @@ def deduplicate(
     uids = prior.rows["uid"].to_list() + cand["uid"].to_list()
     sha = prior.rows["sha256"].to_list() + cand["sha256"].to_list()
     ph_series = pl.concat([prior.rows["phash"], cand["phash"].cast(pl.UInt64)])
-    known = ph_series.is_not_null().to_numpy()
     ph = ph_series.fill_null(0).to_numpy().astype(np.uint64)  # no float detour: exact bits
     labels: list[np.ndarray] = []
     if cfg.exact:
-        labels.append(exact_groups(sha))
+        labels.append(_with_history(exact_groups(cand["sha256"].to_list()), n_prior,
+                                    prior.links["exact"]))  # fmt: skip
     perceptual = np.arange(n)
     if cfg.perceptual is not None:
-        rows = np.flatnonzero(known)
+        own = np.arange(n_cand)
+        cph = cand["phash"].cast(pl.UInt64)
+        rows = np.flatnonzero(cph.is_not_null().to_numpy())
         if len(rows):
-            perceptual[rows] = rows[perceptual_groups(ph[rows], cfg.perceptual.max_distance)]
+            vals = cph.fill_null(0).to_numpy()[rows]
+            own[rows] = rows[perceptual_groups(vals, cfg.perceptual.max_distance)]
+        perceptual = _with_history(own, n_prior, prior.links["perceptual"])
         labels.append(perceptual)
-    semantic = np.arange(n)
     all_emb = None
     if cfg.semantic is not None:
         if emb is None:
             raise ValueError("semantic dedup needs the candidates' embeddings")
+        if len(emb) != n_cand:
+            raise ValueError(f"{len(emb)} embeddings for {n_cand} rows")
+        own = semantic_groups(emb, cfg.semantic.threshold, seed=seed)
+        labels.append(_with_history(own, n_prior, prior.links["semantic"]))
         prior_emb = prior.emb
         if n_prior and (prior_emb is None or prior_emb.shape != (n_prior, emb.shape[1])):
-            # earlier partitions without comparable embeddings: zero vectors match nothing
-            prior_emb = np.zeros((n_prior, emb.shape[1]), np.float16)
+            prior_emb = np.zeros((n_prior, emb.shape[1]), np.float16)  # match nothing
         all_emb = np.concatenate([prior_emb, emb]) if n_prior else emb
-        if len(all_emb) != n:
-            raise ValueError(f"{len(all_emb)} embeddings for {n} rows")
-        semantic = semantic_groups(all_emb, cfg.semantic.threshold, seed=seed)
-        labels.append(semantic)
     group = _combined(labels, n)
     # the same image with the same caption must tie exactly (the earliest in input order
     # wins): scored in another batch (another sharding, worker count or precision) its
@@ -265,57 +270,3 @@ def prior_partitions(cat: Catalog, partition: str) -> dict[str, dict[str, Any]]:
             "embeddings": EMB_FILE in files,
         }
     return out
-
-
-def read_prior(
-    output: str,
-    dataset: str,
-    planned: dict[str, dict[str, Any]],
-    semantic: bool,
-    storage_options: dict[str, Any] | None,
-    model: dict[str, Any] | None = None,
-) -> PriorIndex:
-    """Fingerprints (and embeddings) of the kept samples of the earlier partitions `planned`
-    (`prior_partitions`), read from exactly the versions planned: versions are immutable, and
-    one pruned since the plan fails the run (infrastructure) instead of deciding on other data.
-
-    Embeddings of a partition scored with other weights (architecture, tag, checkpoint) than
-    `model` are not comparable: zero vectors stand in, which match nothing.
-    """
-    frames, embs = [], []
-    want = {k: (model or {}).get(k) for k in MODEL_KEYS}
-    for name, info in sorted(planned.items()):
-        base = storage.join(output, dataset, "pool", name, info["version"])
-        try:
-            rows = storage.read_parquet(storage.join(base, INDEX_FILE), storage_options)
-        except FileNotFoundError as err:
-            raise InfraError(
-                f"{name}: dedup index of version {info['version']} is gone "
-                "(re-published since this run was planned): re-run"
-            ) from err
-        frames.append(
-            rows.select([pl.col(c).cast(t) for c, t in INDEX_SCHEMA.items()]).with_columns(
-                pl.lit(name).alias("partition")
-            )
-        )
-        emb = None
-        if semantic and info.get("embeddings") and (model is None or info["model"] == want):
-            emb = storage.read_npy(storage.join(base, EMB_FILE), storage_options)
-            if len(emb) != rows.height:
-                raise InfraError(f"{name}: {len(emb)} embeddings for {rows.height} indexed rows")
-        embs.append(emb)
-    versions = {name: info["version"] for name, info in sorted(planned.items())}
-    if not frames:
-        return PriorIndex.empty(None)
-    table = pl.concat(frames)
-    emb_all = None
-    if semantic:
-        dims = {e.shape[1] for e in embs if e is not None and len(e)}  # an empty one has none
-        width = dims.pop() if len(dims) == 1 else None
-        if width is not None:  # rows without comparable embeddings: zero vectors
-            emb_all = np.concatenate(
-                [e if e is not None and e.shape[1] == width
-                 else np.zeros((f.height, width), np.float16)
-                 for e, f in zip(embs, frames, strict=True)]
-            )  # fmt: skip
-    return PriorIndex(table, emb_all, versions)

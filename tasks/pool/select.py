@@ -27,12 +27,14 @@ import polars as pl
 
 from schemas.config import PoolConfig
 from schemas.tables import SAMPLES, conform
+from tasks.dedup_index.query import Matches
 from tasks.metaclip.counts import BalanceInputs, balance
-from tasks.pool.dedup_step import PriorIndex, deduplicate
+from tasks.pool.dedup_step import deduplicate
 from tasks.pool.language import language_reasons
 from tasks.pool.quality import boilerplate_reasons, image_reasons, short_caption_reasons
 from tasks.pool.text_rules import text_filter_reasons
 
+PriorLookup = Callable[[pl.DataFrame, np.ndarray | None], Matches]
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -187,9 +189,10 @@ def _dedup(
     pool: PoolConfig,
     sel: Selection,
     embeddings: Callable[[pl.DataFrame], np.ndarray] | None,
-    prior: PriorIndex | None,
+    prior: PriorLookup | None,
 ) -> pl.DataFrame:
-    """Exact, perceptual and semantic copies among the undecided rows (`dedup_step`)."""
+    """Exact, perceptual and semantic copies among the undecided rows (`dedup_step`), and
+    with `prior`, of earlier published rows (the candidates looked up in the index)."""
     cfg = pool.dedup
     assert cfg is not None
     open_rows = df.select(_undecided())["status"]
@@ -199,9 +202,11 @@ def _dedup(
         if embeddings is None:
             raise ValueError("semantic dedup needs the score stage's embeddings")
         emb = embeddings(cand)
-    res = deduplicate(cand, emb, cfg, prior)
+    found = prior(cand, emb) if prior is not None else None
+    res = deduplicate(cand, emb, cfg, found)
     sel.extra["dedup_groups"] = res.groups
-    sel.extra["dedup_prior"] = dict(prior.versions) if prior is not None else {}
+    sel.extra["dedup_prior"] = dict(found.versions) if found is not None else {}
+    sel.extra["dedup_read"] = dict(found.read) if found is not None else {}
     idx = open_rows.arg_true()
     blank = pl.Series([None] * df.height, dtype=pl.String)
     df = df.with_columns(
@@ -264,14 +269,15 @@ def select(
     matches: pl.DataFrame | None = None,
     balance: BalanceInputs | None = None,
     embeddings: Callable[[pl.DataFrame], np.ndarray] | None = None,
-    prior: PriorIndex | None = None,
+    prior: PriorLookup | None = None,
     heads: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> Selection:
     """Decide a status for every input sample. `scores` must be in input order.
 
     `embeddings(rows)` returns the image embeddings of the given score rows (semantic dedup,
-    heads); `prior` holds earlier partitions' published fingerprints (dedup with `scope:
-    dataset`); `heads[name](embeddings)` scores embeddings with the configured head `name`.
+    heads); `prior(candidates, their embeddings)` finds the earlier published rows they copy
+    (dedup with `scope: dataset`); `heads[name](embeddings)` scores embeddings with the
+    configured head `name`.
     """
     df = scores.with_columns(
         pl.lit(None, pl.String).alias("status"),

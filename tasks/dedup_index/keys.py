@@ -1,0 +1,201 @@
+"""Exact (sha256) and perceptual (pHash) lookups of a night's candidates among earlier rows.
+
+A `KeyTable` holds the earlier rows of one run (or of segments no run covers yet), reduced
+to distinct values: each distinct sha256 and each distinct pHash keeps its first row (rows
+are in partition order, so that is the earliest published copy). A candidate is linked to
+that row, as the union-find of the old in-memory dedup linked every copy of a value into
+one group whose survivor was its first member.
+
+- exact: sha256 as five 60-bit words (polars parses 15 hex digits into an int64); a sorted
+  first word finds the hits, all five words confirm them;
+- perceptual: multi-index hashing with d + 1 blocks of the 64 bits: a pair within Hamming
+  distance d agrees exactly on at least one block (pigeonhole), so probing each block's
+  sorted values finds every such pair, and a popcount confirms it. Exact, no pair missed.
+
+Both are vectorised numpy over chunks of candidates, so memory stays bounded however many
+rows share a block value.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+HEX_PER_WORD = 15  # 60 bits: a polars int64 holds it
+WORDS = 5  # 4 x 15 + 4 hex digits = 64
+CHUNK_PAIRS = 1 << 22  # candidate pairs expanded at a time
+
+
+def sha_words(sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x 5 uint64 words, known mask) of hex sha256 strings; null or malformed: unknown."""
+    s = sha.cast(pl.String)
+    parts = []
+    for w in range(WORDS):
+        piece = s.str.slice(w * HEX_PER_WORD, HEX_PER_WORD)
+        parts.append(piece.str.to_integer(base=16, strict=False))
+    known = s.str.len_chars().eq(64).fill_null(False)
+    for p in parts:
+        known &= p.is_not_null()
+    words = np.stack([p.fill_null(0).cast(pl.UInt64).to_numpy() for p in parts], axis=1)
+    return np.ascontiguousarray(words), known.to_numpy()
+
+
+def mih_blocks(max_distance: int) -> list[tuple[int, int]]:
+    """(start bit, width) of d + 1 contiguous blocks covering the 64 bits."""
+    m = max_distance + 1
+    w, extra = divmod(64, m)
+    widths = [w + 1 if i < extra else w for i in range(m)]
+    starts = np.cumsum([0, *widths[:-1]]).tolist()
+    return list(zip(starts, widths, strict=True))
+
+
+def _block(values: np.ndarray, start: int, width: int) -> np.ndarray:
+    out = values >> np.uint64(start)
+    if width < 64:
+        out &= np.uint64((1 << width) - 1)
+    return out
+
+
+def _first_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values sorted, the first row of each)."""
+    uniq, first = np.unique(values, return_index=True)
+    return uniq, first.astype(np.int64)
+
+
+@dataclass
+class KeyTable:
+    """Earlier rows, as distinct sha256 words and distinct pHashes with their first rows."""
+
+    sha_words: np.ndarray  # (k, 5) uint64, sorted by the first word then the rest
+    sha_rows: np.ndarray  # first row of each
+    ph_values: np.ndarray  # distinct pHashes, sorted
+    ph_rows: np.ndarray  # first row of each
+    blocks: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+
+    @staticmethod
+    def build(sha: pl.Series, phash: pl.Series) -> KeyTable:
+        words, known = sha_words(sha)
+        rows = np.flatnonzero(known)
+        w = words[rows]
+        order = np.lexsort(w.T[::-1])  # by word 0, then 1, ...
+        w, r = w[order], rows[order]
+        first = np.ones(len(w), dtype=bool)
+        first[1:] = (w[1:] != w[:-1]).any(axis=1)
+        ph = phash.cast(pl.UInt64)
+        ph_known = np.flatnonzero(ph.is_not_null().to_numpy())
+        values, at = _first_rows(ph.fill_null(0).to_numpy()[ph_known])
+        return KeyTable(w[first], r[first], values, ph_known[at])
+
+    def sorted_blocks(self, max_distance: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per MIH block: (the distinct pHashes' block values sorted, their positions)."""
+        if max_distance not in self.blocks:
+            out = []
+            for start, width in mih_blocks(max_distance):
+                vals = _block(self.ph_values, start, width)
+                order = np.argsort(vals, kind="stable")
+                out.append((vals[order], order))
+            self.blocks[max_distance] = out
+        return self.blocks[max_distance]
+
+    def to_bytes(self, max_distance: int | None) -> bytes:
+        arrays = {
+            "sha_words": self.sha_words,
+            "sha_rows": self.sha_rows,
+            "ph_values": self.ph_values,
+            "ph_rows": self.ph_rows,
+        }
+        if max_distance is not None:
+            for i, (vals, order) in enumerate(self.sorted_blocks(max_distance)):
+                arrays[f"block{i}_vals"], arrays[f"block{i}_order"] = vals, order
+            arrays["max_distance"] = np.array([max_distance])
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> KeyTable:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            table = KeyTable(z["sha_words"], z["sha_rows"], z["ph_values"], z["ph_rows"])
+            if "max_distance" in z:
+                d = int(z["max_distance"][0])
+                m = d + 1
+                table.blocks[d] = [(z[f"block{i}_vals"], z[f"block{i}_order"]) for i in range(m)]
+        return table
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query index, position) for every position in [lo[q], hi[q])."""
+    counts = hi - lo
+    total = int(counts.sum())
+    q = np.repeat(np.arange(len(lo)), counts)
+    offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    return q, np.repeat(lo, counts) + offset
+
+
+def _chunks(lo: np.ndarray, hi: np.ndarray) -> list[slice]:
+    """Query slices whose expanded pairs stay under CHUNK_PAIRS (one query may exceed it)."""
+    csum = np.cumsum(hi - lo)
+    out, start, base = [], 0, 0
+    while start < len(lo):
+        end = int(np.searchsorted(csum, base + CHUNK_PAIRS, side="right"))
+        end = max(end, start + 1)
+        out.append(slice(start, end))
+        base = int(csum[end - 1])
+        start = end
+    return out
+
+
+def exact_links(table: KeyTable, cand_sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate index, table row) for every candidate whose sha256 is in the table."""
+    words, known = sha_words(cand_sha)
+    first = table.sha_words[:, 0]
+    lo = np.searchsorted(first, words[:, 0], side="left")
+    hi = np.searchsorted(first, words[:, 0], side="right")
+    hi[~known] = lo[~known]
+    ci_all, ri_all = [], []
+    for part in _chunks(lo, hi):
+        q, pos = _expand(lo[part], hi[part])
+        q += part.start
+        same = (table.sha_words[pos] == words[q]).all(axis=1)
+        ci_all.append(q[same])
+        ri_all.append(table.sha_rows[pos[same]])
+    return _cat(ci_all), _cat(ri_all)
+
+
+def perceptual_links(
+    table: KeyTable, cand_phash: pl.Series, max_distance: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate index, table row, distance) for every distinct earlier pHash within
+    `max_distance` of a candidate's (each pair once)."""
+    ph = cand_phash.cast(pl.UInt64)
+    known = ph.is_not_null().to_numpy()
+    values = ph.fill_null(0).to_numpy()
+    ci_all, pi_all = [], []
+    for (start, width), (vals, order) in zip(
+        mih_blocks(max_distance), table.sorted_blocks(max_distance), strict=True
+    ):
+        key = _block(values, start, width)
+        lo = np.searchsorted(vals, key, side="left")
+        hi = np.searchsorted(vals, key, side="right")
+        hi[~known] = lo[~known]
+        for part in _chunks(lo, hi):
+            q, pos = _expand(lo[part], hi[part])
+            q += part.start
+            p = order[pos]
+            dist = np.bitwise_count(values[q] ^ table.ph_values[p])
+            ok = dist <= max_distance
+            ci_all.append(q[ok])
+            pi_all.append(p[ok])
+    ci, pi = _cat(ci_all), _cat(pi_all)
+    if len(ci):  # a pair agreeing on several blocks was found once per block
+        pair = np.unique(np.stack([ci, pi]), axis=1)
+        ci, pi = pair[0], pair[1]
+    dist = np.bitwise_count(values[ci] ^ table.ph_values[pi]).astype(np.int64)
+    return ci, table.ph_rows[pi], dist
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,181 @@
+"""Where the index lives: partition segments, immutable runs, and the one pointer to them.
+
+```
+{output}/{dataset}/pool/
+  {partition}/{version}/dedup/index.parquet, emb.npy   # a segment: commits with its version
+  _dedup/CURRENT.json                                  # the pointer: runs, codebook
+  _dedup/runs/r-{time}-{id}/keys.npz, rows.parquet, ivf.faiss
+  _dedup/codebooks/cb-{time}-{id}.faiss
+```
+
+A run holds the rows of whole segments, in partition order: `keys.npz` (`keys.KeyTable`),
+`rows.parquet` (uid and partition per run row, in row groups so a few rows read cheaply) and,
+once the dataset has a codebook, `ivf.faiss` (the embeddings' PQ codes; ids = run rows). The
+pointer names each run with the partition versions it covers and where each one's rows start;
+runs and codebooks are never changed, only replaced by new ones and a new pointer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from schemas.tables import DEDUP_EMB_FILE, DEDUP_INDEX_FILE
+from tasks.io import cas, storage
+
+ROOT = "_dedup"
+POINTER = "CURRENT.json"
+FORMAT = 1
+ROW_GROUP = 1 << 16
+
+
+def new_id(prefix: str) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The dedup files of one published partition version."""
+
+    folder: str  # the flow folder
+    partition: str
+    version: str
+
+    @property
+    def base(self) -> str:
+        return storage.join(self.folder, self.partition, self.version)
+
+    def keys(self, so: dict[str, Any] | None) -> pl.DataFrame:
+        df = storage.read_parquet(storage.join(self.base, DEDUP_INDEX_FILE), so)
+        return df.select(
+            pl.col("uid").cast(pl.String),
+            pl.col("sha256").cast(pl.String),
+            pl.col("phash").cast(pl.UInt64),
+        )
+
+    def emb_url(self) -> str:
+        return storage.join(self.base, DEDUP_EMB_FILE)
+
+    def embeddings(self, so: dict[str, Any] | None) -> np.ndarray:
+        return storage.read_npy(self.emb_url(), so)
+
+    def emb_rows(self, rows: np.ndarray, so: dict[str, Any] | None) -> np.ndarray:
+        return storage.read_npy_rows(self.emb_url(), rows, so)
+
+
+@dataclass
+class RunInfo:
+    """A run as the pointer lists it."""
+
+    id: str
+    rows: int
+    covers: dict[str, str]  # partition -> version
+    starts: dict[str, int]  # partition -> first run row
+    ivf: str | None = None  # codebook id its embeddings were encoded with
+    max_distance: int | None = None  # pHash distance its MIH blocks were sorted for
+
+    def locate(self, run_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into `partitions()`, row within that partition's segment) per run row."""
+        names = self.partitions()
+        starts = np.array([self.starts[n] for n in names], dtype=np.int64)
+        part = np.searchsorted(starts, run_rows, side="right") - 1
+        return part, run_rows - starts[part]
+
+    def partitions(self) -> list[str]:
+        return sorted(self.starts, key=lambda n: self.starts[n])
+
+
+@dataclass
+class Pointer:
+    """`_dedup/CURRENT.json`: the runs of the index and the dataset's codebook."""
+
+    runs: list[RunInfo] = field(default_factory=list)
+    codebook: str | None = None
+    codebook_rows: int = 0  # embeddings it was trained with
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "codebook": self.codebook,
+            "codebook_rows": self.codebook_rows,
+            "runs": [asdict(r) for r in self.runs],
+        }
+        return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+    @staticmethod
+    def parse(data: bytes | None) -> Pointer:
+        if data is None:
+            return Pointer()
+        doc = json.loads(data)
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"dedup index pointer of format {doc.get('format')}")
+        runs = [RunInfo(**r) for r in doc.get("runs") or []]
+        return Pointer(runs, doc.get("codebook"), int(doc.get("codebook_rows") or 0))
+
+
+def pointer_url(folder: str) -> str:
+    return storage.join(folder, ROOT, POINTER)
+
+
+def run_url(folder: str, run_id: str, name: str = "") -> str:
+    url = storage.join(folder, ROOT, "runs", run_id)
+    return storage.join(url, name) if name else url
+
+
+def codebook_url(folder: str, codebook: str) -> str:
+    return storage.join(folder, ROOT, "codebooks", f"{codebook}.faiss")
+
+
+def read_pointer(folder: str, so: dict[str, Any] | None) -> tuple[Pointer, bytes | None]:
+    """The pointer and its bytes (what a swap must still find), empty when there is none."""
+    data = cas.read(pointer_url(folder), so)
+    return Pointer.parse(data), data
+
+
+class PointerMoved(RuntimeError):
+    """Another compaction swapped the pointer first."""
+
+
+def swap_pointer(folder: str, seen: bytes | None, new: Pointer, so: dict[str, Any] | None) -> None:
+    """Replace the pointer with `new` if it still holds `seen` (compare-and-swap)."""
+
+    def change(current: bytes | None) -> bytes:
+        if current != seen:
+            raise PointerMoved(f"{pointer_url(folder)} changed during compaction")
+        return new.to_bytes()
+
+    cas.update(pointer_url(folder), change, so)
+
+
+def write_rows(url: str, rows: pl.DataFrame, so: dict[str, Any] | None) -> None:
+    """uid, partition, sha256, phash per run row, in row groups (a few rows read cheaply)."""
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(rows.to_arrow(), buf, row_group_size=ROW_GROUP, compression="zstd")
+    storage.write_bytes(url, buf.getvalue(), so)
+
+
+def read_rows(url: str, rows: np.ndarray, so: dict[str, Any] | None) -> pl.DataFrame:
+    """The given run rows of `rows.parquet` (reading only their row groups), in that order."""
+    import io
+
+    rows = np.asarray(rows, dtype=np.int64)
+    groups = np.unique(rows // ROW_GROUP).tolist()
+    with storage.open_read(url, so) as f:
+        table = pq.ParquetFile(io.BytesIO(f.read()) if not hasattr(f, "seek") else f)
+        parts = table.read_row_groups(groups) if groups else table.schema_arrow.empty_table()
+    df = pl.from_arrow(parts)
+    assert isinstance(df, pl.DataFrame)
+    # positions within the groups read: each group holds ROW_GROUP rows but the last
+    first = {g: i * ROW_GROUP for i, g in enumerate(groups)}
+    at = np.array([first[int(r // ROW_GROUP)] + int(r % ROW_GROUP) for r in rows], dtype=np.int64)
+    return df[at] if len(at) else df.clear()

@@ -1,0 +1,233 @@
+"""The dedup index answers like brute force over the whole history, whatever was compacted
+when, after re-publishes and after kills in the middle of a compaction (issue 19)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from schemas.config import DedupConfig
+from schemas.tables import DEDUP_EMB_FILE, DEDUP_INDEX_FILE
+from tasks.dedup_index import ann
+from tasks.dedup_index import compact as compact_module
+from tasks.dedup_index.compact import compact
+from tasks.dedup_index.query import match_rows, query_history
+from tasks.dedup_index.runs import read_pointer, run_url
+from tasks.dedup_index.verify import verify_index
+from tasks.io import storage
+from tasks.publish.catalog import read_catalog
+from tasks.publish.commit import begin, commit
+from tasks.publish.writer import describe_file, write_file, write_table
+
+pytest_plugins = ["tests.s3_fixture"]
+
+DIM = 32
+MODEL = {"architecture_sha256": "a", "pretrained": "p", "checkpoint_sha256": "c"}
+CFG = DedupConfig(exact=True, perceptual={"max_distance": 3}, semantic={"threshold": 0.95},
+                  scope="dataset")  # fmt: skip
+NIGHTS = [f"2026-07-0{i}" for i in range(1, 7)]
+CENTRES = np.random.default_rng(99).standard_normal((40, DIM)).astype(np.float32)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def night_rows(n: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """n kept samples: clustered embeddings (as CLIP's are), random sha256 and pHash."""
+    rng = np.random.default_rng(seed)
+    emb = unit(CENTRES[rng.integers(0, 40, n)] + rng.standard_normal((n, DIM)) * 0.6)
+    df = pl.DataFrame(
+        {
+            "uid": [f"n{seed}-{i}" for i in range(n)],
+            "sha256": [hashlib.sha256(f"{seed}/{i}".encode()).hexdigest() for i in range(n)],
+            "phash": rng.integers(0, 2**64, n, dtype=np.uint64),
+        },
+        schema={"uid": pl.String, "sha256": pl.String, "phash": pl.UInt64},
+    )
+    return df, emb.astype(np.float16)
+
+
+def publish(folder: str, name: str, df: pl.DataFrame, emb: np.ndarray, so=None) -> None:
+    version = begin(storage.join(folder, name), so)
+    outputs = [write_table(df, version.url(DEDUP_INDEX_FILE), DEDUP_INDEX_FILE, so)]
+    storage.write_bytes(version.url(DEDUP_EMB_FILE), storage.npy_bytes(emb), so)
+    outputs.append(describe_file(version.url(DEDUP_EMB_FILE), DEDUP_EMB_FILE, so))
+    stats = json.dumps({"counts": {"kept": df.height}}).encode()
+    outputs.append(write_file(version.url("stats.json"), "stats.json", stats, so))
+    manifest = {"partition": name, "counts": {"kept": df.height}, "model": MODEL}
+    commit(version, manifest, outputs)
+
+
+def candidates(history: dict[str, tuple[pl.DataFrame, np.ndarray]], seed: int = 7):
+    """A new night: fresh rows plus planted copies of earlier rows (exact, pHash within 3
+    bits, embedding at cosine ~0.99); the planted semantic pairs (candidate, earlier uid)."""
+    df, emb = night_rows(300, seed)
+    planted = set()
+    rng = np.random.default_rng(seed)
+    sha, ph = df["sha256"].to_list(), df["phash"].to_list()
+    names = sorted(history)
+    for k in range(90):
+        src_df, src_emb = history[names[k % len(names)]]
+        j = int(rng.integers(0, src_df.height))
+        if k % 3 == 0:
+            sha[k] = src_df["sha256"][j]
+        elif k % 3 == 1:
+            flips = rng.choice(64, size=k % 4, replace=False)
+            v = int(src_df["phash"][j])
+            for b in flips:
+                v ^= 1 << int(b)
+            ph[k] = v
+        else:
+            noise = rng.standard_normal((1, DIM)) * 0.02
+            emb[k] = unit(src_emb[j : j + 1].astype(np.float32) + noise)
+            planted.add(("semantic", k, src_df["uid"][j]))
+    df = df.with_columns(pl.Series("sha256", sha), pl.Series("phash", ph, dtype=pl.UInt64))
+    return df, emb, planted
+
+
+def links(found, rows_uid) -> set[tuple[str, int, str]]:
+    out = set()
+    for method, (ci, ri, _) in found.links.items():
+        for c, r in zip(ci.tolist(), ri.tolist(), strict=True):
+            out.add((method, c, rows_uid[r]))
+    return out
+
+
+def brute(history, cand, emb):
+    """The answer without any index: every earlier row in memory, all compared."""
+    frames, vecs = [], []
+    for name in sorted(history):
+        df, e = history[name]
+        frames.append(df.with_columns(pl.lit(name).alias("partition")))
+        vecs.append(e)
+    found = match_rows(pl.concat(frames), np.concatenate(vecs), cand, emb, CFG)
+    return links(found, found.rows["uid"].to_list())
+
+
+def query(folder, history, cand, emb, so=None):
+    cat = read_catalog(folder, so)
+    planned = {n: {"version": cat.entries[n]["version"], "model": MODEL, "embeddings": True}
+               for n in history}  # fmt: skip
+    found = query_history(folder, planned, cand, emb, CFG, MODEL, so)
+    return links(found, found.rows["uid"].to_list()), found
+
+
+@pytest.fixture
+def small_index(monkeypatch):
+    """Thresholds scaled down so six nights of 400 rows train a codebook and fill runs."""
+    monkeypatch.setattr(ann, "TRAIN_MIN", 1000)
+    monkeypatch.setattr(ann, "FLAT_MAX", 100)
+
+
+def build(folder: str, so=None, compact_each: bool = True):
+    history = {}
+    for i, name in enumerate(NIGHTS):
+        history[name] = night_rows(400, i + 1)
+        publish(folder, name, *history[name], so=so)
+        if compact_each:
+            compact(folder, so, semantic=True, max_distance=3, seal_rows=1000, merge_at=3)
+    return history
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "ds" / "pool"), None
+    s3 = request.getfixturevalue("s3")
+    return f"{request.getfixturevalue('bucket')}/ds/pool", s3.storage_options
+
+
+def test_compacted_index_answers_as_brute_force(where, small_index):
+    folder, so = where
+    history = build(folder, so)
+    pointer, _ = read_pointer(folder, so)
+    assert pointer.codebook is not None and all(r.ivf == pointer.codebook for r in pointer.runs)
+    assert sum(r.rows for r in pointer.runs) == 2400 and len(pointer.runs) < len(NIGHTS)
+    cand, emb, planted = candidates(history)
+    want = brute(history, cand, emb)
+    got, found = query(folder, history, cand, emb, so)
+    assert found.read["segments"] == 0  # everything came from runs
+    exact_perceptual = {x for x in want if x[0] != "semantic"}
+    assert {x for x in got if x[0] != "semantic"} == exact_perceptual
+    semantic_want = {x for x in want if x[0] == "semantic"}
+    semantic_got = {x for x in got if x[0] == "semantic"}
+    assert semantic_got <= semantic_want  # never a false link
+    assert len(planted) == 30 and planted <= semantic_want  # the brute force finds them
+    assert planted <= semantic_got  # every planted copy found through the IVF-PQ runs
+    assert verify_index(folder, so) == []
+
+
+def test_uncompacted_segments_answer_the_same(tmp_path, small_index):
+    folder = str(tmp_path / "ds" / "pool")
+    history = build(folder, compact_each=False)
+    cand, emb, _ = candidates(history)
+    got, found = query(folder, history, cand, emb)
+    assert found.read == {"runs": 0, "segments": len(NIGHTS), "rows": 2400}
+    assert got == brute(history, cand, emb)  # no codebook: every pair compared, exactly
+
+
+def test_a_republished_night_replaces_its_rows(tmp_path, small_index):
+    folder = str(tmp_path / "ds" / "pool")
+    history = build(folder)
+    cand, emb, _ = candidates(history)
+    # night 3 re-published without its first 200 rows: links to them must go
+    df, e = history[NIGHTS[2]]
+    history[NIGHTS[2]] = (df[200:], e[200:])
+    publish(folder, NIGHTS[2], *history[NIGHTS[2]])
+    got, found = query(folder, history, cand, emb)
+    assert found.read["segments"] == 1  # the new version is not in a run yet
+    want = brute(history, cand, emb)
+    assert {x for x in got if x[0] != "semantic"} == {x for x in want if x[0] != "semantic"}
+    assert not any(uid.startswith("n3-") and int(uid[3:]) < 200 for _, _, uid in got)
+    compact(folder, None, semantic=True, max_distance=3, seal_rows=1000, merge_at=3)
+    again, found = query(folder, history, cand, emb)
+    assert found.read["segments"] == 0 and again == got
+    assert verify_index(folder) == []
+
+
+@pytest.mark.parametrize("point", ["before_swap", "after_swap"])
+def test_a_kill_mid_compaction_leaves_an_exact_index(tmp_path, small_index, monkeypatch, point):
+    folder = str(tmp_path / "ds" / "pool")
+    history = build(folder)
+    history["2026-07-09"] = night_rows(400, 9)
+    publish(folder, "2026-07-09", *history["2026-07-09"])
+    cand, emb, _ = candidates(history, seed=11)
+    clean = query(folder, history, cand, emb)[0]
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed")
+
+    target = "swap_pointer" if point == "before_swap" else "_collect_garbage"
+    monkeypatch.setattr(compact_module, target, killed)
+    with pytest.raises(KeyboardInterrupt):
+        compact(folder, None, semantic=True, max_distance=3, seal_rows=1000, merge_at=3)
+    monkeypatch.undo()
+    assert verify_index(folder) == []
+    assert query(folder, history, cand, emb)[0] == clean
+    compact(folder, None, semantic=True, max_distance=3, seal_rows=1000, merge_at=3)
+    assert verify_index(folder) == [] and query(folder, history, cand, emb)[0] == clean
+    named = {r.id for r in read_pointer(folder, None)[0].runs}
+    on_disk = {u.rsplit("/", 1)[-1] for u in storage.listdir(f"{folder}/_dedup/runs")}
+    assert named <= on_disk and len(on_disk - named) <= len(named)  # garbage goes
+
+
+def test_verify_finds_a_run_that_is_not_its_segments(tmp_path, small_index):
+    folder = str(tmp_path / "ds" / "pool")
+    build(folder)
+    run = read_pointer(folder, None)[0].runs[0]
+    url = run_url(folder, run.id, "rows.parquet")
+    rows = storage.read_parquet(url)
+    name = run.partitions()[0]
+    tampered = rows.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("x" * 64)).otherwise("sha256")
+        .alias("sha256")
+    )  # fmt: skip
+    storage.write_parquet(tampered, url)
+    problems = verify_index(folder)
+    assert any(f"rows of {name}" in p for p in problems)
+    assert any("keys.npz sha_words differs" in p for p in problems)

@@ -1,0 +1,77 @@
+"""Exact and perceptual lookups equal brute force: every pair found, nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tasks.dedup_index.keys import KeyTable, exact_links, mih_blocks, perceptual_links
+
+
+def shas(n: int, seed: int) -> list[str]:
+    return [hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(n)]
+
+
+def test_exact_links_are_the_equal_shas_linked_to_their_first_row():
+    table_sha = shas(50, 1)
+    table_sha[7] = table_sha[3]  # a value twice: its first row (3) answers
+    table_sha[9] = None
+    cand = [table_sha[3], "zz", None, table_sha[20], shas(1, 9)[0], table_sha[20][:-1] + "0"]
+    table = KeyTable.build(
+        pl.Series(table_sha, dtype=pl.String), pl.Series([0] * 50, dtype=pl.UInt64)
+    )
+    ci, ri = exact_links(table, pl.Series(cand, dtype=pl.String))
+    got = sorted(zip(ci.tolist(), ri.tolist(), strict=True))
+    want = [(0, 3), (3, 20)] + ([(5, 20)] if cand[5] == table_sha[20] else [])
+    assert got == want
+
+
+def brute(table: np.ndarray, cand: np.ndarray, d: int) -> set[tuple[int, int]]:
+    """(candidate, first row of each distinct value within d), by all pairs."""
+    first = {}
+    for i, v in enumerate(table.tolist()):
+        first.setdefault(v, i)
+    out = set()
+    for c, q in enumerate(cand.tolist()):
+        for v, row in first.items():
+            if bin(q ^ v).count("1") <= d:
+                out.add((c, row))
+    return out
+
+
+@pytest.mark.parametrize("d", [0, 1, 4, 7])
+def test_perceptual_links_equal_all_pairs(d):
+    rng = np.random.default_rng(d)
+    table = rng.integers(0, 2**64, 400, dtype=np.uint64)
+    table[10] = table[2]  # repeated value
+    cand = rng.integers(0, 2**64, 300, dtype=np.uint64)
+    for k in range(60):  # planted copies at 0..d+2 flipped bits
+        bits = rng.choice(64, size=k % (d + 3), replace=False)
+        v = int(table[k * 5])
+        for b in bits:
+            v ^= 1 << int(b)
+        cand[k] = v
+    kt = KeyTable.build(pl.Series(shas(400, 2)), pl.Series(table))
+    ci, ri, dist = perceptual_links(kt, pl.Series(cand), d)
+    got = set(zip(ci.tolist(), ri.tolist(), strict=True))
+    assert got == brute(table, cand, d)
+    assert len(got) == len(ci)  # each pair once
+    assert all(
+        bin(int(cand[c]) ^ int(table[r])).count("1") == x
+        for c, r, x in zip(ci, ri, dist, strict=True)
+    )
+
+
+def test_blocks_cover_64_bits_and_round_trip():
+    for d in range(0, 12):
+        blocks = mih_blocks(d)
+        assert len(blocks) == d + 1 and sum(w for _, w in blocks) == 64
+    table = KeyTable.build(pl.Series(shas(20, 3)), pl.Series(np.arange(20, dtype=np.uint64)))
+    again = KeyTable.from_bytes(table.to_bytes(4))
+    assert np.array_equal(again.sha_words, table.sha_words)
+    assert 4 in again.blocks and len(again.blocks[4]) == 5
+    _, ri, _ = perceptual_links(again, pl.Series([3], dtype=pl.UInt64), 1)
+    assert sorted(ri.tolist()) == [1, 2, 3, 7, 11, 19]  # 3 and the values 1 bit away
