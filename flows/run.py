@@ -26,6 +26,7 @@ from tasks.publish.catalog import HistoryChanged
 from tasks.publish.commit import Version, abort, begin, commit, now_utc
 from tasks.publish.gate import GateHeld, apply_gate
 from tasks.publish.manifest import code_version
+from tasks.publish.report import partition_report
 from tasks.publish.writer import WrittenFile, describe_file, write_file
 
 Body = Callable[[CurateConfig, RunPlan, bool, str], dict[str, Any]]
@@ -143,10 +144,14 @@ def finish(
     write_report: Callable[[Version], list[str]],
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write stats and report, then commit with the manifest (the gate may hold it)."""
+    """Write stats and report, then commit with the manifest (the gate may hold it).
+
+    A report that fails is one `ReportError` line: the report is part of the version, so
+    nothing is published; the scores were cached before, so the re-run does no scoring."""
     so = version.storage_options
     outputs.append(write_file(version.url("stats.json"), "stats.json", to_json(stats), so))
-    outputs += [describe_file(version.url(rel), rel, so) for rel in write_report(version)]
+    written = partition_report(lambda: write_report(version), plan.partition)
+    outputs += [describe_file(version.url(rel), rel, so) for rel in written]
     manifest = {
         "flow": plan.flow,
         "dataset": cfg.dataset,

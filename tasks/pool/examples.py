@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import textwrap
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -124,7 +123,7 @@ def write_example_grids(
     written = []
     for group, uids in chosen.items():
         items = [(data.get(u), _label(by_uid[u])) for u in uids]
-        written.append(_save(draw_grid(items, group), out_url, grid_name(group), so))
+        written.append(save_figure(draw_grid(items, group), out_url, grid_name(group), so))
     if groups:
         assert dedup_groups is not None
         dist = {(r["group"], r["uid"]): r for r in dedup_groups.iter_rows(named=True)}
@@ -135,16 +134,10 @@ def write_example_grids(
                 what = "survivor" if d.get("survivor") else _distance(d)
                 items.append((data.get(u), f"{u} · {what}"))
         fig = draw_grid(items, "duplicate groups (survivor first)")
-        written.append(_save(fig, out_url, grid_name("duplicate_groups"), so))
+        written.append(save_figure(fig, out_url, grid_name("duplicate_groups"), so))
         chosen = {**chosen, "duplicate_groups": [u for g in groups for u in g]}
     storage.write_json(storage.join(out_url, EXAMPLES_FILE), chosen, so)
     return [*written, EXAMPLES_FILE], chosen
-
-
-def _save(fig: Figure, out_url: str, rel: str, so: dict | None) -> str:
-    with warnings.catch_warnings():  # captions in scripts the bundled font lacks draw as boxes
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        return save_figure(fig, out_url, rel, so)
 
 
 def examples_markdown(chosen: dict[str, list[str]]) -> list[str]:

@@ -4,14 +4,19 @@ A report is for a person deciding whether last night's run looks right, so it le
 numbers that must add up (input = every status) and shows the check instead of trusting it.
 
 Figures are built with `matplotlib.figure.Figure`, never pyplot: pyplot keeps global state
-that is not thread-safe, and flows write reports from worker threads.
+that is not thread-safe, and flows write reports from worker threads. Drawing is not
+thread-safe either (mathtext's parser, which lays out log-scale tick labels, and the shared
+FreeType fonts), and a backfill draws the reports of several partitions at once: every figure
+is drawn only in `save_figure`, under one process-wide lock.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -30,6 +35,39 @@ TOP_REASONS = 15
 
 PLOT_STATUS = "plots/status_counts.png"
 PLOT_REASONS = "plots/top_reasons.png"
+
+# Held while a figure is laid out and rendered: the only place matplotlib draws.
+_DRAW_LOCK = threading.Lock()
+
+
+class ReportError(RuntimeError):
+    """A report (or one of its figures) could not be drawn or written.
+
+    The report is part of the published version, so the run fails; everything before it
+    (per-input scores, matches, embeddings) is already cached, so a re-run only selects and
+    publishes again.
+    """
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of an error (mathtext's messages start with a newline)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def partition_report(write: Callable[[], list[str]], partition: str) -> list[str]:
+    """`write()`, with any failure but the store's (OSError) or memory's as one ReportError
+    line that says what is lost: nothing was published, no scoring is."""
+    try:
+        return write()
+    except (OSError, MemoryError):
+        raise  # infrastructure: reported as what it is
+    except Exception as err:
+        what = str(err) if isinstance(err, ReportError) else first_line(err)
+        raise ReportError(
+            f"report of {partition} not written ({what}); nothing was published and the "
+            "scores stay cached: re-run to publish"
+        ) from err
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -111,12 +149,31 @@ def new_figure() -> tuple[Figure, Any]:
     return fig, fig.add_subplot()
 
 
-def save_figure(fig: Figure, out_url: str, rel: str, storage_options: dict | None) -> str:
-    """Render `fig` as PNG to `out_url/rel` through storage (works on object stores)."""
+def render_png(fig: Figure) -> bytes:
+    """`fig` laid out and rendered as PNG, under the drawing lock.
+
+    A caption in a script the bundled font lacks draws as boxes: its warning says nothing
+    a reader of the log can act on. The filter is set under the lock too (warning filters
+    are process-global).
+    """
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    storage.write_bytes(storage.join(out_url, rel), buf.getvalue(), storage_options)
+    with _DRAW_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, out_url: str, rel: str, storage_options: dict | None) -> str:
+    """Render `fig` as PNG to `out_url/rel` through storage (works on object stores); a
+    figure that cannot be drawn is a `ReportError` naming it."""
+    try:
+        data = render_png(fig)
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise ReportError(f"figure {rel}: {first_line(err)}") from err
+    storage.write_bytes(storage.join(out_url, rel), data, storage_options)
     return rel
 
 
