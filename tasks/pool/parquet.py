@@ -107,8 +107,6 @@ def _parquet_sample(
     caption, caption_error = row.pop(caption_column), None
     if isinstance(caption, bytes):
         caption, caption_error = decode_caption(caption)
-    elif caption is not None:
-        caption = caption.strip()
     detail = None
     if image is None:
         error, detail = download_failure(row) or ("missing_image", None)

@@ -79,9 +79,13 @@ def sniff_image_ext(data: bytes | None) -> str | None:
 
 
 def decode_caption(data: bytes) -> tuple[str | None, str | None]:
-    """(caption, error): strict UTF-8 (a BOM is dropped), surrounding whitespace stripped."""
+    """(caption, error): strict UTF-8, a leading BOM dropped (an encoding mark, not text).
+
+    Nothing else is touched: rules that count the text as written (DataComp's length rule)
+    see it whole, and the published ``.txt`` holds what the input held.
+    """
     try:
-        return data.decode("utf-8-sig").strip(), None
+        return data.decode("utf-8-sig"), None
     except UnicodeDecodeError:
         return None, "caption_not_utf8"
 

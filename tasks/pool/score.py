@@ -50,7 +50,9 @@ from tasks.stats import Counts
 
 logger = logging.getLogger(__name__)
 
-SCORE_VERSION = 4  # bump when the scores table's meaning changes: invalidates every cache
+# bump when the scores table's meaning changes: invalidates every cache
+# 5: `caption` is the text as written (was stripped), and `lang` is identified from it
+SCORE_VERSION = 5
 NAMESPACE = "pool-scores"
 PREFETCH_BATCHES = 2
 

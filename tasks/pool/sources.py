@@ -69,14 +69,16 @@ def sample_uid(sample: RawSample, uid_column: str | None = "uid") -> str:
 
     The hash frames each part with a presence byte and its length, so (image, caption) pairs
     can never collide by shifting bytes from one to the other, and a missing caption differs
-    from an empty one. Stable across runs, machines and Python versions.
+    from an empty one. Stable across runs, machines and Python versions. The caption is
+    hashed without surrounding whitespace (``str.strip``): the readers used to strip it, and
+    uids published since then stay the same now that the caption is kept as written.
     """
     if uid_column:
         value = sample.meta.get(uid_column)
         if value is not None and str(value) != "":
             return str(value)
     h = hashlib.sha256()
-    caption = None if sample.caption is None else sample.caption.encode("utf-8")
+    caption = None if sample.caption is None else sample.caption.strip().encode("utf-8")
     for part in (sample.image, caption):
         if part is None:
             h.update(b"\x00")

@@ -14,9 +14,14 @@ first: ``IMG_2034.JPG`` is one word, but "it is a file name" says more than "too
 6. ``repeated_token_spam``: at least ``min_words_for_repeat`` words, and the most frequent
    lower-cased word makes up more than ``max_repeat_fraction`` of them.
 
-Definitions shared by both implementations: whitespace is Unicode White_Space (spelled out in
-`WHITESPACE` so Python's ``re`` and polars' Rust regex agree exactly); a word is a maximal run
-of non-whitespace characters; file-name and URL patterns are ASCII, matched case-insensitively.
+Definitions shared by both implementations: whitespace is what Python's ``str.split()`` splits
+on (Unicode White_Space plus the ASCII separators U+001C..U+001F, spelled out in `WHITESPACE`
+so Python's ``re`` and polars' Rust regex agree exactly); a word is a maximal run of
+non-whitespace characters, so the words are exactly ``caption.split()``, as DataComp counts
+them; file-name and URL patterns are ASCII, matched case-insensitively.
+
+The rules see the caption as written; surrounding whitespace is stripped here, so only
+``too_long`` depends on it (it counts the characters between the first and last word).
 
 `text_filter_reasons` is the vectorised path (polars string expressions, no Python per row);
 `text_filter_reason` is a plain-Python implementation of the same rules for one caption,
@@ -41,8 +46,11 @@ RULES: tuple[str, ...] = (
     "repeated_token_spam",
 )
 
-# Unicode White_Space, as literal characters ("\u2000-\u200a" is a range inside a class).
-WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# Python's str.isspace() characters: Unicode White_Space and U+001C..U+001F (file, group,
+# record and unit separators), as literals ("\u2000-\u200a" is a range inside a class).
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 _WS_CHARS = WHITESPACE.replace("\u2000-\u200a", "".join(map(chr, range(0x2000, 0x200B))))
 _WORD = f"[^{WHITESPACE}]+"
 

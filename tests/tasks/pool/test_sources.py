@@ -162,16 +162,23 @@ def test_bad_json_forms(tmp_path: Path) -> None:
     assert sample_uid(read[3]) == "7"
 
 
-def test_caption_whitespace_and_bom_are_stripped(tmp_path: Path) -> None:
+def test_caption_is_kept_as_written_but_for_the_bom(tmp_path: Path) -> None:
+    """Defect: the reader stripped captions, so DataComp's length rule (raw characters) and
+    the published `.txt` saw other text than the input's. A BOM is an encoding mark: dropped.
+    Surrounding whitespace does not change the content-hash uid (uids stay as published)."""
     img = make_image()
     members = [
         ("a.jpg", img),
         ("a.txt", "\ufeff  Ein Hund \n".encode()),
         ("b.jpg", img),
         ("b.txt", b""),
+        ("c.jpg", img),
+        ("c.txt", b"Ein Hund"),
     ]
     read = list(iter_samples(str(write_members(tmp_path / "c.tar", members))))
-    assert [(s.caption, s.error) for s in read] == [("Ein Hund", None), ("", None)]
+    got = [(s.caption, s.error) for s in read]
+    assert got == [("  Ein Hund \n", None), ("", None), ("Ein Hund", None)]
+    assert sample_uid(read[0]) == sample_uid(read[2]) != sample_uid(read[1])
 
 
 def _cut_results(path: Path, cut: int, tmp_path: Path) -> list[tuple[str, str | None]]:
@@ -358,7 +365,7 @@ def test_parquet_custom_columns_and_binary_captions(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "p.parquet")
     read = list(iter_samples(str(tmp_path / "p.parquet"), image_column="jpg", caption_column="txt"))
     assert [(s.caption, s.error, s.image_ext) for s in read] == [
-        ("Ein Hund", None, "png"),
+        ("  Ein Hund ", None, "png"),  # as written
         (None, "caption_not_utf8", "png"),
     ]
     assert read[0].meta == {"similarity": 0.3}
@@ -443,4 +450,4 @@ def test_shared_flickr_shard_matches_webdataset() -> None:
     theirs = list(wds.WebDataset(shard, shardshuffle=False, empty_check=False))
     assert [s.key for s in ours] == [t["__key__"] for t in theirs]
     assert all(s.error is None and s.caption and s.image_ext == "jpg" for s in ours)
-    assert [s.caption for s in ours] == [t["txt"].decode().strip() for t in theirs]
+    assert [s.caption for s in ours] == [t["txt"].decode() for t in theirs]

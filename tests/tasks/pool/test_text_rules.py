@@ -158,3 +158,19 @@ def test_real_captions_agree_and_mostly_pass() -> None:
     rejected = got.drop_nulls()
     assert 0.005 < len(rejected) / len(laion) < 0.2  # alt-texts are mostly usable
     assert set(rejected.unique()) <= {f"text:{r}" for r in RULES}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(captions=st.lists(_CAPTIONS.filter(lambda c: c is not None), min_size=1, max_size=30))
+def test_words_are_pythons_str_split(captions: list[str]) -> None:
+    """DataComp counts words with `str.split()`; so do the rules. Defect: U+001C..U+001F (which
+    `str.split()` splits on) joined words, so "the dog\\x1fruns" had 2 words, not 3."""
+    for k in (1, 3):
+        cfg = TextFilterConfig(
+            min_words=k, max_chars=10**6, min_letter_fraction=0.0, max_repeat_fraction=1.0
+        )
+        got = text_filter_reasons(pl.Series(captions, dtype=pl.String), cfg).to_list()
+        for caption, reason in zip(captions, got, strict=True):
+            if reason != "text:filename_or_url":
+                assert (reason is not None) == (len(caption.split()) < k), repr(caption)
+    assert text_filter_reason("the dog\x1fruns", TextFilterConfig(min_words=3)) is None
