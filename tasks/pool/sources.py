@@ -126,11 +126,10 @@ def iter_samples(
         raise ShardReadError(url, f"unknown format {fmt!r} (use webdataset or parquet)")
     with _open_shard(url, storage_options) as f:
         if fmt == "webdataset":
-            index = -1
-            for sample in iter_tar(f, url, max_member_bytes, select):
-                index = sample.index
-                yield sample
-            yield from failed_downloads(url, storage_options, select, first_index=index + 1)
+            # the failed rows follow every tar sample, selected or not: a selection must
+            # number them as the full read does
+            in_tar = yield from iter_tar(f, url, max_member_bytes, select)
+            yield from failed_downloads(url, storage_options, select, first_index=in_tar)
         else:
             columns = (image_column, caption_column, uid_column)
             yield from iter_parquet(f, url, columns, select)

@@ -10,7 +10,7 @@ import logging
 import re
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -74,11 +74,15 @@ def split_member_name(name: str) -> tuple[str | None, str, bool]:
 
 def iter_tar(
     f: IO[bytes], url: str, max_member_bytes: int, select: Select | None
-) -> Iterator[RawSample]:
-    """The samples of an open tar, in order; `select(key, index)` skips unwanted bytes."""
+) -> Generator[RawSample, None, int]:
+    """The samples of an open tar, in order; `select(key, index)` skips unwanted bytes.
+
+    Returns (as the generator's value) how many samples the tar holds, selected or not:
+    what comes after the tar (img2dataset's failed downloads) is numbered from there.
+    """
     stream = _open_tar(f, url)
     if stream is None:
-        return
+        return 0
     group: _Group | None = None
     try:
         for info in _regular_members(stream):
@@ -100,6 +104,7 @@ def iter_tar(
         group.error = "truncated_tar"
     if group is not None and group.wanted:
         yield group.to_sample()
+    return 0 if group is None else group.index + 1
 
 
 def _open_tar(f: IO[bytes], url: str) -> tarfile.TarFile | None:

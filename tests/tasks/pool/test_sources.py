@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import shutil
 import tarfile
 import tracemalloc
@@ -451,3 +452,28 @@ def test_shared_flickr_shard_matches_webdataset() -> None:
     assert [s.key for s in ours] == [t["__key__"] for t in theirs]
     assert all(s.error is None and s.caption and s.image_ext == "jpg" for s in ours)
     assert [s.caption for s in ours] == [t["txt"].decode() for t in theirs]
+
+
+def test_selected_failed_downloads_keep_the_index_of_the_full_read(tmp_path: Path) -> None:
+    """Defect: img2dataset's failed rows were numbered from one past the last *selected* tar
+    sample, so a selection (publishing, the report's pictures) gave them other indices than
+    the full read that scored them, and the one without a key another key."""
+    ok = make_samples(3, seed=41)
+    write_tar(tmp_path / "00000.tar", ok)
+    rows = [{"key": s.key, "status": "success", "error_message": None} for s in ok]
+    rows += [
+        {"key": "000000003", "status": "failed_to_download", "error_message": "HTTP Error 404"},
+        {"key": None, "status": "failed_to_resize", "error_message": "cannot identify"},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "00000.parquet")
+    url = str(tmp_path / "00000.tar")
+    full = [(s.index, s.key, s.error) for s in iter_samples(url)]
+    assert full == [
+        *[(i, s.key, None) for i, s in enumerate(ok)],
+        (3, "000000003", "download_failed"),
+        (4, "failed000000004", "download_failed"),
+    ]
+    for size in range(1, len(full) + 1):
+        for wanted in itertools.combinations(range(len(full)), size):
+            got = [(s.index, s.key, s.error) for s in iter_selected(url, list(wanted))]
+            assert got == [full[i] for i in wanted], wanted
