@@ -110,9 +110,14 @@ def language_reasons(
     ``languages`` empty accepts every language (a null ``lang`` too); otherwise a null ``lang``
     is not accepted. Codes compare case-insensitively. A score exactly at ``min_lang_score``
     passes; a null score counts as 0.0.
+
+    Scores are fastText's float32 probabilities (stored as Float32, exactly), so the bound is
+    compared at float32 precision too, as the CLIP threshold is: a score shown as 0.7 is the
+    float32 nearest 0.7 (0.699999988...) and passes ``min_lang_score: 0.7``.
     """
-    frame = pl.DataFrame({"lang": langs.cast(pl.String), "score": scores.cast(pl.Float64)})
-    rejected = pl.col("score").fill_null(0.0) < min_lang_score
+    frame = pl.DataFrame({"lang": langs.cast(pl.String), "score": scores.cast(pl.Float32)})
+    bound = pl.lit(min_lang_score, dtype=pl.Float32)  # the float32 nearest the setting
+    rejected = pl.col("score").fill_null(0.0) < bound
     if languages:
         accepted = [code.lower() for code in languages]
         rejected = rejected | ~pl.col("lang").str.to_lowercase().is_in(accepted).fill_null(False)

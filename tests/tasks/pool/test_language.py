@@ -8,6 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -181,3 +182,38 @@ def test_language_reasons_null_score_counts_as_zero() -> None:
     scores = pl.Series([None, 0.8], dtype=pl.Float64)
     assert language_reasons(langs, scores, ["en"], 0.1).to_list() == [REASON, None]
     assert language_reasons(langs, scores, ["en"], 0.0).to_list() == [None, None]
+
+
+def test_a_score_at_the_threshold_passes_at_the_precision_it_is_stored_in() -> None:
+    """Issue 25 (5b). fastText computes in float32: every score is a float32 value, so the
+    Float32 `lang_score` column holds it exactly (checked on 300 captions). Defect: the rule
+    compared it in float64 with `min_lang_score`, so a score shown as 0.7 (the float32
+    nearest 0.7, 0.699999988) failed `min_lang_score: 0.7`, unlike the CLIP threshold. Here,
+    for each distinct score: the bound written as the score is shown passes it, the next
+    float32 above it does not."""
+    from bench.bench_language import LABELLED
+    from schemas.config import TextFilterConfig
+    from schemas.tables import SAMPLES, SCORES
+
+    captions = [s for sents in LABELLED.values() for s in sents] + CAPTIONS
+    captions += [c for cs in KNOWN.values() for c in cs]
+    computed = identify(pl.Series(captions))
+    stored = computed["lang_score"].cast(SCORES["lang_score"])
+    assert SCORES["lang_score"] == SAMPLES["lang_score"] == pl.Float32
+    assert stored.cast(pl.Float64).to_list() == computed["lang_score"].to_list()  # exact
+    distinct = sorted(set(stored.to_list()))
+    assert len(distinct) > 100
+    langs = pl.Series(["en"] * len(distinct))
+    scores = pl.Series(distinct, dtype=pl.Float32)
+    below_at = 0
+    for i, s in enumerate(distinct):
+        shown = float(str(np.float32(s)))  # what polars and numpy print for the stored score
+        above = float(str(np.nextafter(np.float32(s), np.float32(2))))
+        below_at += shown > s  # the cases float64 got wrong
+        for bound, passes in ((shown, True), (above, False)):
+            if bound > 1.0:  # above a score of 1.0: not a setting
+                continue
+            cfg = TextFilterConfig(min_lang_score=bound)
+            got = language_reasons(langs, scores, ["en"], cfg.min_lang_score)[i]
+            assert (got is None) == passes, (s, bound)
+    assert below_at > 10  # the test holds cases where the shown bound exceeds the exact score
