@@ -193,6 +193,7 @@ def video_stats(
     reasons = videos["error"].drop_nulls().value_counts(sort=True)
     clips = Counts(events=events.height).add_codes("error", events["error"].to_list())
     ood = frames["ood_cue"].drop_nulls().value_counts(sort=True)
+    cut = int((events["status"] == "ok").sum())  # published: an event without a clip is not
     return {
         "flow": "video",
         "dataset": cfg.dataset,
@@ -208,10 +209,11 @@ def video_stats(
         "ood_frames": int(frames["ood_flag"].sum() or 0),
         "ood_cues": {str(c): int(n) for c, n in ood.iter_rows()},
         "events": events.height,
-        "clips": int((events["status"] == "ok").sum()),
+        "clips": cut,
         "clip_errors": int((events["status"] == "clip_error").sum()),
         "video_hours": round(hours, 6),
-        "events_per_hour": round(events.height / hours, 6) if hours else 0.0,
+        # what the gate watches: published events, so clips that stop cutting are seen too
+        "events_per_hour": round(cut / hours, 6) if hours else 0.0,
         "videos_scored": sum(not r.cached for r in results),
         "videos_cached": sum(r.cached for r in results),
         "stages": {"clips": clips.sorted()},

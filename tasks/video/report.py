@@ -140,9 +140,15 @@ def _rate_line(stats: Mapping[str, Any], videos: pl.DataFrame, events: pl.DataFr
         ok = videos.filter(pl.col("status").cast(pl.String) == "ok")
         hours = float(ok["duration_s"].fill_null(0).sum()) / 3600.0
     n = int(stats.get("events", events.height))
-    rate = stats.get("events_per_hour", n / hours if hours else None)
+    cut = int(stats.get("clips", n))  # the rate counts published events: those with a clip
+    rate = stats.get("events_per_hour", cut / hours if hours else None)
     rate_s = f"{rate:.3g}" if rate is not None else "–"
-    return f"{n} events in {hours:.3g} h of video: **{rate_s} events per hour**."
+    if cut == n:
+        return f"{n} events in {hours:.3g} h of video: **{rate_s} events per hour**."
+    return (
+        f"{n} events in {hours:.3g} h of video, {n - cut} without a clip (could not be cut): "
+        f"**{rate_s} published events per hour**."
+    )
 
 
 def _ood_line(stats: Mapping[str, Any], thresholds: Mapping[str, Any]) -> str:

@@ -3,6 +3,7 @@ sample (here a clip that cannot be cut) is a row with its reason and never fails
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -101,3 +102,9 @@ def test_a_clip_that_cannot_be_cut_is_a_row_not_a_failed_run(inputs, prefect_har
     assert set(bad["status"].cast(pl.String)) == {"clip_error"}
     assert set(bad["error"]) == {"clip_error"} and bad["shard"].null_count() == bad.height
     assert set(good["status"].cast(pl.String)) == {"ok"} and good["shard"].null_count() == 0
+    # the gate's figure counts the published events only (issue 25: it counted every event)
+    stats = json.loads((published_dir(final) / "stats.json").read_text())
+    assert stats["clips"] == good.height and stats["clip_errors"] == bad.height
+    videos = pl.read_parquet(published_dir(final) / "videos.parquet")
+    hours = videos.filter(pl.col("status") == "ok")["duration_s"].sum() / 3600.0
+    assert stats["events_per_hour"] == round(good.height / hours, 6)
