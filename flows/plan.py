@@ -23,7 +23,7 @@ from tasks.publish.catalog import Catalog, flow_folder, read_catalog
 from tasks.publish.manifest import partition_url, read_manifest, read_published
 from tasks.video.sidecar import video_fingerprint
 
-PUBLISH_VERSION = 2  # bump when what a published partition holds changes meaning
+PUBLISH_VERSION = 3  # bump when what a published partition holds changes meaning (3: raw captions)
 
 
 class InputError(RuntimeError):

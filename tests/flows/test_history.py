@@ -207,3 +207,61 @@ def test_property_any_order_then_backfill_equals_in_order(
         want = published(ref, d)
         assert published(shuffled, d).equals(want), (order, d)
         assert published(parallel, d).equals(want), d
+
+
+def test_republishing_an_earlier_date_invalidates_later_running_totals(
+    two_days, tiny_model, prefect_harness
+):
+    """Each night reads the previous night's running total; after 01 is re-published with
+    other inputs, 02's total is stale: the next night re-runs 02 first and reads the new one,
+    so 03 balances against the new 01 + 02 (as a history published in order would)."""
+    write_day(two_days, "2026-05-03", DAY1[:4], 200)
+    dates = [*DATES, "2026-05-03"]
+    cfg = config(two_days, tiny_model, "republish")
+    for d in dates:
+        run_pool(cfg, d)
+    write_day(two_days, DATES[0], DAY2[:3], 300)  # 01's inputs change
+    run_pool(cfg, DATES[0])
+    cat = read_catalog(flow_folder(cfg.output, cfg.dataset, "pool"))
+    assert [n for n in dates if cat.stale(n)] == dates[1:]  # both read history with the old 01
+    write_day(two_days, "2026-05-04", DAY2[3:], 400)
+    run_pool(cfg, "2026-05-04")  # brings 02 and 03 up to date first
+    ref = config(two_days, tiny_model, "republish-ref")
+    for d in [*dates, "2026-05-04"]:
+        run_pool(ref, d)
+    for d in [*dates, "2026-05-04"]:
+        assert published(cfg, d).equals(published(ref, d)), d
+
+
+def test_an_earlier_date_committed_during_a_run_is_not_ignored(
+    two_days, tiny_model, prefect_harness, monkeypatch
+):
+    """A nightly run of 02 and a backfill of 01 at once: 01 commits while 02 is selecting.
+    02's commit is refused (its history changed), it selects again, and publishes the
+    in-order result."""
+    import threading
+
+    import flows.pool as pool_flow
+
+    ref = config(two_days, tiny_model, "conc-ref")
+    for d in DATES:
+        run_pool(ref, d)
+    cfg = config(two_days, tiny_model, "conc")
+    real = pool_flow.select
+    calls = []
+
+    def select_then_publish_01(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if not calls:  # the first selection of 02: 01 gets published meanwhile
+            calls.append(1)
+            t = threading.Thread(target=run_pool, args=(cfg, DATES[0]))
+            t.start()
+            t.join()
+        return out
+
+    monkeypatch.setattr(pool_flow, "select", select_then_publish_01)
+    run_pool(cfg, DATES[1])
+    monkeypatch.undo()
+    assert len(calls) == 1
+    for d in DATES:
+        assert published(cfg, d).equals(published(ref, d)), d
