@@ -200,7 +200,6 @@ def child(work: Path, night: int) -> dict[str, Any]:
     quiet()
     import polars as pl
 
-    from flows.pool import compact_index, history_lookup
     from flows.run import finish, versioned
     from schemas.config import parse_config
     from tasks.metaclip.counts import balance_inputs, save_partition_counts
@@ -223,11 +222,11 @@ def child(work: Path, night: int) -> dict[str, Any]:
     embeddings = embedding_reader({source: str(folder / "emb.npy")}, so)
     bal = balance_inputs(cfg, date)
     t_plan = time.perf_counter() - t0
-    sel = select(scores, cfg.pool, matches, bal, embeddings, history_lookup(cfg, plan), {})
+    sel = select(scores, cfg.pool, matches, bal, embeddings, prior_of(cfg, plan), {})
     t_select = time.perf_counter() - t0 - t_plan
     with versioned(plan, so) as version:
         outputs = [write_table(sel.samples, version.url("samples.parquet"), "samples.parquet", so)]
-        for name in save_partition_counts(version.root, bal, sel.pool_counts, so):
+        for name in save_counts(save_partition_counts, version, bal, sel.pool_counts, so):
             outputs.append(describe_file(version.url(name), name, so))
         kept = sel.samples.filter(pl.col("status") == "kept")
         outputs.append(write_table(index_table(kept), version.url(INDEX_FILE), INDEX_FILE, so))
@@ -250,11 +249,40 @@ def child(work: Path, night: int) -> dict[str, Any]:
             print(msg % a, file=sys.stderr)
 
     t1 = time.perf_counter()
-    compact_index(cfg, Log())
+    try:
+        from flows.pool import compact_index
+    except ImportError:  # the code before the dedup index: nothing to compact
+        compact_index = None
+    if compact_index is not None:
+        compact_index(cfg, Log())
     return {"night": night, "wall_s": round(t_night, 3), "plan_s": round(t_plan, 3),
             "select_s": round(t_select, 3), "peak_rss_bytes": rss_night,
             "compact_s": round(time.perf_counter() - t1, 3),
             "read": sel.extra.get("dedup_read", {})}  # fmt: skip
+
+
+def prior_of(cfg: Any, plan: Any) -> Any:
+    """The dataset-scope dedup history as the select stage takes it. Before the dedup index
+    (to measure the old curve with the same bench) it was every earlier segment, loaded."""
+    try:
+        from flows.pool import history_lookup
+    except ImportError:
+        from tasks.pool.dedup_step import read_prior
+
+        d = cfg.pool.dedup
+        return read_prior(cfg.output, cfg.dataset, plan.prior, d.semantic is not None,
+                          cfg.storage_options, plan.model)  # fmt: skip
+    return history_lookup(cfg, plan)
+
+
+def save_counts(save: Any, version: Any, bal: Any, counts: Any, so: Any) -> list[str]:
+    """This night's counts files (before running totals existed: one file, its own)."""
+    import inspect
+
+    if "folder" in inspect.signature(save).parameters:
+        return save(version.root, bal, counts, so)
+    save(version.url("entry_counts.parquet"), bal, counts, so)
+    return ["entry_counts.parquet"]
 
 
 # --- planning and ls over 1,000 partitions on S3 ---------------------------------------------

@@ -98,6 +98,7 @@ class PerceptualDedupConfig(Strict):
 
 class SemanticDedupConfig(Strict):
     threshold: float = Field(0.95, gt=0.0, le=1.0)
+    nprobe: int = Field(8, ge=1, le=4096)  # coarse lists a cross-night lookup probes
 
 
 class DedupConfig(Strict):

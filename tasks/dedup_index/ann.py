@@ -1,18 +1,23 @@
 """Semantic lookups: FAISS IVF-PQ (fast-scan) candidates, confirmed by the exact cosine.
 
-Why FAISS IVF-PQ fast-scan (`IVF{nlist},PQ{d/8}x4fs`): 32 bytes per 512-d embedding, a SIMD
-scan of the probed lists, a binary format we write and read ourselves (no pickle), and no
-server; measured against IVF-PQ with 8-bit codes and IVF-SQ8 on this machine class it found
-every planted copy (cosine >= 0.96) at nprobe 2 while scanning 7x and 14x faster
-(`bench/bench_history.py` measures recall and cost in the dedup setting). PQ's inner products
-are far too coarse to threshold (a true 0.97 can read 0.4 on isotropic data), so the index
-only *ranks*: each run's k nearest rows per query are candidates, and the float64 cosine of
+Why FAISS IVF-PQ fast-scan (`IVF{nlist},PQ{d/4}x4fs`, 64 bytes per 512-d embedding): a SIMD
+scan of 4-bit codes in the probed lists, a binary format we serialise ourselves (no pickle),
+no server. Measured on clustered 512-d data (`/tmp`-free numbers in `bench/bench_history.py`):
+IVF-PQ with 8-bit codes and IVF-SQ8 scanned 7x and 14x slower for the same recall, and 8 dims
+per sub-quantizer (32 bytes) ranked some planted copies out of the top 8 in 32-d tests.
+
+PQ's inner products are biased (a true 0.97 reads about 0.6 here), so they are never compared
+with the threshold itself. Each codebook is *calibrated* when it is trained: near-copies of
+its training vectors at known cosines are searched, and for each cosine the lowest estimate a
+true pair received (less a margin) is kept. A query keeps each run's K nearest rows whose
+estimate clears the calibrated floor for the configured threshold, and the float64 cosine of
 the stored fp16 vectors decides, exactly as within a partition.
 
-One codebook (coarse quantizer + PQ tables) per dataset, trained once from the first
-embeddings compacted (`train_codebook`), encodes every run: the query's probed lists are then
-the same in every run. Runs smaller than `FLAT_MAX` rows, and every run before a codebook
-exists, are searched exactly (all pairs), so small histories and tests get exact answers.
+One codebook (coarse quantizer + PQ tables) per dataset encodes every run, so a query probes
+the same lists in every run. It is trained from the first `TRAIN_MIN` embeddings (before that
+every pair is compared exactly), with about 4 sqrt(rows) lists, and trained again, with every
+run re-encoded, once the history holds `RETRAIN_FACTOR` times the rows it was trained for, so
+lists stay short as the history grows.
 """
 
 from __future__ import annotations
@@ -22,13 +27,18 @@ from collections.abc import Iterable
 
 import numpy as np
 
-FLAT_MAX = 20_000  # rows searched exactly (brute force), no codebook needed
-TRAIN_MIN = 50_000  # embeddings compacted before a codebook is trained
-TRAIN_MAX = 200_000  # embeddings a codebook is trained on (a deterministic sample)
+FLAT_MAX = 20_000  # a segment this small is searched exactly when it is read directly
+TRAIN_MIN = 20_000  # embeddings compacted before a codebook is trained
+TRAIN_MAX = 200_000  # embeddings a codebook is trained on (the earliest partitions')
+RETRAIN_FACTOR = 16  # train again when the history has this many times the rows
 K = 8  # nearest rows per query and run taken as candidates
+CALIBRATION_COS = (0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
+CALIBRATION_PAIRS = 2000  # near-copies searched per cosine
+CALIBRATION_SLACK = 0.05  # taken off the lowest estimate a true pair received
 MARGIN = 1e-4  # float32 cosine error bound; closer pairs are settled in float64
 EPS64 = 1e-12
-QUERY_CHUNK = 2048
+QUERY_CHUNK = 2048  # exact search: queries x rows similarities at a time
+SEARCH_CHUNK = 4096  # IVF search: queries at a time (bounds the scan's lookup tables)
 
 
 def _faiss():  # imported when first needed: seconds of start-up a planning step never pays
@@ -47,10 +57,10 @@ def unit32(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def n_lists(rows: int) -> int:
-    """Coarse lists for a codebook trained when `rows` embeddings exist: about 4 sqrt(rows),
-    so lists stay short as the history grows several times past it."""
-    return int(min(16384, max(16, 4 * round(math.sqrt(rows)))))
+def n_lists(rows: int, sample: int) -> int:
+    """Coarse lists for a codebook trained when `rows` embeddings exist, on `sample` of them:
+    about 4 sqrt(rows), and at least 39 training vectors per list (FAISS's minimum)."""
+    return int(max(16, min(4 * round(math.sqrt(rows)), sample // 39, 16384)))
 
 
 def codebook_spec(dim: int, nlist: int) -> str:
@@ -58,8 +68,9 @@ def codebook_spec(dim: int, nlist: int) -> str:
     return f"{quantizer},PQ{dim // 4}x4fs"
 
 
-def train_codebook(sample: np.ndarray, nlist: int, seed: int = 0) -> bytes:
-    """An empty IVF-PQ index trained on `sample` (normalised here), serialised."""
+def train_codebook(sample: np.ndarray, nlist: int, seed: int = 0) -> tuple[bytes, list]:
+    """An empty IVF-PQ index trained on `sample` (normalised here), serialised, and its
+    calibration: [(cosine, lowest estimate a pair at that cosine may get)]."""
     faiss = _faiss()
     x = unit32(sample)
     dim = x.shape[1]
@@ -69,7 +80,45 @@ def train_codebook(sample: np.ndarray, nlist: int, seed: int = 0) -> bytes:
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed
     index.train(x)
-    return faiss.serialize_index(index).tobytes()
+    data = faiss.serialize_index(index).tobytes()
+    return data, calibrate(data, x, seed)
+
+
+def calibrate(book: bytes, x: np.ndarray, seed: int, nprobe: int = 8) -> list[list[float]]:
+    """For each cosine of CALIBRATION_COS, the lowest PQ estimate that a vector's near-copy at
+    exactly that cosine received (found among its K nearest), less CALIBRATION_SLACK."""
+    rng = np.random.default_rng(seed)
+    base = x[rng.choice(len(x), size=min(len(x), 20 * CALIBRATION_PAIRS), replace=False)]
+    index = _faiss().deserialize_index(np.frombuffer(encode(book, [(base, np.arange(len(base)))]),
+                                                      dtype=np.uint8))  # fmt: skip
+    _faiss().extract_index_ivf(index).nprobe = nprobe
+    out = []
+    for cos in CALIBRATION_COS:
+        src = rng.choice(len(base), size=min(len(base), CALIBRATION_PAIRS), replace=False)
+        s = base[src]
+        r = rng.standard_normal(s.shape).astype(np.float32)
+        r -= (r * s).sum(1, keepdims=True) * s
+        r /= np.linalg.norm(r, axis=1, keepdims=True)
+        q = (cos * s + math.sqrt(1 - cos * cos) * r).astype(np.float32)
+        est, found = index.search(q, K)
+        hit = found == src[:, None]
+        got = est[hit]
+        low = float(got.min()) if got.size else -1.0
+        out.append([cos, low - CALIBRATION_SLACK])
+    return out
+
+
+def floor_for(calibration: list[list[float]] | None, threshold: float) -> float:
+    """The estimate a candidate must reach at `threshold` (interpolated; the lowest
+    calibrated floor below the grid, so a lower threshold only ever lets more through)."""
+    if not calibration:
+        return -math.inf
+    cos = [c for c, _ in calibration]
+    low = [f for _, f in calibration]
+    low = list(np.minimum.accumulate(low[::-1])[::-1])  # monotone in the cosine
+    if threshold <= cos[0]:
+        return -math.inf
+    return float(np.interp(threshold, cos, low))
 
 
 def encode(codebook: bytes, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> bytes:
@@ -90,19 +139,22 @@ class Searcher:
         self.raw, self.q = queries, unit32(queries)
         self.threshold, self.nprobe = threshold, nprobe
 
-    def candidates(self, run_index: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """(query, run row) of each query's K nearest rows of an encoded run."""
+    def candidates(self, run_index: bytes, floor: float = -math.inf) -> tuple[np.ndarray, ...]:
+        """(query, run row) of each query's K nearest rows of an encoded run whose PQ estimate
+        reaches `floor` (the codebook's calibrated floor for the threshold). Queries go in
+        chunks: the scan's lookup tables grow with queries x probes."""
         faiss = _faiss()
         index = faiss.deserialize_index(np.frombuffer(run_index, dtype=np.uint8))
         faiss.extract_index_ivf(index).nprobe = self.nprobe
         k = min(K, index.ntotal)
-        if k == 0 or not len(self.q):
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        _, found = index.search(self.q, k)
-        qi = np.repeat(np.arange(len(self.q)), k)
-        ri = found.reshape(-1)
-        keep = ri >= 0
-        return qi[keep], ri[keep].astype(np.int64)
+        qs, rs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for i in range(0, len(self.q) if k else 0, SEARCH_CHUNK):
+            est, found = index.search(self.q[i : i + SEARCH_CHUNK], k)
+            keep = (found >= 0) & (est >= floor)
+            qi, kk = np.nonzero(keep)
+            qs.append(qi.astype(np.int64) + i)
+            rs.append(found[qi, kk].astype(np.int64))
+        return np.concatenate(qs), np.concatenate(rs)
 
     def confirm(self, qi: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Of the pairs (query qi[j], earlier vector rows[j]), those with cosine >= threshold,

@@ -80,10 +80,11 @@ def compact(
     """Bring the index up to date with the published partitions; what it did."""
     live, sizes, with_emb = live_segments(folder, so)
     pointer, seen = read_pointer(folder, so)
-    codebook, trained = pointer.codebook, False
+    codebook, calibration, trained = pointer.codebook, pointer.calibration, False
     embedded = sum(sizes[p] for p in with_emb)
-    if semantic and codebook is None and embedded >= ann.TRAIN_MIN:
-        codebook = _train(folder, so, live, with_emb, embedded)
+    grown = codebook is not None and embedded >= ann.RETRAIN_FACTOR * max(pointer.codebook_rows, 1)
+    if semantic and embedded >= ann.TRAIN_MIN and (codebook is None or grown):
+        codebook, calibration = _train(folder, so, live, with_emb, embedded)
         trained = True
     keep: list[RunInfo] = []
     for run in pointer.runs:
@@ -104,8 +105,8 @@ def compact(
     for group in _groups(todo, sizes, seal_rows):
         segs = [Segment(folder, p, live[p]) for p in group]
         built.append(build_run(folder, segs, so, book, codebook, max_distance, with_emb))
-    new = Pointer(sorted(keep + built, key=lambda r: min(r.covers)), codebook,
-                  embedded if trained else pointer.codebook_rows)  # fmt: skip
+    rows = embedded if trained else pointer.codebook_rows
+    new = Pointer(sorted(keep + built, key=lambda r: min(r.covers)), codebook, rows, calibration)
     swap_pointer(folder, seen, new, so)
     _collect_garbage(folder, so, new, pointer)
     done = {"runs": len(new.runs), "built": len(built), "rows_written": sum(r.rows for r in built),
@@ -139,10 +140,12 @@ def _train(folder: str, so: Any, live: dict[str, str], with_emb: set[str], embed
             break
     sample = np.concatenate(parts)[: ann.TRAIN_MAX]
     book_id = new_id("cb")
-    data = ann.train_codebook(sample, ann.n_lists(len(sample)))
+    nlist = ann.n_lists(embedded, len(sample))
+    data, calibration = ann.train_codebook(sample, nlist)
     storage.write_bytes(codebook_url(folder, book_id), data, so)
-    logger.info("dedup index: codebook %s trained on %d embeddings", book_id, len(sample))
-    return book_id
+    logger.info("dedup index: codebook %s (%d lists) trained on %d embeddings", book_id, nlist,
+                len(sample))  # fmt: skip
+    return book_id, calibration
 
 
 def build_run(

@@ -125,12 +125,14 @@ def query_history(
         live = {p for p, v in run.covers.items() if versions.get(p) == v}
         if live:
             covered |= live
-            job.run(run, live, pointer.codebook)
+            job.run(run, live, pointer.codebook, pointer.calibration)
             read["runs"] += 1
             read["rows"] += run.rows
     for p, v in versions.items():  # published since the last compaction, or re-published
         if p not in covered:
-            read["rows"] += job.segment(Segment(folder, p, v), pointer.codebook)
+            read["rows"] += job.segment(
+                Segment(folder, p, v), pointer.codebook, pointer.calibration
+            )
             read["segments"] += 1
     job.fetch_vectors()
     return job.found.matches(versions, read, emb.shape[1] if semantic else None)
@@ -154,10 +156,6 @@ def match_rows(
     return job.found.matches(versions, {"rows": rows.height}, emb.shape[1] if semantic else None)
 
 
-def nprobe(cfg: Any) -> int:
-    return int(getattr(cfg.semantic, "nprobe", None) or 8)
-
-
 class _Job:
     """One night's candidates, looked up in source after source."""
 
@@ -167,7 +165,7 @@ class _Job:
         self.folder, self.so, self.cand, self.cfg = folder, so, cand, cfg
         self.versions, self.comparable = versions, comparable
         self.searcher = (
-            ann.Searcher(emb, cfg.semantic.threshold, nprobe(cfg)) if comparable else None
+            ann.Searcher(emb, cfg.semantic.threshold, cfg.semantic.nprobe) if comparable else None
         )
         self.found = _Found()
 
@@ -184,11 +182,11 @@ class _Job:
             out.append(("perceptual", ci, rr, dist.astype(np.float64)))
         return out
 
-    def run(self, run: RunInfo, live: set[str], codebook: str | None) -> None:
+    def run(self, run: RunInfo, live: set[str], codebook: str | None, calibration: Any) -> None:
         data = storage.read_bytes(run_url(self.folder, run.id, "keys.npz"), self.so)
         found = self._keys(KeyTable.from_bytes(data))
         if self.searcher is not None:
-            found.append(self._semantic_run(run, live, codebook))
+            found.append(self._semantic_run(run, live, codebook, calibration))
         names = run.partitions()
         url = run_url(self.folder, run.id, "rows.parquet")
         for method, ci, rr, value in found:
@@ -201,19 +199,22 @@ class _Job:
             self.found.add(method, ci[ok], keys, value[ok], read_rows(url, rr[ok], self.so))
 
     def _semantic_run(
-        self, run: RunInfo, live: set[str], codebook: str | None
+        self, run: RunInfo, live: set[str], codebook: str | None, calibration: Any
     ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         searcher = self.searcher
         assert searcher is not None
         names = run.partitions()
         if run.ivf is not None and run.ivf == codebook:
             data = storage.read_bytes(run_url(self.folder, run.id, "ivf.faiss"), self.so)
-            qi, rr = searcher.candidates(data)
+            qi, rr = searcher.candidates(data, ann.floor_for(calibration, searcher.threshold))
             part, seg_row = run.locate(rr)
             use = np.array([names[p] in live and names[p] in self.comparable for p in part], bool)
             qi, rr, part, seg_row = qi[use], rr[use], part[use], seg_row[use]
             keys = [(names[p], int(r)) for p, r in zip(part, seg_row, strict=True)]
-            ok, cos = searcher.confirm(qi, self._vectors(keys))
+            vectors = self._vectors(keys)
+            ok, cos = searcher.confirm(qi, vectors)
+            for j in np.flatnonzero(ok).tolist():  # kept for the reported cosine
+                self.found.vectors[keys[j]] = vectors[j]
             return ("semantic", qi[ok], rr[ok], cos[ok])
         # encoded with no codebook (a small history): every pair compared, segment by segment
         qs, rs, cs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
@@ -239,32 +240,36 @@ class _Job:
         for name, at in by_part.items():
             rows = np.array([keys[i][1] for i in at], dtype=np.int64)
             seg = Segment(self.folder, name, self.versions[name])
-            got = seg.emb_rows(rows, self.so)
-            out[at] = got
-            for r, v in zip(rows.tolist(), got, strict=True):
-                self.found.vectors[(name, r)] = v
+            out[at] = seg.emb_rows(rows, self.so)
         return out
 
-    def segment(self, seg: Segment, codebook: str | None) -> int:
+    def segment(self, seg: Segment, codebook: str | None, calibration: Any = None) -> int:
         """Look the candidates up in a segment no run covers (read whole: it is one night)."""
         keys = seg.keys(self.so)
         use_emb = self.searcher is not None and seg.partition in self.comparable
         vectors = seg.embeddings(self.so) if use_emb else None
-        book = None
+        book, floor = None, -np.inf
         if vectors is not None and codebook is not None and len(vectors) > ann.FLAT_MAX:
             book = storage.read_bytes(codebook_url(self.folder, codebook), self.so)
+            floor = ann.floor_for(calibration, self.cfg.semantic.threshold)
         parts = pl.Series([seg.partition] * keys.height, dtype=pl.String)
-        self.frame(keys.with_columns(parts.alias("partition")), vectors, book)
+        self.frame(keys.with_columns(parts.alias("partition")), vectors, book, floor)
         return keys.height
 
-    def frame(self, rows: pl.DataFrame, vectors: np.ndarray | None, book: bytes | None) -> None:
+    def frame(
+        self,
+        rows: pl.DataFrame,
+        vectors: np.ndarray | None,
+        book: bytes | None,
+        floor: float = -np.inf,
+    ) -> None:
         """Look the candidates up in earlier rows held in memory (uid, sha256, phash,
         partition; `vectors` row i = rows row i); a row's key is (partition, its index)."""
         found = self._keys(KeyTable.build(rows["sha256"], rows["phash"]))
         if vectors is not None and self.searcher is not None:
             if book is not None:
                 index = ann.encode(book, [(vectors, np.arange(len(vectors)))])
-                qi, rr = self.searcher.candidates(index)
+                qi, rr = self.searcher.candidates(index, floor)
                 ok, cos = self.searcher.confirm(qi, vectors[rr])
                 found.append(("semantic", qi[ok], rr[ok], cos[ok]))
             else:
@@ -286,4 +291,5 @@ class _Job:
         missing = [k for k in self.found.info if k not in self.found.vectors
                    and k[0] in self.comparable]  # fmt: skip
         if missing:
-            self._vectors(missing)
+            for k, v in zip(missing, self._vectors(missing), strict=True):
+                self.found.vectors[k] = v

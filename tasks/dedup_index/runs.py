@@ -99,13 +99,15 @@ class Pointer:
 
     runs: list[RunInfo] = field(default_factory=list)
     codebook: str | None = None
-    codebook_rows: int = 0  # embeddings it was trained with
+    codebook_rows: int = 0  # embeddings the history held when it was trained
+    calibration: list[list[float]] | None = None  # (cosine, PQ estimate floor), `ann`
 
     def to_bytes(self) -> bytes:
         doc = {
             "format": FORMAT,
             "codebook": self.codebook,
             "codebook_rows": self.codebook_rows,
+            "calibration": self.calibration,
             "runs": [asdict(r) for r in self.runs],
         }
         return json.dumps(doc, indent=1, sort_keys=True).encode()
@@ -118,7 +120,8 @@ class Pointer:
         if doc.get("format") != FORMAT:
             raise ValueError(f"dedup index pointer of format {doc.get('format')}")
         runs = [RunInfo(**r) for r in doc.get("runs") or []]
-        return Pointer(runs, doc.get("codebook"), int(doc.get("codebook_rows") or 0))
+        return Pointer(runs, doc.get("codebook"), int(doc.get("codebook_rows") or 0),
+                       doc.get("calibration"))  # fmt: skip
 
 
 def pointer_url(folder: str) -> str:
