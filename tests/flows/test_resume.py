@@ -33,9 +33,10 @@ from flows.pool import run_pool
 from schemas.config import parse_config
 from tasks.io import storage
 from tasks.io.lock import Holder, lock_url
+from tasks.publish.catalog import read_catalog
 from tasks.publish.gate import GateHeld
 from tasks.publish.manifest import read_manifest, read_published
-from tasks.verify import verify_partition
+from tasks.verify import verify_dataset, verify_partition
 from tests.helpers import ROOT
 from tests.pool_factory import make_samples, write_tar
 
@@ -66,6 +67,7 @@ def before(module, name, tag):
 
 
 import flows.pool as flow
+import tasks.publish.catalog as catalog
 import tasks.publish.commit as commit
 import tasks.publish.writer as writer
 
@@ -99,6 +101,8 @@ elif point == "success":  # manifest moved, `_SUCCESS` not yet checked/written
     before(commit, "mark_success", point)
 elif point == "prune":  # the new version published, older ones not yet removed
     before(commit, "prune", point)
+elif point == "catalog":  # manifest moved, the catalog still holds the pending mark only
+    before(catalog, "finish", point)
 
 from flows.cli import main
 
@@ -281,7 +285,7 @@ def publish_old_version(tiny_model, store) -> tuple[dict, str, dict]:
     return old, final, manifest
 
 
-@pytest.mark.parametrize("point", ["publish", "pointer", "prune"])
+@pytest.mark.parametrize("point", ["publish", "pointer", "catalog", "prune"])
 def test_republish_killed_keeps_the_previous_version(
     point, store, tiny_model, tmp_path, prefect_harness
 ):
@@ -293,24 +297,29 @@ def test_republish_killed_keeps_the_previous_version(
     pid = kill_at(point, config, tmp_path)
     assert Holder.parse(storage.read_bytes(lock_url(final), so)).pid == pid
     now = read_manifest(final, so)
-    if point == "prune":  # the pointer had moved: the new version is the published one
+    moved = point in ("catalog", "prune")  # the pointer had moved: the new version is published
+    if moved:
         assert now["version"] != old["version"] and now["previous_version"] == old["version"]
     else:
         assert now == old
     assert verify_partition(final, so) == []
+    dataset = final.rsplit("/", 2)[0]  # {output}/k: its catalog equals the manifests
+    assert verify_dataset(dataset, so) == []
+    assert read_catalog(f"{dataset}/pool", so).entries[PARTITION]["version"] == now["version"]
 
     result = run_pool(parse_config(config), PARTITION)  # resume
     published = read_published(final, so)
-    if point == "prune":  # already published with this run key: nothing to do
+    if moved:  # already published with this run key: nothing to do
         assert result["status"] == "skipped"
     else:
         assert result["status"] == "published"
         assert published.manifest["previous_version"] == old["version"]
     assert verify_partition(final, so) == []
+    assert verify_dataset(dataset, so) == []
     assert_same_partition(final, reference, so)
     # the killed run's files are gone; the replaced version is kept for readers in flight
     expected = {"manifest.json", "_SUCCESS", "README.md", published.version, old["version"]}
-    if point == "prune":  # the skipped re-run touched nothing (not even the dead run's lock,
+    if moved:  # the skipped re-run touched nothing (not even the dead run's lock,
         assert expected <= folder_names(final, so)  # which the next run takes over)
     else:
         assert folder_names(final, so) == expected
