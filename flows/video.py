@@ -41,6 +41,7 @@ from tasks.stats import Counts
 from tasks.video.duplicates import duplicate_row, duplicate_videos
 from tasks.video.headfile import RunHead, load_run_head, pin_head, prompts_differ
 from tasks.video.publish import (
+    Clocks,
     assign_event_shards,
     frame_scores,
     mark_clip_failures,
@@ -78,9 +79,9 @@ def embed_prompts_task(
 
 @task(name="write-clips", task_run_name="write {name}", **IO_RETRIES)
 def write_clips_task(
-    name: str, events: pl.DataFrame, base: str, lineage: dict, so: dict[str, Any]
+    name: str, events: pl.DataFrame, base: str, lineage: dict, so: dict[str, Any], clocks: Clocks
 ) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
-    return write_event_shard(name, events, base, lineage, so)
+    return write_event_shard(name, events, base, lineage, so, clocks)
 
 
 def check_head(cfg: CurateConfig) -> None:
@@ -242,8 +243,9 @@ def publish(
     }
     with versioned(plan, so) as version:
         t0 = time.perf_counter()
+        clocks = {r.url: (r.timeline, r.probe.get("rotation") or 0) for r in results if r.timeline}
         futures = [
-            write_clips_task.submit(str(name), rows, version.root, lineage, so)
+            write_clips_task.submit(str(name), rows, version.root, lineage, so, clocks)
             for (name,), rows in events.group_by("shard", maintain_order=True)
         ]
         outputs: list[WrittenFile] = []

@@ -154,7 +154,7 @@ def detect_events(
 ) -> list[Event]:
     """Events in one video's score series (raw fused scores; smoothing is done here).
 
-    `t_s` must increase; it is the time of each scored frame (see `tasks.video.decode`).
+    `t_s` must increase; it is the time of each scored frame (see `tasks.video.decoding.decode`).
     `sample_fps` sets how long one sample lasts; when the video's own fps is lower than the
     requested rate, each frame is sampled once, so pass `min(sample_fps, video fps)`.
     `valid` (default: all) marks the samples detection may use (see the module docstring).
