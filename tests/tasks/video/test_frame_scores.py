@@ -97,3 +97,15 @@ def test_frame_scores_with_head_and_ood_flags():
     plain = frame_scores("v.mp4", frames_table(n, []), emb, near, normal, scale, video)
     assert plain["p_head"].null_count() == n and not plain["ood_flag"].any()
     assert np.allclose(plain["motion"].to_numpy(), motion_cue(emb.astype(np.float32)), atol=1e-6)
+
+
+def test_an_event_ends_where_the_video_ends():
+    """Issue 27, case 7: a sample stands for 1 / rate seconds, but the video can end
+    sooner. A 2.9 s video (29 frames at 10 fps) sampled at 4 fps shows its last sample at
+    2.7 s; an event running to the end ended at 2.95 s, past the video."""
+    t = np.array([0.0, 0.2, 0.5, 0.7, 1.0, 1.2, 1.5, 1.7, 2.0, 2.2, 2.5, 2.7])
+    f = pl.DataFrame({"t_s": t, "score": np.ones(len(t)), "ood_flag": np.zeros(len(t), bool)})
+    events = {"start": 0.5, "stop": 0.5, "median_window": 1, "ema_alpha": 1.0}
+    video = VideoConfig(input="x", sample_fps=4, events={**events, "clip_after_s": 3.0})
+    ev = video_events("v.mp4", f, 2.9, 10.0, video)
+    assert ev.select("start_s", "end_s", "clip_end_s").rows() == [(0.0, 2.9, 2.9)]
