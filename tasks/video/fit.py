@@ -57,7 +57,8 @@ def picture_ood(table: pl.DataFrame, threshold: float | None) -> np.ndarray:
     if threshold is None or table.height == 0:
         return np.zeros(table.height, dtype=bool)
     stats = {k: table[k].to_numpy().astype(np.float64) for k in OOD_STATS}
-    return np.max(np.stack(list(image_scores(stats).values())), axis=0) > threshold
+    cues = image_scores(stats, table["t_s"].to_numpy())
+    return np.max(np.stack(list(cues.values())), axis=0) > threshold
 
 
 def labelled_frames(

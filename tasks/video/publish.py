@@ -34,7 +34,7 @@ def ood_frames(
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """(ood score, flag, the flagging cue or None) per frame (`tasks.video.ood`)."""
     stats = {k: frames[k].to_numpy().astype(np.float64) for k in OOD_STATS}
-    cues = ood_cues(stats, p, p_head, video.ood.uncertainty_weight)
+    cues = ood_cues(stats, frames["t_s"].to_numpy(), p, p_head, video.ood.uncertainty_weight)
     names, values = list(cues), np.stack(list(cues.values()))
     score = values.max(axis=0)
     threshold = video.ood.threshold
