@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import fsspec
@@ -10,7 +9,6 @@ import pytest
 
 from schemas.tables import VIDEOS
 from tasks.video.decoding.probe import probe_video
-from tasks.video.sidecar import read_sidecar
 from tests.video_factory import (
     make_audio_only,
     make_empty,
@@ -20,7 +18,6 @@ from tests.video_factory import (
     make_truncated,
     make_video,
     make_zero_fps,
-    write_sidecar,
 )
 
 PROBE_KEYS = {"video", "status", "error", "duration_s", "fps", "width", "height", "codec"}
@@ -137,27 +134,6 @@ def test_remote_video(good: Path) -> None:
     assert {k: v for k, v in row.items() if k != "video"} == {
         k: v for k, v in probe_video(str(good)).items() if k != "video"
     }
-
-
-def test_sidecar(tmp_path: Path) -> None:
-    video = tmp_path / "cam.mp4"
-    assert read_sidecar(str(video)) == {"vehicle_id": None, "start_time": None}
-    write_sidecar(video, {"vehicle_id": 17, "start_time": "2024-05-01T08:00:00Z", "x": 1})
-    assert read_sidecar(str(video)) == {"vehicle_id": "17", "start_time": "2024-05-01T08:00:00Z"}
-    fs = fsspec.filesystem("memory")
-    fs.pipe("/side/cam.json", b'{"vehicle_id": "v9"}')
-    assert read_sidecar("memory://side/cam.mp4") == {"vehicle_id": "v9", "start_time": None}
-
-
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\xff\xfe"])
-def test_bad_sidecar_is_ignored_with_warning(
-    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    video = tmp_path / "cam.mp4"
-    write_sidecar(video, content)
-    with caplog.at_level(logging.WARNING, logger="tasks.video.decoding.probe"):
-        assert read_sidecar(str(video)) == {"vehicle_id": None, "start_time": None}
-    assert "ignoring sidecar" in caplog.text
 
 
 @pytest.mark.parametrize(
