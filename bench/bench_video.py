@@ -162,7 +162,7 @@ def child_flow(args: argparse.Namespace) -> dict:
 
 
 def child_decode(args: argparse.Namespace) -> dict:
-    from tasks.video.decode import iter_frame_chunks
+    from tasks.video.decoding.probe import iter_frame_chunks
 
     size = 224  # ViT-B-32's input: decord resizes the short side while decoding
     t0 = time.perf_counter()

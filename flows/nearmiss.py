@@ -25,7 +25,7 @@ from tasks.io import storage
 from tasks.video.evaluation import metrics_document, video_evals, write_eval
 from tasks.video.fit import FitError, VideoFrames, common_identity, fit_head, labelled_frames
 from tasks.video.headfile import pin_head
-from tasks.video.labels import LabelRow, basename, labelled_videos, read_labels
+from tasks.video.labels import LabelError, LabelRow, match_inputs, read_labels
 from tasks.video.score import (
     VideoScores,
     cached_video_scores,
@@ -47,22 +47,28 @@ class Labelled:
     results: list[VideoScores]
     prompts: Prompts
     scored: int  # videos the score stage ran for (the others came from the cache)
+    unknown: list[str]  # label names no input fits
+    inputs: list[str]  # every input of the partition (sidecars are read among them)
 
 
-def labelled_inputs(cfg: CurateConfig, labels: list[LabelRow], partition: str) -> list[str]:
-    """The partition's inputs the labels name (by basename), in input order."""
+def labelled_inputs(
+    cfg: CurateConfig, labels: list[LabelRow], partition: str
+) -> tuple[list[str], list[str], list[str]]:
+    """(the partition's inputs the labels name, in input order; the label names no input
+    fits; every input of the partition). A name fitting two inputs is an input error."""
     urls = list_inputs(cfg.video.input, partition, cfg.storage_options, "video.input")
-    names = labelled_videos(labels)
-    chosen = [u for u in urls if basename(u) in names]
-    missing = sorted(names - {basename(u) for u in chosen})
+    try:
+        chosen, unknown = match_inputs(labels, urls)
+    except LabelError as err:
+        raise InputError(str(err)) from None
     if not chosen:
         raise InputError(
-            f"labels: none of the {len(names)} video(s) they name is among video.input of "
+            f"labels: none of the {len(unknown)} video(s) they name is among video.input of "
             f"partition {partition}"
         )
-    if missing:
-        logger.warning("labels name %d video(s) not in the inputs: %s", len(missing), missing)
-    return chosen
+    if unknown:
+        logger.warning("labels name %d video(s) not in the inputs: %s", len(unknown), unknown)
+    return chosen, unknown, urls
 
 
 @flow(name="curate-nearmiss-scores", log_prints=False)
@@ -82,7 +88,7 @@ def score_labelled(cfg: CurateConfig, labels_path: str, partition: str | None) -
         raise InputError("config: nearmiss needs a 'video' section")
     labels = read_labels(labels_path)
     partition = resolve_partition(partition, cfg.schedule.timezone)
-    urls = labelled_inputs(cfg, labels, partition)
+    urls, unknown, inputs = labelled_inputs(cfg, labels, partition)
     so, cache = cfg.storage_options, cache_root(cfg)
     # the cache key holds the model identity resolved where the model runs: a driver without
     # the configured GPU cannot look entries up, the flow's tasks do
@@ -102,7 +108,7 @@ def score_labelled(cfg: CurateConfig, labels_path: str, partition: str | None) -
     else:
         prompts = prompt_embeddings(cfg.model, cfg.video.prompts.model_dump(), cache, so)
     results = [found[u] for u in urls]
-    return Labelled(cfg, partition, labels, results, prompts, len(missing))
+    return Labelled(cfg, partition, labels, results, prompts, len(missing), unknown, inputs)
 
 
 def with_head(cfg: CurateConfig, head: str | None) -> CurateConfig:
@@ -124,7 +130,7 @@ def fit(cfg: CurateConfig, labels_path: str, partition: str | None, out: str) ->
     except FitError as err:
         raise InputError(str(err)) from None
     storage.write_bytes(out, blob, so)
-    quarantined = [basename(r.url) for r in data.results if r.probe["status"] != "ok"]
+    quarantined = [r.url for r in data.results if r.probe["status"] != "ok"]
     return {
         **summary,
         "out": out,
@@ -132,6 +138,7 @@ def fit(cfg: CurateConfig, labels_path: str, partition: str | None, out: str) ->
         "videos_scored": data.scored,
         "videos_cached": len(data.results) - data.scored,
         "quarantined": quarantined,
+        "unknown_videos": data.unknown,
     }
 
 
@@ -150,13 +157,16 @@ def evaluate(
     check_head(cfg)  # a head for another model fails before any video is scored
     data = score_labelled(cfg, labels_path, partition)
     run = run_head(cfg, data.results)
+    zero_shot = with_head(cfg, None)
     tables = {
-        "zero_shot": detect(with_head(cfg, None), data.results, data.prompts),
-        "with_head": detect(cfg, data.results, data.prompts, run) if run else None,
+        "zero_shot": detect(zero_shot, data.results, data.prompts, inputs=data.inputs),
+        "with_head": detect(cfg, data.results, data.prompts, run, inputs=data.inputs)
+        if run
+        else None,
     }
     rate = cfg.video.sample_fps
     evals = {k: video_evals(t, data.labels, rate) if t else None for k, t in tables.items()}
-    evaluated = {basename(u) for u, _ in evals["zero_shot"]}
+    evaluated = {u for u, _ in evals["zero_shot"]}
     extra = {
         "dataset": cfg.dataset,
         "partition": data.partition,
@@ -166,7 +176,9 @@ def evaluate(
         "head": run.lineage() if run else None,
         "videos_evaluated": len(evaluated),
         "positive_spans": sum(len(v.spans) for _, v in evals["zero_shot"]),
-        "not_evaluated": sorted({basename(r.url) for r in data.results} - evaluated),
+        "label_spans_clipped": sum(v.spans_clipped for _, v in evals["zero_shot"]),
+        "unknown_videos": data.unknown,
+        "not_evaluated": sorted({r.url for r in data.results} - evaluated),
         "videos_scored": data.scored,
         "videos_cached": len(data.results) - data.scored,
     }

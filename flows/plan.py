@@ -168,10 +168,15 @@ def config_files(cfg: CurateConfig, flow: str) -> dict[str, str]:
     return out
 
 
-def input_fingerprint(flow: str, url: str, so: dict[str, Any]) -> dict[str, Any]:
+def input_fingerprint(
+    flow: str, url: str, so: dict[str, Any], inputs: list[str] | None = None
+) -> dict[str, Any]:
     """What an input's published output depends on: its bytes, and the files that come
-    with it (a video's sidecar json, img2dataset's metadata parquet beside a tar)."""
-    return video_fingerprint(url, so) if flow == "video" else shard_fingerprint(url, so)
+    with it (a video's sidecar json, chosen among the partition's `inputs`; img2dataset's
+    metadata parquet beside a tar)."""
+    if flow == "video":
+        return video_fingerprint(url, so, inputs or ())
+    return shard_fingerprint(url, so)
 
 
 def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
@@ -189,7 +194,7 @@ def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
     if flow == "pool":
         urls = pool_inputs(urls)
     model = planned_identity(cfg.model)
-    inputs = [input_fingerprint(flow, u, so) for u in urls]
+    inputs = [input_fingerprint(flow, u, so, urls) for u in urls]
     files = config_files(cfg, flow)
     prior, history, stale = {}, None, []
     kinds = history_kinds(cfg, flow)

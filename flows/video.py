@@ -41,6 +41,7 @@ from tasks.stats import Counts
 from tasks.video.duplicates import duplicate_row, duplicate_videos
 from tasks.video.headfile import RunHead, load_run_head, pin_head, prompts_differ
 from tasks.video.publish import (
+    Clocks,
     assign_event_shards,
     frame_scores,
     mark_clip_failures,
@@ -78,9 +79,9 @@ def embed_prompts_task(
 
 @task(name="write-clips", task_run_name="write {name}", **IO_RETRIES)
 def write_clips_task(
-    name: str, events: pl.DataFrame, base: str, lineage: dict, so: dict[str, Any]
+    name: str, events: pl.DataFrame, base: str, lineage: dict, so: dict[str, Any], clocks: Clocks
 ) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
-    return write_event_shard(name, events, base, lineage, so)
+    return write_event_shard(name, events, base, lineage, so, clocks)
 
 
 def check_head(cfg: CurateConfig) -> None:
@@ -148,14 +149,17 @@ def detect(
     prompts: Prompts,
     head: RunHead | None = None,
     copies: list[dict[str, Any]] | None = None,
+    inputs: list[str] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Frame scores and events of every video (cheap: cached embeddings in, tables out).
 
-    `copies` are the videos.parquet rows of byte-identical copies that were not processed."""
+    `copies` are the videos.parquet rows of byte-identical copies that were not processed;
+    `inputs` the partition's videos, among which sidecars are told apart (default: these)."""
     video, so = cfg.video, cfg.storage_options
     near, normal, scale = prompts
+    urls = inputs or [r.url for r in results] + [c["video"] for c in copies or []]
     videos: list[dict[str, Any]] = [
-        {**read_sidecar(c["video"], so), **c, "sampled_frames": 0, "events": 0}
+        {**read_sidecar(c["video"], so, urls), **c, "sampled_frames": 0, "events": 0}
         for c in copies or []
     ]
     frames, events = [], []
@@ -169,7 +173,7 @@ def detect(
             frames.append(f)
             events.append(ev)
             n_events = ev.height
-        row = {**vs.probe, **read_sidecar(vs.url, so), "video": vs.url}
+        row = {**vs.probe, **read_sidecar(vs.url, so, urls), "video": vs.url}
         videos.append({**row, "sampled_frames": f.height, "events": n_events})
     videos = sorted(videos, key=lambda r: r["video"])  # input order, copies among the rest
     for row in videos:
@@ -242,8 +246,9 @@ def publish(
     }
     with versioned(plan, so) as version:
         t0 = time.perf_counter()
+        clocks = {r.url: (r.timeline, r.probe.get("rotation") or 0) for r in results if r.timeline}
         futures = [
-            write_clips_task.submit(str(name), rows, version.root, lineage, so)
+            write_clips_task.submit(str(name), rows, version.root, lineage, so, clocks)
             for (name,), rows in events.group_by("shard", maintain_order=True)
         ]
         outputs: list[WrittenFile] = []
@@ -296,7 +301,7 @@ def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     head = run_head(cfg, results)
     fps = {fp["url"]: fp for fp in plan.inputs}
     rows = [duplicate_row(u, first, fps[u]) for u, first in copies.items()]
-    tables = detect(cfg, results, prompts, head, rows)
+    tables = detect(cfg, results, prompts, head, rows, plan.urls)
     timings["detect_s"] = time.perf_counter() - t1
     stats = publish(cfg, plan, tables, results, timings, run, head)
     publish_artifacts("video", stats, summary_markdown(stats, plan.final))

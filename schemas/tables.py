@@ -128,6 +128,10 @@ VIDEOS = {
     "height": pl.Int32,
     "codec": pl.String,
     "n_frames": pl.Int64,
+    "rotation": pl.Int32,  # counter-clockwise degrees a player turns the coded pictures by
+    "display_width": pl.Int32,  # the picture as displayed (rotation and pixel aspect applied)
+    "display_height": pl.Int32,
+    "decoder": pl.String,  # decord | decord_remux | pyav: the exact path that read it
     "vehicle_id": pl.String,
     "start_time": pl.String,
     "sampled_frames": pl.Int64,
@@ -137,8 +141,8 @@ VIDEOS = {
 
 FRAMES = {
     "video": pl.String,
-    "frame_index": pl.Int64,  # index into the source video's frames
-    "t_s": pl.Float64,
+    "frame_index": pl.Int64,  # the picture's place in the video's display order
+    "t_s": pl.Float64,  # its presentation time, seconds after the video's first frame
     "p_near_miss": pl.Float32,  # zero-shot probability
     "p_head": pl.Float32,  # the head's probability (`video.head`), null without a head
     "motion": pl.Float32,  # robust z-score of embedding change (0 on OOD frames)

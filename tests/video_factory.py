@@ -60,33 +60,117 @@ def make_video(
     faststart: bool = False,
     container: str | None = None,
     bframes: int = 0,
+    options: dict[str, str] | None = None,
 ) -> Path:
     """Write a video of round(duration_s * fps) frames of `make_frame`; return its path.
 
     `size` is (width, height); `gop` sets the keyframe interval (default: every 2 seconds);
     `faststart` moves the moov atom to the front, as streaming encoders often do;
-    `bframes` > 0 lets libx264 use B-frames (decode order differs from display order).
+    `bframes` > 0 lets libx264 (or libx265) use B-frames (decode order differs from display
+    order); `options` go to the encoder as they are (e.g. `{"intra-refresh": "1"}`).
+    """
+    n_frames = round(duration_s * fps)
+    return make_timed_video(
+        path,
+        [i / fps for i in range(n_frames)],
+        size=size,
+        codec=codec,
+        moving_square=moving_square,
+        gop=gop or max(1, round(2 * fps)),
+        faststart=faststart,
+        container=container,
+        bframes=bframes,
+        options=options,
+        rate=fps,
+    )
+
+
+def _encoder_options(codec: str, bframes: int, gop: int) -> dict[str, str]:
+    if codec == "libx264":
+        preset = "veryfast" if bframes else "ultrafast"  # ultrafast turns B-frames off
+        return {"preset": preset, "bframes": str(bframes)}
+    if codec == "libx265":  # open GOPs by default: leading B pictures after each keyframe
+        return {"x265-params": f"bframes={bframes}:keyint={gop}:log-level=error"}
+    return {}
+
+
+def make_timed_video(
+    path: str | Path,
+    times_s: list[float],
+    size: tuple[int, int] = (64, 48),
+    codec: str = "libx264",
+    moving_square: bool = True,
+    gop: int = 20,
+    faststart: bool = False,
+    container: str | None = None,
+    bframes: int = 0,
+    options: dict[str, str] | None = None,
+    rate: float | None = None,
+    time_base: Fraction | None = None,
+    rotation: int = 0,
+    pictures: list[int] | None = None,
+    start_s: float = 0.0,
+    audio_s: float | None = None,
+) -> Path:
+    """Frame i shown at `start_s + times_s[i]` on a clock of `time_base`, its picture
+    `make_frame(pictures[i])` (default: i) as *displayed*: with `rotation` (counter-clockwise
+    degrees, a display matrix) the coded picture is turned the other way, so an upright
+    decode reads the code back. `audio_s` adds a silent AAC track of that length (from 0).
     """
     path = Path(path)
     width, height = size
-    n_frames = round(duration_s * fps)
-    rate = Fraction(fps).limit_denominator(1001)
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", format=container, options=options) as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.width, stream.height = width, height
+    turns = (rotation // 90) % 4
+    coded = (height, width) if turns % 2 else (width, height)
+    if rate is None:
+        rate = (len(times_s) - 1) / (times_s[-1] - times_s[0]) if len(times_s) > 1 else 10
+    fraction = Fraction(rate).limit_denominator(1001)
+    tb = time_base or 1 / fraction
+    opts = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", format=container, options=opts) as out:
+        stream = out.add_stream(codec, rate=fraction)
+        stream.width, stream.height = coded
         stream.pix_fmt = "yuv420p"
-        stream.gop_size = gop or max(1, round(2 * fps))
-        if codec == "libx264":
-            preset = "veryfast" if bframes else "ultrafast"  # ultrafast turns B-frames off
-            stream.options = {"preset": preset, "bframes": str(bframes)}
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(make_frame(i, width, height, moving_square), "rgb24")
+        stream.gop_size = gop
+        stream.codec_context.time_base = tb
+        stream.options = {**_encoder_options(codec, bframes, gop), **(options or {})}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        audio = out.add_stream("aac", rate=8000) if audio_s else None
+        for i, t in enumerate(times_s):
+            picture = make_frame(pictures[i] if pictures else i, width, height, moving_square)
+            frame = av.VideoFrame.from_ndarray(np.rot90(picture, -turns).copy(), "rgb24")
+            frame.pts, frame.time_base = round((start_s + t) / tb), tb
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+        if audio is not None:
+            _write_silence(out, audio, audio_s)
     return path
+
+
+def _write_silence(
+    out: av.container.OutputContainer, stream: av.AudioStream, seconds: float
+) -> None:
+    samples = np.zeros((1, 1024), dtype=np.float32)
+    for k in range(0, round(seconds * stream.rate), 1024):
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = stream.rate, k
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+
+
+def segment_times(segments: list[tuple[float, float]]) -> list[float]:
+    """Frame times of a recording that runs `seconds` at `fps` for each (seconds, fps) in turn
+    (a variable frame rate: phones and dashcams drop to 15 fps in low light)."""
+    times: list[float] = []
+    start = 0.0
+    for seconds, fps in segments:
+        times += [start + k / fps for k in range(round(seconds * fps))]
+        start += seconds
+    return times
 
 
 def make_video_isolated(path: str | Path, **kwargs: object) -> Path:

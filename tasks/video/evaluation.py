@@ -2,15 +2,20 @@
 
 Input is what a run would publish (`frames.parquet`'s `score`, `events.parquet`) for the
 labelled videos, once zero-shot alone and once with the head; the metrics are those of
-`tasks.video.metrics`. A labelled video that was quarantined has no frames: it is listed,
-not scored. NaN (a metric without its denominator) is written as null.
+`tasks.video.metrics`. Videos are keyed by their full URL (two `cam.mp4` in two folders
+are two videos); the report shows the shortest path ends that tell them apart. A labelled
+span that runs past its video's end is cut there, one that starts after it is dropped,
+each with a warning and counted (`label_spans_clipped`): it cannot be detected, and
+counting it as missed would lower the recall silently. A labelled video that was
+quarantined has no frames: it is listed, not scored. NaN (a metric without its
+denominator) is written as null.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,9 +23,11 @@ import numpy as np
 import polars as pl
 
 from tasks.publish.report import md_table, new_figure, save_figure, write_text
-from tasks.video.labels import LabelRow, basename, frame_labels, positive_spans
+from tasks.video.labels import LabelRow, clip_spans, frame_labels, positive_spans
 from tasks.video.metrics import VideoEval, evaluate
-from tasks.video.report import ood_spans
+from tasks.video.report import ood_spans, short_names
+
+logger = logging.getLogger(__name__)
 
 METRICS = (
     "frame_auc",
@@ -44,19 +51,22 @@ def video_evals(tables: Tables, labels: Sequence[LabelRow], sample_fps: float) -
     videos, frames, events = tables
     out: Evals = []
     for row in videos.filter(pl.col("status").cast(pl.String) == "ok").iter_rows(named=True):
-        name = basename(row["video"])
-        spans = positive_spans(labels, name)
-        if spans is None:
+        url, duration = row["video"], float(row["duration_s"])
+        named = positive_spans(labels, url)
+        if named is None:
             continue
-        f = frames.filter(pl.col("video") == row["video"]).sort("t_s")
+        spans, clipped = clip_spans(named, duration)
+        if clipped:
+            logger.warning(
+                "labels: %d span(s) past the end of %s (%.2fs) cut", clipped, url, duration
+            )
+        f = frames.filter(pl.col("video") == url).sort("t_s")
         rate = min(sample_fps, row["fps"])
-        truth = frame_labels(labels, name, f["t_s"].to_numpy(), 1.0 / rate)
-        ev = events.filter(pl.col("video") == row["video"]).sort("start_s")
+        truth = np.asarray(frame_labels(labels, url, f["t_s"].to_numpy(), 1.0 / rate), bool)
+        ev = events.filter(pl.col("video") == url).sort("start_s")
         predicted = [(float(s), float(e)) for s, e in ev.select("start_s", "end_s").iter_rows()]
         scores = f["score"].to_numpy().astype(np.float64)
-        truth = np.asarray(truth, dtype=bool)
-        ev_ = VideoEval(name, float(row["duration_s"]), spans, predicted, truth, scores)
-        out.append((row["video"], ev_))
+        out.append((url, VideoEval(url, duration, spans, predicted, truth, scores, clipped)))
     return out
 
 
@@ -168,28 +178,33 @@ def write_eval(
     """DIR/metrics.json, DIR/report.md and DIR/plots/*.png; the relative paths written."""
     text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
     written = [write_text(out, "metrics.json", text + "\n", so), _plot_curves(evals, out, so)]
+    shown = (evals.get("zero_shot") or [])[:MAX_TIMELINES]
+    short = short_names([*(r["video"] for rows in doc["per_video"].values() for r in rows),
+                         *(doc.get("not_evaluated") or [])])  # fmt: skip
     links: dict[str, str] = {}
-    for n, (url, v) in enumerate((evals.get("zero_shot") or [])[:MAX_TIMELINES]):
+    for n, (url, v) in enumerate(shown):
         variants = {}
         for variant, videos in evals.items():
             if videos:
                 predicted = dict(videos)[url].predicted
                 f = frames[variant].filter(pl.col("video") == url).sort("t_s")
                 variants[variant] = (f, predicted)
-        links[v.video] = _plot_video(v.video, variants, v.spans, f"plots/video_{n}.png", out, so)
+        title = short.get(url, url)
+        links[url] = _plot_video(title, variants, v.spans, f"plots/video_{n}.png", out, so)
     written += list(links.values())
-    written.append(write_text(out, "report.md", _markdown(doc, links), so))
+    written.append(write_text(out, "report.md", _markdown(doc, links, short), so))
     return written
 
 
-def _markdown(doc: Mapping[str, Any], links: Mapping[str, str]) -> str:
+def _markdown(doc: Mapping[str, Any], links: Mapping[str, str], short: Mapping[str, str]) -> str:
     rows = []
     for variant, videos in doc["per_video"].items():
         for r in videos:
             link = f"[plot]({links[r['video']]})" if r["video"] in links else ""
             cells = [r["frame_auc"], r["frame_ap"], r["event_f1_at_0.3"], r["event_f1_at_0.5"]]
             counts = [r["n_frames"], r["n_spans"], r["n_pred"], r["false_alarms"]]
-            rows.append([r["video"], variant, *counts, *(_fmt(c) for c in cells), link])
+            name = short.get(r["video"], r["video"])
+            rows.append([name, variant, *counts, *(_fmt(c) for c in cells), link])
     header = ["video", "variant", "frames", "spans", "events", "false alarms"]
     header += ["frame AUC", "frame AP", "F1@0.3", "F1@0.5", "timeline"]
     parts = [
@@ -209,5 +224,11 @@ def _markdown(doc: Mapping[str, Any], links: Mapping[str, str]) -> str:
     ]
     missing = doc.get("not_evaluated") or []
     if missing:
-        parts += ["## Not evaluated", ", ".join(f"`{posixpath.basename(m)}`" for m in missing)]
+        parts += ["## Not evaluated", ", ".join(f"`{short.get(m, m)}`" for m in missing)]
+    unknown = doc.get("unknown_videos") or []
+    if unknown:
+        parts += ["## Labelled videos not among the inputs", ", ".join(f"`{u}`" for u in unknown)]
+    clipped = doc.get("label_spans_clipped") or 0
+    if clipped:
+        parts.append(f"{clipped} labelled span(s) ran past their video's end and were cut there.")
     return "\n\n".join(parts) + "\n"

@@ -13,7 +13,8 @@ The rules apply in this order (each one documented at its function):
    with the highest peak is kept.
 
 Each sample stands for `1 / sample_fps` seconds: an event over samples `i..j` spans
-`[t[i], t[j] + 1 / sample_fps)`. The peak is the highest smoothed sample (the first one on
+`[t[i], t[j] + 1 / sample_fps)` (the flow clamps the end to the video's end,
+`tasks.video.publish.video_events`). The peak is the highest smoothed sample (the first one on
 ties), and `peak_score` is that smoothed value.
 
 Samples marked invalid (out-of-distribution frames, `tasks.video.ood`) take no part: rules
@@ -154,7 +155,8 @@ def detect_events(
 ) -> list[Event]:
     """Events in one video's score series (raw fused scores; smoothing is done here).
 
-    `t_s` must increase; it is the time of each scored frame (see `tasks.video.decode`).
+    `t_s` must increase; it is each scored picture's presentation time
+    (`tasks.video.decoding.timeline`).
     `sample_fps` sets how long one sample lasts; when the video's own fps is lower than the
     requested rate, each frame is sampled once, so pass `min(sample_fps, video fps)`.
     `valid` (default: all) marks the samples detection may use (see the module docstring).

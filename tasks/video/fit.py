@@ -21,7 +21,7 @@ import polars as pl
 
 from schemas.config import VideoConfig
 from tasks.video.head import fit_gda, save_head, select_alpha, zero_shot_logit
-from tasks.video.labels import LabelRow, basename, frame_labels
+from tasks.video.labels import LabelRow, frame_labels
 from tasks.video.ood import image_scores
 from tasks.video.score import OOD_STATS
 
@@ -47,7 +47,7 @@ class VideoFrames:
 class LabelledFrames:
     x: np.ndarray  # (n, d) float32 embeddings
     y: np.ndarray  # (n,) bool truth
-    video: np.ndarray  # (n,) basename of each frame's video
+    video: np.ndarray  # (n,) URL of each frame's video (the leave-one-video-out folds)
     zs_logit: np.ndarray  # (n,) zero-shot logit
     dropped_ood: int  # frames of labelled videos left out as out-of-distribution
 
@@ -57,7 +57,8 @@ def picture_ood(table: pl.DataFrame, threshold: float | None) -> np.ndarray:
     if threshold is None or table.height == 0:
         return np.zeros(table.height, dtype=bool)
     stats = {k: table[k].to_numpy().astype(np.float64) for k in OOD_STATS}
-    return np.max(np.stack(list(image_scores(stats).values())), axis=0) > threshold
+    cues = image_scores(stats, table["t_s"].to_numpy())
+    return np.max(np.stack(list(cues.values())), axis=0) > threshold
 
 
 def labelled_frames(
@@ -72,7 +73,7 @@ def labelled_frames(
     dropped = 0
     for v in videos:
         rate = min(video.sample_fps, v.fps)
-        truth = frame_labels(labels, basename(v.url), v.table["t_s"].to_numpy(), 1.0 / rate)
+        truth = frame_labels(labels, v.url, v.table["t_s"].to_numpy(), 1.0 / rate)
         if truth is None or v.table.height == 0:
             continue
         keep = ~picture_ood(v.table, video.ood.threshold)
@@ -80,7 +81,7 @@ def labelled_frames(
         e = v.emb.astype(np.float32)[keep]
         xs.append(e)
         ys.append(truth[keep])
-        names += [basename(v.url)] * len(e)
+        names += [v.url] * len(e)
         zs.append(zero_shot_logit(e, near, normal, scale))
     if not xs:
         raise FitError("labels: no scored frames in the videos the labels name")

@@ -5,11 +5,13 @@ The file has a header and one span per row::
     video,start_s,end_s,label
     a.mp4,12.0,14.5,near_miss
 
-`label` is `near_miss` or `collision` (positive) or `normal` (negative); `video` is matched
-against the input file's basename (`s3://fleet/raw/2024-05-01/a.mp4` -> `a.mp4`), so two
-inputs with the same basename share their labels. A video the file does not name is
-unlabelled (ignored by evaluation); within a named video, time no positive span covers
-is negative, and a positive span wins over an overlapping `normal` one.
+`label` is `near_miss` or `collision` (positive) or `normal` (negative). `video` names an
+input by its URL or by the end of its path, whole components only: `a.mp4`, `cam1/a.mp4`
+and `s3://fleet/raw/2024-05-01/cam1/a.mp4` all name that input. Videos are keyed by their
+full URL everywhere else; a name that fits two inputs (`a.mp4` for `cam1/a.mp4` and
+`cam2/a.mp4`) is refused with both named (`match_inputs`): write more of its path. A video
+the file does not name is unlabelled (ignored by evaluation); within a named video, time no
+positive span covers is negative, and a positive span wins over an overlapping `normal` one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ class LabelError(ValueError):
 
 @dataclass(frozen=True)
 class LabelRow:
-    video: str  # basename
+    video: str  # the name as written: a URL or the end of an input's path
     start_s: float
     end_s: float
     label: str
@@ -46,9 +47,37 @@ class LabelRow:
         return self.label in POSITIVE
 
 
-def basename(name: str) -> str:
-    """The last path component of a local path or URL (trailing slashes ignored)."""
-    return posixpath.basename(name.replace("\\", "/").rstrip("/"))
+def normal_name(name: str) -> str:
+    """A video name with forward slashes, without surrounding blanks, `./` or a final `/`."""
+    name = name.strip().replace("\\", "/").rstrip("/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def names(label: str, url: str) -> bool:
+    """Whether a label's video name means the input `url` (the module docstring's rule)."""
+    url = normal_name(url)
+    return url == label or url.endswith("/" + label)
+
+
+def match_inputs(rows: Iterable[LabelRow], urls: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(the inputs the labels name, in input order; the names no input fits). A name that
+    fits several inputs raises `LabelError` naming them."""
+    urls = list(urls)
+    chosen: set[str] = set()
+    unknown: list[str] = []
+    for label in sorted(labelled_videos(rows)):
+        fits = [u for u in urls if names(label, u)]
+        if len(fits) > 1:
+            raise LabelError(
+                f"labels: video {label!r} fits {len(fits)} inputs ({', '.join(fits[:3])}): "
+                "write more of its path"
+            )
+        chosen.update(fits)
+        if not fits:
+            unknown.append(label)
+    return [u for u in urls if u in chosen], unknown
 
 
 def parse_labels(text: str, source: str = "labels") -> list[LabelRow]:
@@ -76,7 +105,7 @@ def parse_labels(text: str, source: str = "labels") -> list[LabelRow]:
         if label not in POSITIVE | NEGATIVE:
             known = ", ".join(sorted(POSITIVE | NEGATIVE))
             raise LabelError(f"{where}: unknown label {values['label']!r} (known: {known})")
-        rows.append(LabelRow(basename(values["video"]), start, end, label))
+        rows.append(LabelRow(normal_name(values["video"]), start, end, label))
     return rows
 
 
@@ -90,10 +119,10 @@ def labelled_videos(rows: Iterable[LabelRow]) -> set[str]:
 
 
 def positive_spans(rows: Iterable[LabelRow], video: str) -> list[tuple[float, float]] | None:
-    """The video's positive spans, sorted, overlapping ones merged (touching ones are not:
-    two near misses back to back are two events); None when the file does not name it."""
-    name = basename(video)
-    mine = [r for r in rows if r.video == name]
+    """The positive spans of the input `video` (a URL), sorted, overlapping ones merged
+    (touching ones are not: two near misses back to back are two events); None when the
+    file does not name it."""
+    mine = [r for r in rows if names(r.video, video)]
     if not mine:
         return None
     merged: list[tuple[float, float]] = []
@@ -105,8 +134,17 @@ def positive_spans(rows: Iterable[LabelRow], video: str) -> list[tuple[float, fl
     return merged
 
 
+def clip_spans(
+    spans: list[tuple[float, float]], duration_s: float
+) -> tuple[list[tuple[float, float]], int]:
+    """Spans within `[0, duration_s)`: one running past the end is cut there, one that
+    starts after it is dropped; returns (spans, how many were cut or dropped)."""
+    kept = [(s, min(e, duration_s)) for s, e in spans if s < duration_s]
+    return kept, sum(e > duration_s for _, e in spans)
+
+
 def frame_labels(
-    label_rows: Iterable[LabelRow], video_basename: str, t_s: np.ndarray, frame_duration: float
+    label_rows: Iterable[LabelRow], video: str, t_s: np.ndarray, frame_duration: float
 ) -> np.ndarray | None:
     """Per-frame truth: positive iff the frame's interval overlaps a positive span.
 
@@ -116,7 +154,7 @@ def frame_labels(
     least one positive frame, and a span aligned to frame boundaries marks exactly the
     frames inside it. None for a video the labels do not name.
     """
-    spans = positive_spans(label_rows, video_basename)
+    spans = positive_spans(label_rows, video)
     if spans is None:
         return None
     t = np.asarray(t_s, dtype=np.float64)

@@ -113,14 +113,16 @@ def _ratio(num: float, den: float) -> float:
 
 @dataclass
 class VideoEval:
-    """One labelled video: its length, positive spans, detected events and frame scores."""
+    """One labelled video: its length, positive spans (within the video), detected events
+    and frame scores."""
 
-    video: str
+    video: str  # the input's URL
     duration_s: float
     spans: list[Span]
     predicted: list[Span]
     frame_truth: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     frame_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    spans_clipped: int = 0  # labelled spans that ran past the video's end (cut or dropped)
 
 
 def _event_counts(v: VideoEval) -> dict[str, float]:
@@ -131,6 +133,7 @@ def _event_counts(v: VideoEval) -> dict[str, float]:
         all(temporal_iou(p, t) < FALSE_ALARM_IOU for t in v.spans) for p in v.predicted
     )
     counts["negative_s"] = _uncovered_s(v.spans, v.duration_s)
+    counts["label_spans_clipped"] = v.spans_clipped
     return counts
 
 
@@ -149,7 +152,8 @@ def evaluate(videos: Sequence[VideoEval]) -> tuple[dict[str, float], list[dict[s
     """(summary, one row per video) with the metric names listed in the module docstring.
 
     Rows also carry the raw counts (`n_pred`, `n_spans`, `matched_at_0.3`, ...,
-    `false_alarms`, `negative_s`, `n_frames`), so summaries can be re-aggregated.
+    `false_alarms`, `negative_s`, `n_frames`, `label_spans_clipped`), so summaries can be
+    re-aggregated.
     """
     rows: list[dict[str, Any]] = []
     total: dict[str, float] = {}
@@ -172,6 +176,7 @@ def evaluate(videos: Sequence[VideoEval]) -> tuple[dict[str, float], list[dict[s
     summary = {"frame_auc": roc_auc(y_all, s_all), "frame_ap": average_precision(y_all, s_all)}
     if not total:
         total = {k: 0.0 for k in ("n_pred", "n_spans", "false_alarms", "negative_s")}
+        total["label_spans_clipped"] = 0.0
         total.update({f"matched_at_{thr}": 0.0 for thr in IOU_THRESHOLDS})
     summary.update(_rates(total))
     return summary, rows

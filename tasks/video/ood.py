@@ -22,15 +22,20 @@ chosen so that a frame is flagged (score > 0.5) at the ramp's midpoint:
 | black        | mean luma                                          | 25 -> 10             |
 | over-exposed | fraction of luma >= 250                            | 0.25 -> 0.5          |
 |              | or: mean luma, times low spread (std luma 30 -> 10)| 200 -> 230           |
-| frozen       | mean abs luma change from the previous frame       | 0.25 -> 0.05         |
+| frozen       | mean abs luma change from the previous frame,      | 0.25 -> 0.05         |
+|              | held for `FROZEN_HOLD_S` (below)                   |                      |
 | blocked      | fraction of 8 x 8 tiles that are featureless       | 0.6 -> 0.9           |
 
 A tile is featureless when its luma std is < 4 (flat, even if noisy: a cover in the dark)
 or its mean |4-neighbour Laplacian| is < 1 (smooth, even if graded: an out-of-focus finger).
 Sky and road can be featureless, but they rarely cover more than 60% of a dashcam view.
-Frozen means nearly bit-identical (< 0.15 of a gray level on average): sensor noise alone
-moves a live camera more, but a stopped car filming a still scene through heavy
-compression may be flagged too.
+Frozen means nearly bit-identical (< 0.15 of a gray level on average) for at least
+`FROZEN_HOLD_S` = 1 s: sensor noise alone moves a live camera more, but a stopped car
+filming a still scene through heavy compression may be flagged too. One repeated picture is
+no freeze: cheap recorders write each picture twice or three times (10 fps content as 20 or
+30 fps), and sampled at their full rate every other sample repeats the one before; a frame
+is frozen only inside a stretch of samples at least a second long over which the picture
+never changed (`held`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ SATURATED_FRACTION = (0.25, 0.5)
 BRIGHT_MEAN = (200.0, 230.0)
 BRIGHT_STD = (30.0, 10.0)
 FROZEN_DIFF = (0.25, 0.05)
+FROZEN_HOLD_S = 1.0
 BLOCKED_FRACTION = (0.6, 0.9)
 GRID = 8
 TILE_STD = 4.0
@@ -107,13 +113,66 @@ def _ramp(x: np.ndarray, ends: tuple[float, float]) -> np.ndarray:
     return np.nan_to_num(r, nan=0.0)
 
 
-def image_scores(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """black, overexposed, frozen, blocked: each in [0, 1] (see the module's table)."""
+def _range_min(x: np.ndarray) -> list[np.ndarray]:
+    """A sparse table: level k holds the minima of every run of 2**k values."""
+    levels = [x]
+    k = 1
+    while (1 << k) <= len(x):
+        prev = levels[-1]
+        levels.append(np.minimum(prev[: len(prev) - (1 << (k - 1))], prev[1 << (k - 1) :]))
+        k += 1
+    return levels
+
+
+def _query(levels: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """min(x[lo..hi]) per pair (inclusive, lo <= hi)."""
+    k = np.floor(np.log2(hi - lo + 1)).astype(np.int64)
+    out = np.empty(len(lo))
+    for level in np.unique(k):
+        m = k == level
+        table = levels[level]
+        out[m] = np.minimum(table[lo[m]], table[hi[m] - (1 << level) + 1])
+    return out
+
+
+def held(unchanged: np.ndarray, t_s: np.ndarray, hold_s: float = FROZEN_HOLD_S) -> np.ndarray:
+    """Per frame, how surely it lies in a stretch of at least `hold_s` seconds over which
+    the picture did not change: the largest, over windows `[a, b]` holding the frame with
+    `t[b] - t[a] >= hold_s`, of the smallest `unchanged[a+1..b]` (the steps inside).
+
+    `unchanged[i]` (in [0, 1]) says the picture did not change from sample i-1 to i. For a
+    frame j and a window start a <= j, the best window ends at max(j, b_a) (b_a: the first
+    sample `hold_s` after a); starts before the last one whose b_a <= j only lose.
+    """
+    u = np.nan_to_num(np.asarray(unchanged, np.float64), nan=0.0)
+    t = np.asarray(t_s, np.float64)
+    n = len(u)
+    out = np.zeros(n)
+    if n < 2:
+        return out
+    b = np.searchsorted(t, t + hold_s - 1e-9, "left")  # first b with t[b] - t[a] >= hold
+    levels = _range_min(u)
+    j = np.arange(n)
+    first = np.maximum(np.searchsorted(b, j, "right") - 1, 0)  # last a with b_a <= j
+    for d in range(int((j - first).max()) + 1):
+        a = j - d
+        ok = (a >= first) & (a >= 0)
+        ok[ok] &= b[a[ok]] < n
+        if not ok.any():
+            continue
+        end = np.maximum(j[ok], b[a[ok]])
+        out[ok] = np.maximum(out[ok], _query(levels, a[ok] + 1, end))
+    return out
+
+
+def image_scores(stats: dict[str, np.ndarray], t_s: np.ndarray) -> dict[str, np.ndarray]:
+    """black, overexposed, frozen, blocked: each in [0, 1] (see the module's table);
+    `t_s` are the frames' times (frozen needs the picture held for `FROZEN_HOLD_S`)."""
     bright = _ramp(stats["mean_luma"], BRIGHT_MEAN) * _ramp(stats["std_luma"], BRIGHT_STD)
     return {
         "black": _ramp(stats["mean_luma"], BLACK_MEAN),
         "overexposed": np.maximum(_ramp(stats["saturated_fraction"], SATURATED_FRACTION), bright),
-        "frozen": _ramp(stats["frame_diff"], FROZEN_DIFF),
+        "frozen": held(_ramp(stats["frame_diff"], FROZEN_DIFF), t_s),
         "blocked": _ramp(stats["featureless_fraction"], BLOCKED_FRACTION),
     }
 
@@ -136,24 +195,26 @@ def prediction_uncertainty(p_zs: np.ndarray, p_head: np.ndarray | None = None) -
 
 def ood_cues(
     stats: dict[str, np.ndarray],
+    t_s: np.ndarray,
     p_zs: np.ndarray,
     p_head: np.ndarray | None = None,
     uncertainty_weight: float = UNCERTAINTY_WEIGHT,
 ) -> dict[str, np.ndarray]:
     """Every cue in [0, 1]: the `image_scores` and `uncertain` (weight * uncertainty)."""
-    cues = image_scores(stats)
+    cues = image_scores(stats, t_s)
     cues["uncertain"] = uncertainty_weight * prediction_uncertainty(p_zs, p_head)
     return cues
 
 
 def ood_score(
     stats: dict[str, np.ndarray],
+    t_s: np.ndarray,
     p_zs: np.ndarray,
     p_head: np.ndarray | None = None,
     uncertainty_weight: float = UNCERTAINTY_WEIGHT,
 ) -> np.ndarray:
     """max(black, overexposed, frozen, blocked, weight * prediction uncertainty), in [0, 1]."""
-    cues = ood_cues(stats, p_zs, p_head, uncertainty_weight)
+    cues = ood_cues(stats, t_s, p_zs, p_head, uncertainty_weight)
     return np.max(np.stack(list(cues.values())), axis=0)
 
 

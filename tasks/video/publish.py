@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import av
@@ -16,12 +17,13 @@ from schemas.config import VideoConfig
 from schemas.tables import EVENTS, FRAMES, conform
 from tasks.errors import SampleError, as_sample_error
 from tasks.publish.writer import Sample, WrittenFile, write_shard
-from tasks.video.clips import clip_bytes, thumbnail_jpeg
+from tasks.video.decoding.clips import clip_bytes, thumbnail_jpeg
+from tasks.video.decoding.timeline import Timeline
 from tasks.video.events import clip_window, detect_events, smooth_valid
 from tasks.video.head import ensemble_proba, head_logit, zero_shot_logit
 from tasks.video.headfile import RunHead
 from tasks.video.ood import ood_cues
-from tasks.video.score import OOD_STATS
+from tasks.video.score import OOD_STATS, load_timeline
 from tasks.video.zero_shot import fuse, motion_cue, zero_shot_near_miss
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ def ood_frames(
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """(ood score, flag, the flagging cue or None) per frame (`tasks.video.ood`)."""
     stats = {k: frames[k].to_numpy().astype(np.float64) for k in OOD_STATS}
-    cues = ood_cues(stats, p, p_head, video.ood.uncertainty_weight)
+    cues = ood_cues(stats, frames["t_s"].to_numpy(), p, p_head, video.ood.uncertainty_weight)
     names, values = list(cues), np.stack(list(cues.values()))
     score = values.max(axis=0)
     threshold = video.ood.threshold
@@ -113,6 +115,7 @@ def video_events(
     events = detect_events(t, score, video.events, rate, valid)
     rows = []
     for ev in events:
+        ev = replace(ev, end_s=min(ev.end_s, duration_s))  # a sample lasts, the video ends
         c0, c1 = clip_window(ev, duration_s, video.events)
         key = event_key(url, ev.start_s)
         rows.append(
@@ -151,23 +154,42 @@ def _event_json(row: dict[str, Any], lineage: dict[str, Any]) -> bytes:
 CLIP_ERRORS = (av.FFmpegError, ValueError, IndexError, StopIteration)
 
 
+Clocks = dict[str, tuple[str, int]]  # video URL -> (its cached timeline's URL, rotation)
+
+
 def write_event_shard(
-    name: str, events: pl.DataFrame, base: str, lineage: dict[str, Any], so: dict[str, Any]
+    name: str,
+    events: pl.DataFrame,
+    base: str,
+    lineage: dict[str, Any],
+    so: dict[str, Any],
+    clocks: Clocks | None = None,
 ) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
     """One tar of event clips: `{key}.mp4`, `{key}.jpg` (peak frame), `{key}.json`.
 
-    A clip that cannot be cut is left out of the shard and returned as
+    `clocks` are the score stage's timelines and rotations (a video without one is read
+    for them). A clip that cannot be cut is left out of the shard and returned as
     `{event_id: (code, detail)}`: one bad clip never fails the run.
     """
     failed: dict[str, tuple[str, str]] = {}
+    loaded: dict[str, tuple[Timeline | None, int | None]] = {}
+
+    def clock(url: str) -> tuple[Timeline | None, int | None]:
+        if url not in loaded:
+            timeline_url, rotation = (clocks or {}).get(url, (None, None))
+            loaded[url] = (load_timeline(timeline_url, so), rotation)
+        return loaded[url]
 
     def members() -> Iterator[Sample]:
         for row in events.iter_rows(named=True):
             try:
                 with as_sample_error("clip_error", *CLIP_ERRORS):
+                    timeline, rotation = clock(row["video"])
                     start, end = row["clip_start_s"], row["clip_end_s"]
-                    clip, info = clip_bytes(row["video"], so, start, end)
-                    thumb = thumbnail_jpeg(row["video"], so, row["peak_s"])
+                    clip, info = clip_bytes(row["video"], so, start, end, timeline, rotation)
+                    thumb = thumbnail_jpeg(
+                        row["video"], so, row["peak_s"], timeline=timeline, rotation=rotation
+                    )
             except SampleError as err:
                 logger.warning("event %s: no clip (%s)", row["event_id"], err)
                 failed[row["event_id"]] = (err.code, err.detail)

@@ -9,8 +9,8 @@ visible at a glance. Plots are capped so a night with thousands of videos stays 
 from __future__ import annotations
 
 import logging
-import posixpath
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,23 @@ logger = logging.getLogger(__name__)
 MAX_TIMELINES = 50
 MAX_EVENT_ROWS = 200
 PLOT_STATUS = "plots/video_status_counts.png"
+
+
+def short_names(urls: Iterable[str | None]) -> dict[str, str]:
+    """Each URL's shortest path end (whole components) that no other URL ends with: its
+    file name, or `a/cam.mp4` beside `b/cam.mp4` (videos are keyed by full URL; this is
+    only what a person reads)."""
+    parts = {u: u.replace("\\", "/").rstrip("/").split("/") for u in set(urls) if u}
+    out: dict[str, str] = {}
+    depth = 1
+    while len(out) < len(parts):
+        tails = {u: "/".join(p[-depth:]) for u, p in parts.items() if u not in out}
+        seen = Counter("/".join(p[-depth:]) for p in parts.values())
+        for u, tail in tails.items():
+            if seen[tail] == 1 or depth >= len(parts[u]):
+                out[u] = tail if seen[tail] == 1 else u
+        depth += 1
+    return out
 
 
 def timeline_path(n: int) -> str:
@@ -66,6 +83,7 @@ def plot_timeline(
     out_url: str,
     rel: str,
     so: dict | None,
+    title: str | None = None,
 ) -> str:
     """Score and smoothed score vs time, thresholds as lines, events and OOD frames shaded."""
     fig, ax = new_figure()
@@ -82,7 +100,7 @@ def plot_timeline(
         ax.axvspan(s, e, color="red", alpha=0.15, label="event" if i == 0 else None)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("score")
-    ax.set_title(f"{posixpath.basename(video)} ({events.height} events)", fontsize=9)
+    ax.set_title(f"{title or video} ({events.height} events)", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     return save_figure(fig, out_url, rel, so)
 
@@ -103,18 +121,21 @@ def _timelines(
     per_video = _events_per_video(events)
     ok = sorted(ok, key=lambda v: -per_video.get(v, 0)) if len(ok) > MAX_TIMELINES else ok
     out: dict[str, str] = {}
+    short = short_names(videos["video"].to_list())
     for n, video in enumerate(ok[:MAX_TIMELINES]):
         vf = frames.filter(pl.col("video") == video)
         ve = events.filter(pl.col("video") == video)
-        out[video] = plot_timeline(video, vf, ve, thresholds, out_url, timeline_path(n), so)
+        rel = timeline_path(n)
+        out[video] = plot_timeline(video, vf, ve, thresholds, out_url, rel, so, short[video])
     return out
 
 
 def _video_table(videos: pl.DataFrame, per_video: dict[str, int], plots: dict[str, str]) -> str:
     rows: list[list[Any]] = []
+    short = short_names(videos["video"].to_list())
     for n, v in enumerate(videos.iter_rows(named=True)):
         link = f"[plot]({plots[v['video']]})" if v["video"] in plots else ""
-        name = posixpath.basename(v["video"] or "")
+        name = short.get(v["video"], "")
         status = str(v["status"])
         rows.append(
             [n, name, v["duration_s"], status, v["error"], per_video.get(v["video"], 0), link]
@@ -127,7 +148,8 @@ def _events_table(events: pl.DataFrame) -> str:
         return "No events detected."
     cols = ["event_id", "video", "start_s", "end_s", "peak_s", "peak_score", "key"]
     ev = events.sort("video", "start_s").head(MAX_EVENT_ROWS)
-    rows = [[*r[:1], posixpath.basename(r[1] or ""), *r[2:]] for r in ev.select(cols).iter_rows()]
+    short = short_names(events["video"].to_list())
+    rows = [[*r[:1], short.get(r[1], ""), *r[2:]] for r in ev.select(cols).iter_rows()]
     table = md_table(cols, rows)
     if events.height > MAX_EVENT_ROWS:
         table += f"\n\nShowing the first {MAX_EVENT_ROWS} of {events.height} events."

@@ -4,11 +4,12 @@ Only what is expensive is cached (decode + image encoder, through `tasks.io.cach
 by (video fingerprint, model identity, sample fps). With each frame's embedding the cache
 holds the picture statistics of the out-of-distribution score (`tasks.video.ood`), taken
 from the decoded pixels (at the model's input size, before the crop) while they are at
-hand. Zero-shot probabilities, a head, the motion cue, fusion, OOD flags and event
-detection are cheap matrix work on the cached table, so changing prompts, heads, fusion
-weights or thresholds never decodes a video again. A video that cannot be decoded is a
-quarantined row; a model, device or store failure fails the task and caches nothing
-(`tasks.errors`).
+hand, and the video's timeline (`tasks.video.decoding.timeline`: every frame's
+presentation time, which the clip stage cuts by). Zero-shot probabilities, a head, the
+motion cue, fusion, OOD flags and event detection are cheap matrix work on the cached
+table, so changing prompts, heads, fusion weights or thresholds never decodes a video
+again. A video that cannot be decoded is a quarantined row; a model, device or store
+failure fails the task and caches nothing (`tasks.errors`).
 """
 
 from __future__ import annotations
@@ -32,14 +33,21 @@ from tasks.io.cache import Attempt, Cache, Hit, per_input
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
 from tasks.parallel import cpu_count, score_sizing
-from tasks.video.decode import iter_frame_chunks, local_video
+from tasks.video.decoding.decode import iter_source_chunks
+from tasks.video.decoding.gate import Source
+from tasks.video.decoding.local import local_video
+from tasks.video.decoding.probe import open_video
+from tasks.video.decoding.remux import RemuxStore
+from tasks.video.decoding.timeline import Timeline
 from tasks.video.ood import frame_stats
-from tasks.video.probe import probe_local
 from tasks.video.zero_shot import prompt_set_embedding, prompt_set_hash
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SCORE_VERSION = 3  # 3: OOD picture statistics per frame, resolved model in the meta
+# 3: OOD picture statistics per frame, resolved model in the meta; 4: one clock (t_s is the
+# picture's presentation time, the picture shown at each target), upright frames in their
+# displayed aspect, decoders decord / decord_remux / pyav, the timeline cached
+VIDEO_SCORE_VERSION = 4
 PROMPT_VERSION = 1
 NAMESPACE = "video-scores"
 # the picture statistics of `tasks.video.ood.frame_stats`, one column each
@@ -67,6 +75,7 @@ class VideoScores:
     frames: str  # parquet URL (FRAME_SCHEMA)
     embeddings: str
     cached: bool
+    timeline: str | None = None  # the frames' clock (`Timeline.to_array`), None if quarantined
     # the identity of the model that embedded the frames, as resolved where it ran
     model: dict[str, Any] = field(default_factory=dict)
 
@@ -107,15 +116,15 @@ def pixels(model: ClipModel, frames: np.ndarray) -> torch.Tensor:
     return model.stage(list(batch.contiguous())) if model.device == "cuda" else batch.contiguous()
 
 
-def _chunks(path: str, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
+def _chunks(source: Source, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
     """(indices, times, model input, picture statistics) per chunk, in the decode thread.
 
     The previous chunk's last frame goes along, so a frozen picture is seen across chunks.
     """
     size, prev = model.image_size, None
     _, threads = score_sizing(cpu_count(), model.device)  # the model keeps the other cores
-    for idx, times, frames in iter_frame_chunks(
-        path, None, video.sample_fps, size, video.chunk_frames, threads
+    for idx, times, frames in iter_source_chunks(
+        source, video.sample_fps, size, video.chunk_frames, threads
     ):
         stats = frame_stats(frames, prev)
         prev = frames[-1].copy()
@@ -123,14 +132,15 @@ def _chunks(path: str, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
 
 
 def embed_frames(
-    path: str, video: VideoConfig, model: ClipModel, run: str | None = None
+    source: Source, video: VideoConfig, model: ClipModel, run: str | None = None
 ) -> tuple[pl.DataFrame, np.ndarray]:
-    """Decode sampled frames of a local video in bounded chunks (prefetched), embed them.
+    """Decode sampled frames of a probed video in bounded chunks (prefetched), embed them.
 
     Raises `SampleError` when the file does not decode; checks for cancellation per chunk.
     """
     tables, embs, n = [], [], 0
-    for idx, times, batch, stats in prefetch(_chunks(path, video, model), 2, name="video-decode"):
+    chunks = prefetch(_chunks(source, video, model), 2, name="video-decode")
+    for idx, times, batch, stats in chunks:
         cancel.check(run)
         emb = model.encode_images(batch).astype(np.float16)
         rows = np.arange(n, n + len(idx), dtype=np.int64)
@@ -142,44 +152,53 @@ def embed_frames(
     return table.cast(FRAME_SCHEMA), emb
 
 
+Scored = tuple[dict[str, Any], pl.DataFrame, np.ndarray, Timeline | None]
+
+
 def _probe_and_embed(
-    path: str, url: str, video: VideoConfig, model: ClipModel, run: str | None
-) -> tuple[dict[str, Any], pl.DataFrame, np.ndarray]:
+    path: str, url: str, video: VideoConfig, model: ClipModel, run: str | None, store: RemuxStore
+) -> Scored:
     """Probe a local video and, when usable, embed its sampled frames."""
-    probe = probe_local(path, url, video.max_duration_s)
-    table, emb = pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), np.float16)
-    if probe["status"] != "ok":
-        return probe, table, emb
-    try:
-        table, emb = embed_frames(path, video, model, run)
-    except SampleError as err:
-        probe.update(status="quarantined", error=err.code, error_detail=err.detail)
-        return probe, pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), np.float16)
+    empty = pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), np.float16)
+    with open_video(path, url, video.max_duration_s, store) as (probe, source):
+        if source is None:
+            return probe, *empty, None
+        try:
+            table, emb = embed_frames(source, video, model, run)
+        except SampleError as err:
+            probe.update(status="quarantined", error=err.code, error_detail=err.detail)
+            return probe, *empty, None
     if table.height == 0:
         probe.update(status="quarantined", error="no_frames")
-    return probe, table, emb
+        return probe, *empty, None
+    return probe, table, emb, source.timeline
 
 
 def _compute(
     url: str,
     video: VideoConfig,
     model_cfg: ModelConfig,
+    cache_root: str,
     so: dict[str, Any] | None,
     run: str | None,
     attempt: Attempt,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     model = load_model(model_cfg)  # a model that cannot load fails the task: nothing cached
+    store = RemuxStore(cache_root, dict(so or {}), storage.fingerprint(url, so))
     with local_video(url, so) as path:  # a remote video is fetched once
-        probe, table, emb = _probe_and_embed(path, url, video, model, run)
+        probe, table, emb, timeline = _probe_and_embed(path, url, video, model, run, store)
     attempt.write_bytes("emb.npy", storage.npy_bytes(emb))
     attempt.write_parquet("frames.parquet", table)
+    if timeline is not None:
+        attempt.write_bytes("timeline.npy", storage.npy_bytes(timeline.to_array()))
     seconds = time.perf_counter() - start
     duration = probe.get("duration_s") or 0.0
     logger.info(
-        "scored %s: %s, %d frames in %.1fs (%.2f video-s/s)",
+        "scored %s: %s (%s), %d frames in %.1fs (%.2f video-s/s)",
         url,
         probe["status"],
+        probe.get("decoder"),
         table.height,
         seconds,
         duration / seconds if seconds > 0 else 0.0,
@@ -204,7 +223,7 @@ def score_video(
         NAMESPACE,
         url,
         video_settings(video, model_cfg),
-        lambda attempt: _compute(url, video, model_cfg, storage_options, run, attempt),
+        lambda attempt: _compute(url, video, model_cfg, cache_root, storage_options, run, attempt),
         force,
     )
     return _scores(url, hit, fp)
@@ -215,7 +234,14 @@ def _scores(url: str, hit: Hit, fp: dict[str, Any]) -> VideoScores:
     files = hit.files
     model = hit.meta["model"]
     return VideoScores(
-        url, hit.key, probe, files["frames.parquet"], files["emb.npy"], hit.cached, model
+        url,
+        hit.key,
+        probe,
+        files["frames.parquet"],
+        files["emb.npy"],
+        hit.cached,
+        model=model,
+        timeline=files.get("timeline.npy"),
     )
 
 
@@ -236,6 +262,11 @@ def cached_video_scores(
 
 def load_video_scores(vs: VideoScores, so: dict | None) -> tuple[pl.DataFrame, np.ndarray]:
     return storage.read_parquet(vs.frames, so), storage.read_npy(vs.embeddings, so)
+
+
+def load_timeline(url: str | None, so: dict | None) -> Timeline | None:
+    """A scored video's clock (`VideoScores.timeline`), None for a quarantined one."""
+    return None if url is None else Timeline.from_array(storage.read_npy(url, so))
 
 
 def prompt_embeddings(

@@ -84,11 +84,11 @@ def test_a_clip_that_cannot_be_cut_is_a_row_not_a_failed_run(inputs, prefect_har
     root, cfg = inputs
     real, calls = video_publish.clip_bytes, []
 
-    def clip_bytes(url, so, start, end):
+    def clip_bytes(url, so, start, end, *clock):  # clock: the probe's timeline, rotation
         calls.append(url)
         if url.endswith("b.mp4"):
             raise av.error.InvalidDataError(1094995529, "Invalid data found")
-        return real(url, so, start, end)
+        return real(url, so, start, end, *clock)
 
     monkeypatch.setattr(video_publish, "clip_bytes", clip_bytes)
     result = run_video(parse_config(cfg), PARTITION)

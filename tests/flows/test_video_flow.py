@@ -19,6 +19,7 @@ from flows.video import run_video  # noqa: E402
 from schemas.config import parse_config  # noqa: E402
 from tasks.verify import verify_partition  # noqa: E402
 from tests.video_factory import (  # noqa: E402
+    frame_code,
     make_empty,
     make_not_video,
     make_truncated,
@@ -170,3 +171,63 @@ def test_byte_identical_videos_are_processed_once(tmp_path, tiny_model, prefect_
     assert stats["videos_scored"] == 2  # the copy was never decoded
     frames = pl.read_parquet(root / "frames.parquet")
     assert str(d / "b_copy.mp4") not in set(frames["video"])
+
+
+HARD = {  # files decord indexes wrongly (issue 20), each read another exact way now
+    "h264.avi": {"container": "avi"},
+    "h264_bframes.ts": {"container": "mpegts", "bframes": 2},
+    "h264.mpg": {"container": "mpeg", "bframes": 2},
+    "hevc_bframes.mp4": {"codec": "libx265", "bframes": 3},
+    "intra_refresh.mp4": {"options": {"intra-refresh": "1"}},
+}
+
+
+def test_files_decord_indexes_wrongly_are_curated_with_the_pictures_at_their_times(
+    tmp_path, tiny_model, prefect_harness, monkeypatch
+):
+    """Issue 20, part 1: H.264 AVI, MPEG-TS with B-frames, MPEG-PS, HEVC with B-frames and
+    intra-refresh H.264 go through `curate run video` with status ok, their decoder
+    recorded, and every frame the model saw is the picture at its `t_s` (the frames code
+    their index). They were quarantined `unreliable_index` before."""
+    import yaml
+
+    from flows.cli import main
+    from tasks.video import score
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for name, kw in HARD.items():
+        make_video(d / name, 4.0, 30, (160, 120), **kw)
+    seen: list[tuple[list[int], list[int]]] = []
+    real = score.iter_source_chunks
+
+    def spy(*a, **k):
+        for idx, t, frames in real(*a, **k):
+            seen.append((idx.tolist(), [frame_code(f) for f in frames]))
+            yield idx, t, frames
+
+    monkeypatch.setattr(score, "iter_source_chunks", spy)
+    cfg = video_config(tmp_path, tiny_model)
+    cfg["video"]["input"] = str(d / "*")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", "video", "-c", str(path), "--partition", PARTITION]) == 0
+
+    part = published_dir(tmp_path / "out" / "fleet" / "video" / PARTITION)
+    vids = pl.read_parquet(part / "videos.parquet")
+    decoders = dict(zip(vids["video"].str.split("/").list.last(), vids["decoder"], strict=True))
+    assert set(vids["status"].cast(pl.String)) == {"ok"}
+    assert decoders == {
+        "h264.avi": "decord_remux",
+        "h264_bframes.ts": "decord_remux",
+        "h264.mpg": "pyav",
+        "hevc_bframes.mp4": "pyav",
+        "intra_refresh.mp4": "pyav",
+    }
+    frames = pl.read_parquet(part / "frames.parquet")
+    for video in vids["video"]:
+        f = frames.filter(pl.col("video") == video)
+        assert f["frame_index"].to_list() == [30 * k // 4 for k in range(16)]  # shown at k / 4 s
+        assert f["t_s"].to_list() == pytest.approx((f["frame_index"] / 30).to_list(), abs=1e-3)
+    assert sum(len(i) for i, _ in seen) == frames.height == 5 * 16
+    assert all(codes == [i % 256 for i in idx] for idx, codes in seen)

@@ -97,3 +97,44 @@ def test_frame_scores_with_head_and_ood_flags():
     plain = frame_scores("v.mp4", frames_table(n, []), emb, near, normal, scale, video)
     assert plain["p_head"].null_count() == n and not plain["ood_flag"].any()
     assert np.allclose(plain["motion"].to_numpy(), motion_cue(emb.astype(np.float32)), atol=1e-6)
+
+
+def test_an_event_ends_where_the_video_ends():
+    """Issue 27, case 7: a sample stands for 1 / rate seconds, but the video can end
+    sooner. A 2.9 s video (29 frames at 10 fps) sampled at 4 fps shows its last sample at
+    2.7 s; an event running to the end ended at 2.95 s, past the video."""
+    t = np.array([0.0, 0.2, 0.5, 0.7, 1.0, 1.2, 1.5, 1.7, 2.0, 2.2, 2.5, 2.7])
+    f = pl.DataFrame({"t_s": t, "score": np.ones(len(t)), "ood_flag": np.zeros(len(t), bool)})
+    events = {"start": 0.5, "stop": 0.5, "median_window": 1, "ema_alpha": 1.0}
+    video = VideoConfig(input="x", sample_fps=4, events={**events, "clip_after_s": 3.0})
+    ev = video_events("v.mp4", f, 2.9, 10.0, video)
+    assert ev.select("start_s", "end_s", "clip_end_s").rows() == [(0.0, 2.9, 2.9)]
+
+
+def test_duplicated_frame_recordings_keep_their_events():
+    """Issue 27, case 4: 10 fps content written as 20 fps (every picture twice), sampled at
+    20 fps. Every other sample was flagged frozen, the flagged samples cut detection into
+    0.05 s stretches below `min_duration_s`: no event, where the same content without the
+    duplicates gives one."""
+    from tasks.video.ood import frame_stats
+    from tests.tasks.video.test_ood import normal_video
+
+    rng = np.random.default_rng(0)
+    near, normal = rng.normal(size=8), rng.normal(size=8)
+    content = normal_video(30, pan=1)  # 3 s at 10 fps
+
+    def detect(frames: np.ndarray, rate: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+        n = len(frames)
+        index = {"frame_index": np.arange(n), "t_s": np.arange(n) / rate, "emb_row": np.arange(n)}
+        table = pl.DataFrame({**index, **frame_stats(frames)})
+        video = VideoConfig(input="x", sample_fps=rate, events={"start": 0.0, "stop": 0.0})
+        emb = rng.normal(size=(n, 8)).astype(np.float16)
+        f = frame_scores("v.mp4", table, emb, near, normal, 20.0, video)
+        return f, video_events("v.mp4", f, n / rate, rate, video)
+
+    plain, plain_events = detect(content, 10.0)
+    doubled, doubled_events = detect(np.repeat(content, 2, axis=0), 20.0)
+    assert not plain["ood_flag"].any() and not doubled["ood_flag"].any()
+    expected = [(0.0, 3.0)]  # thresholds at 0: every usable sample is part of the event
+    assert plain_events.select("start_s", "end_s").rows() == expected
+    assert doubled_events.select("start_s", "end_s").rows() == expected

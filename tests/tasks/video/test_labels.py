@@ -8,8 +8,11 @@ import pytest
 from tasks.video.labels import (
     LabelError,
     LabelRow,
+    clip_spans,
     frame_labels,
     labelled_videos,
+    match_inputs,
+    names,
     parse_labels,
     positive_spans,
     read_labels,
@@ -17,7 +20,7 @@ from tasks.video.labels import (
 
 CSV = """video,start_s,end_s,label
 a.mp4,1.0,2.0,near_miss
-raw/b.mp4, 0.30 , 0.40 ,Collision
+.\\raw\\b.mp4, 0.30 , 0.40 ,Collision
 a.mp4,5.0,6.0,normal
 c.mp4,0,10,normal
 """
@@ -28,9 +31,9 @@ def test_parse_normalises_names_and_labels(tmp_path) -> None:
     path.write_text("\ufeff" + CSV, encoding="utf-8")  # a spreadsheet's BOM
     rows = read_labels(path)
     assert rows[0] == LabelRow("a.mp4", 1.0, 2.0, "near_miss")
-    assert rows[1] == LabelRow("b.mp4", 0.3, 0.4, "collision") and rows[1].positive
+    assert rows[1] == LabelRow("raw/b.mp4", 0.3, 0.4, "collision") and rows[1].positive
     assert not rows[2].positive
-    assert labelled_videos(rows) == {"a.mp4", "b.mp4", "c.mp4"}
+    assert labelled_videos(rows) == {"a.mp4", "raw/b.mp4", "c.mp4"}
 
 
 @pytest.mark.parametrize(
@@ -89,3 +92,28 @@ def test_frame_labels_overlap_rule() -> None:
     assert frame_labels(rows, "unknown.mp4", t, 0.25) is None
     negative = parse_labels("video,start_s,end_s,label\nn.mp4,0,9,normal\n")
     assert not frame_labels(negative, "n.mp4", t, 0.25).any()
+
+
+def test_a_name_means_the_inputs_whose_path_ends_with_it() -> None:
+    url = "s3://fleet/2026-01-01/truck7/cam.mp4"
+    assert names("cam.mp4", url) and names("truck7/cam.mp4", url) and names(url, url)
+    assert not names("m.mp4", url)  # whole path components only
+    assert not names("truck8/cam.mp4", url)
+
+
+def test_a_name_that_fits_two_inputs_is_refused() -> None:
+    """Issue 27, case 6: `a/cam.mp4` and `b/cam.mp4` are two videos; a label must say
+    which one it means."""
+    urls = ["s3://f/a/cam.mp4", "s3://f/b/cam.mp4", "s3://f/c.mp4"]
+    rows = parse_labels("video,start_s,end_s,label\na/cam.mp4,0,1,near_miss\nz.mp4,0,1,normal\n")
+    assert match_inputs(rows, urls) == (["s3://f/a/cam.mp4"], ["z.mp4"])
+    assert positive_spans(rows, urls[0]) == [(0.0, 1.0)] and positive_spans(rows, urls[1]) is None
+    vague = parse_labels("video,start_s,end_s,label\ncam.mp4,0,1,near_miss\n")
+    with pytest.raises(LabelError, match=r"'cam\.mp4' fits 2 inputs .*write more of its path"):
+        match_inputs(vague, urls)
+
+
+def test_spans_past_the_end_are_cut_or_dropped() -> None:
+    spans = [(0.5, 1.0), (2.5, 4.0), (10.0, 12.0)]
+    assert clip_spans(spans, 3.0) == ([(0.5, 1.0), (2.5, 3.0)], 2)
+    assert clip_spans(spans, 20.0) == (spans, 0)

@@ -11,6 +11,7 @@ from tasks.video.ood import (
     binary_entropy,
     concat_stats,
     frame_stats,
+    held,
     image_scores,
     ood_flag,
     ood_score,
@@ -18,6 +19,11 @@ from tasks.video.ood import (
 )
 
 H, W = 96, 160
+RATE = 4.0  # samples per second
+
+
+def times(n: int, rate: float = RATE) -> np.ndarray:
+    return np.arange(n) / rate
 
 
 def texture(rng: np.random.Generator, h: int = H, w: int = W + 64) -> np.ndarray:
@@ -42,7 +48,7 @@ def normal_video(n: int = 24, seed: int = 0, pan: int = 2, gain: float = 1.0) ->
 
 
 def one(frames: np.ndarray, prev: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    return image_scores(frame_stats(frames, prev))
+    return image_scores(frame_stats(frames, prev), times(len(frames)))
 
 
 @pytest.mark.parametrize(
@@ -50,12 +56,12 @@ def one(frames: np.ndarray, prev: np.ndarray | None = None) -> dict[str, np.ndar
 )
 def test_normal_video_is_never_flagged(pan: int, gain: float) -> None:
     frames = normal_video(pan=pan, gain=gain)  # a still camera: only the shapes move
-    stats = frame_stats(frames)
-    scores = image_scores(stats)
+    stats, t = frame_stats(frames), times(len(frames))
+    scores = image_scores(stats, t)
     assert max(float(v.max()) for v in scores.values()) < 0.25
     confident = np.where(np.arange(len(frames)) % 2 == 0, 0.02, 0.97)
-    assert not ood_flag(ood_score(stats, confident, confident)).any()
-    assert not ood_flag(ood_score(stats, confident)).any()
+    assert not ood_flag(ood_score(stats, t, confident, confident)).any()
+    assert not ood_flag(ood_score(stats, t, confident)).any()
 
 
 def test_black_overexposed_blocked_and_frozen_are_flagged() -> None:
@@ -77,7 +83,7 @@ def test_black_overexposed_blocked_and_frozen_are_flagged() -> None:
     ]:
         scores = one(frames)
         assert ood_flag(scores[cue]).all(), cue
-        assert ood_flag(ood_score(frame_stats(frames), np.full(4, 0.01))).all(), cue
+        assert ood_flag(ood_score(frame_stats(frames), times(4), np.full(4, 0.01))).all(), cue
     assert (one(black)["black"] == 1).all() and (one(white)["overexposed"] == 1).all()
     assert 0.9 < one(finger)["blocked"].min() < 1  # 7 of 8 tile rows featureless
     assert (one(black)["blocked"] == 1).all()  # a black frame is featureless too
@@ -85,22 +91,60 @@ def test_black_overexposed_blocked_and_frozen_are_flagged() -> None:
 
 
 def test_frozen_across_chunk_boundaries() -> None:
-    video = normal_video(12)
-    video[5] = video[4]  # a repeated frame inside a chunk
-    video[8] = video[7]  # ... and one across the boundary between chunks 0..7 and 8..11
-    whole = frame_stats(video)
+    video = normal_video(16)
+    video[5:10] = video[5]  # the picture stays from sample 5 to 9 (1 s at 4 samples/s) ...
+    whole = frame_stats(video)  # ... across the boundary between chunks 0..7 and 8..15
     parts = concat_stats([frame_stats(video[:8]), frame_stats(video[8:], prev_frame=video[7])])
     for key, value in whole.items():
         np.testing.assert_allclose(parts[key], value, rtol=1e-12, equal_nan=True)
-    frozen = image_scores(whole)["frozen"]
-    assert np.flatnonzero(frozen > 0.5).tolist() == [5, 8]
+    frozen = image_scores(whole, times(16))["frozen"]
+    assert np.flatnonzero(frozen > 0.5).tolist() == [5, 6, 7, 8, 9]
     assert math.isnan(whole["frame_diff"][0]) and frozen[0] == 0.0
-    # without the previous chunk's frame, the boundary frame cannot be judged
-    assert image_scores(frame_stats(video[8:]))["frozen"][0] == 0.0
+    # without the previous chunk's frame, the boundary step cannot be judged
+    assert math.isnan(frame_stats(video[8:])["frame_diff"][0])
     # independent: mean |luma difference| by hand
     y = video.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     np.testing.assert_allclose(whole["frame_diff"][1:], np.abs(np.diff(y, axis=0)).mean((1, 2)),
                                rtol=1e-5)  # fmt: skip
+
+
+def test_held_hand_worked() -> None:
+    """A frame is frozen inside a stretch of at least `hold_s` whose steps all repeat."""
+    t = np.arange(10) * 0.25
+    u = np.array([0, 1, 0, 1, 1, 1, 1, 0, 1, 0], float)  # steps into 1, 3-6 and 8 repeat
+    # 2..6 (1 s, steps 3-6) is the only stretch of four unchanged steps
+    assert held(u, t, 1.0).tolist() == [0, 0, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert held(u, t, 0.25).tolist() == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]  # one step is enough
+    assert held(u, t, 1.25).tolist() == [0] * 10  # nothing held that long
+    # graded steps: a stretch is as frozen as its least unchanged step
+    g = np.array([0, 0.9, 0.6, 0.8, 0.7, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(held(g, t, 0.5), [0.6, 0.6, 0.7, 0.7, 0.7, 0, 0, 0, 0, 0])
+    # against brute force over every window, on random steps and uneven times
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        n = int(rng.integers(2, 30))
+        tt = np.cumsum(rng.uniform(0.05, 0.4, n))
+        uu = rng.uniform(0, 1, n).round(1)
+        brute = np.zeros(n)
+        for a in range(n):
+            for b in range(a + 1, n):
+                if tt[b] - tt[a] >= 0.8 - 1e-9:
+                    brute[a : b + 1] = np.maximum(brute[a : b + 1], uu[a + 1 : b + 1].min())
+        np.testing.assert_allclose(held(uu, tt, 0.8), brute)
+
+
+def test_repeated_pictures_are_not_a_freeze() -> None:
+    """Issue 27, case 4: 10 fps content written as 20 fps (every picture twice) and sampled
+    at 20 fps: every other sample repeats the one before. That is no frozen camera; a
+    picture that stays for 2 s still is."""
+    content = normal_video(40, pan=1)
+    doubled = np.repeat(content, 2, axis=0)
+    frozen = image_scores(frame_stats(doubled), times(80, 20.0))["frozen"]
+    assert not ood_flag(frozen).any()
+    stuck = doubled.copy()
+    stuck[30:70] = stuck[30]  # 2 s of one picture
+    frozen = image_scores(frame_stats(stuck), times(80, 20.0))["frozen"]
+    assert np.flatnonzero(ood_flag(frozen)).tolist() == list(range(30, 70))
 
 
 def test_statistics_by_hand() -> None:
@@ -127,6 +171,31 @@ def test_prediction_uncertainty() -> None:
     assert u[0] == pytest.approx(1.0)
     assert u[1] == pytest.approx(-(0.925 * math.log2(0.925) + 0.075 * math.log2(0.075)))
     stats = frame_stats(normal_video(3))
-    score = ood_score(stats, np.array([0.95, 0.95, 0.5]), np.array([0.05, 0.9, 0.5]))
+    score = ood_score(stats, times(3), np.array([0.95, 0.95, 0.5]), np.array([0.05, 0.9, 0.5]))
     assert ood_flag(score).tolist() == [True, False, True]
     assert score[0] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(("ext", "fmt"), [("mkv", "matroska"), ("mov", "mov"), ("mp4", "mp4")])
+def test_a_recording_that_writes_each_picture_twice_is_not_frozen(
+    tmp_path, ext: str, fmt: str
+) -> None:
+    """Issue 27, case 4, on generated files: 10 fps content written as 20 fps (each
+    picture twice), decoded at 20 samples/s as the score stage does. A picture held for
+    2 s in the same recording is frozen."""
+    from tasks.video.decoding.probe import iter_frame_chunks
+    from tests.video_factory import frame_code, make_timed_video
+
+    pictures = [i // 2 for i in range(80)]
+    pictures[40:80] = [20] * 40  # 2 s of one picture
+    video = make_timed_video(
+        tmp_path / f"twice.{ext}", [i / 20 for i in range(80)], (96, 64), container=fmt,
+        pictures=pictures,
+    )  # fmt: skip
+    idx, t, frames = (
+        np.concatenate(x)
+        for x in zip(*iter_frame_chunks(str(video), None, 20, 64, 16), strict=True)
+    )
+    assert [frame_code(f) for f in frames] == [pictures[i] for i in idx]
+    frozen = ood_flag(image_scores(frame_stats(frames), t)["frozen"])
+    assert np.flatnonzero(frozen).tolist() == list(range(40, 80))  # the held picture, from 2 s

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import fsspec
 import pytest
 
 from schemas.tables import VIDEOS
-from tasks.video.probe import probe_video
-from tasks.video.sidecar import read_sidecar
+from tasks.video.decoding.probe import probe_video
 from tests.video_factory import (
     make_audio_only,
     make_empty,
     make_no_frames,
     make_not_video,
+    make_timed_video,
     make_truncated,
     make_video,
     make_zero_fps,
-    write_sidecar,
 )
 
 PROBE_KEYS = {"video", "status", "error", "duration_s", "fps", "width", "height", "codec"}
@@ -43,6 +41,10 @@ def test_good_video_metadata(good: Path) -> None:
         "height": 48,
         "codec": "h264",
         "n_frames": 30,
+        "rotation": 0,
+        "display_width": 64,
+        "display_height": 48,
+        "decoder": "decord",
     }
     assert set(row) <= set(VIDEOS) and set(row) >= PROBE_KEYS
 
@@ -94,10 +96,17 @@ def test_truncated_matroska_ends_early(tmp_path: Path, fraction: float) -> None:
     assert error.startswith("truncated:") and "header says 10.00s" in error
 
 
-def test_unsupported_codec(tmp_path: Path) -> None:
-    # PyAV's FFmpeg encodes AV1; decord's older FFmpeg has no AV1 decoder
+def test_unsupported_codec(good: Path, tmp_path: Path) -> None:
+    unknown = tmp_path / "zzzz.mp4"  # a codec tag FFmpeg does not know
+    unknown.write_bytes(good.read_bytes().replace(b"avc1", b"zzzz"))
+    assert quarantined(unknown) == "unsupported_codec: unknown codec"
+
+
+def test_a_codec_decord_lacks_is_decoded_by_pyav(tmp_path: Path) -> None:
+    # PyAV's FFmpeg encodes and decodes AV1; decord's older FFmpeg has no AV1 decoder
     av1 = make_video(tmp_path / "av1.mp4", 1.0, 10, codec="libsvtav1")
-    assert quarantined(av1) == "unsupported_codec: av1"
+    row = probe_video(str(av1))
+    assert (row["status"], row["codec"], row["decoder"]) == ("ok", "av1", "pyav")
 
 
 def test_zero_fps(good: Path, tmp_path: Path) -> None:
@@ -127,39 +136,64 @@ def test_remote_video(good: Path) -> None:
     }
 
 
-def test_sidecar(tmp_path: Path) -> None:
-    video = tmp_path / "cam.mp4"
-    assert read_sidecar(str(video)) == {"vehicle_id": None, "start_time": None}
-    write_sidecar(video, {"vehicle_id": 17, "start_time": "2024-05-01T08:00:00Z", "x": 1})
-    assert read_sidecar(str(video)) == {"vehicle_id": "17", "start_time": "2024-05-01T08:00:00Z"}
-    fs = fsspec.filesystem("memory")
-    fs.pipe("/side/cam.json", b'{"vehicle_id": "v9"}')
-    assert read_sidecar("memory://side/cam.mp4") == {"vehicle_id": "v9", "start_time": None}
-
-
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\xff\xfe"])
-def test_bad_sidecar_is_ignored_with_warning(
-    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("name", "kw", "decoder"),
+    [
+        ("v.avi", {"container": "avi"}, "decord_remux"),
+        ("v.ts", {"container": "mpegts", "bframes": 2}, "decord_remux"),
+        ("v.mp4", {"codec": "libx265", "bframes": 3}, "pyav"),  # open GOPs
+        ("v.mp4", {"options": {"intra-refresh": "1"}}, "pyav"),
+    ],
+)
+def test_files_decord_indexes_wrongly_get_an_exact_decoder(
+    tmp_path: Path, name: str, kw: dict, decoder: str
 ) -> None:
-    video = tmp_path / "cam.mp4"
-    write_sidecar(video, content)
-    with caplog.at_level(logging.WARNING, logger="tasks.video.probe"):
-        assert read_sidecar(str(video)) == {"vehicle_id": None, "start_time": None}
-    assert "ignoring sidecar" in caplog.text
+    """decord's index lands on other pictures in these files (`test_decode.py` shows the
+    frames are right now): a stream-copy remux fixes AVI and TS, PyAV reads the others."""
+    video = make_video(tmp_path / name, 8.0, 30, (160, 120), **kw)
+    row = probe_video(str(video))
+    assert (row["status"], row["decoder"]) == ("ok", decoder)
 
 
-@pytest.mark.parametrize(("container", "bframes"), [("avi", 0), ("mpegts", 2)])
-def test_a_file_decord_indexes_wrongly_is_quarantined(
-    tmp_path: Path, container: str, bframes: int
+def test_decord_never_opens_an_mpeg_ts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decord can hang for good on MPEG-TS with B-frames (issue 20's last closing note):
+    the packet pass sends TS files to a remux before decord sees them."""
+    import decord
+
+    from tasks.video.decoding import gate
+
+    opened: list[str] = []
+    real = decord.VideoReader
+
+    def reader(path: str, *a: object, **k: object) -> decord.VideoReader:
+        opened.append(path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(gate.decord, "VideoReader", reader)
+    video = make_video(tmp_path / "v.ts", 4.0, 30, (160, 120), container="mpegts", bframes=2)
+    assert probe_video(str(video))["decoder"] == "decord_remux"
+    assert opened and all(p.endswith(".mp4") for p in opened)
+
+
+CONTAINERS = [("mkv", "matroska"), ("mov", "mov"), ("mp4", "mp4"), ("ts", "mpegts")]
+
+
+@pytest.mark.parametrize(("ext", "fmt"), CONTAINERS)
+@pytest.mark.parametrize(("start_s", "audio_s"), [(1.2, None), (0.0, 4.0)])
+def test_duration_is_the_video_streams_own(
+    tmp_path: Path, ext: str, fmt: str, start_s: float, audio_s: float | None
 ) -> None:
-    """In these files decord's sampled frames are other pictures (`test_decode.py` shows
-    it); scoring them would publish scores against the wrong moments."""
-    video = make_video(
-        tmp_path / f"v.{container}", 8.0, 30, (160, 120), container=container, bframes=bframes
+    """Issue 27, case 2: a video whose first frame is at 1.2 s, and one whose audio runs
+    2 s past its 2 s of video, are whole: the duration is the video stream's (first frame
+    to the end of the last), not the container's, and neither is `truncated`."""
+    times = [i / 30 for i in range(60)]
+    video = make_timed_video(
+        tmp_path / f"v.{ext}", times, container=fmt, start_s=start_s, audio_s=audio_s, gop=30
     )
     row = probe_video(str(video))
-    assert (row["status"], row["error"]) == ("quarantined", "unreliable_index")
-    assert "remux to MP4" in row["error_detail"]
+    assert (row["status"], row["error"]) == ("ok", None), row
+    assert row["duration_s"] == pytest.approx(2.0, abs=1e-3)
+    assert (row["n_frames"], row["fps"]) == (60, pytest.approx(30.0, abs=0.02))
 
 
 @pytest.mark.parametrize(

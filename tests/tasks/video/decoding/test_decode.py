@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from fractions import Fraction
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import pytest
 
-from tasks.video.decode import decode_size, frame_at, iter_frame_chunks, jumps, sample_times
-from tests.video_factory import frame_code, make_video
+from tasks.video.decoding.decode import jumps
+from tasks.video.decoding.orientation import decode_size
+from tasks.video.decoding.probe import iter_frame_chunks, probe_video
+from tests.video_factory import frame_code, make_timed_video, make_video, segment_times
+
+CONTAINERS = [("mkv", "matroska"), ("mov", "mov"), ("mp4", "mp4")]
 
 
 def collect(url: str, sample_fps: float, size, chunk: int, **kw):
@@ -20,33 +25,6 @@ def collect(url: str, sample_fps: float, size, chunk: int, **kw):
     t = np.concatenate([c[1] for c in chunks])
     frames = np.concatenate([c[2] for c in chunks])
     return chunks, idx, t, frames
-
-
-def test_frame_at_rounds_half_up() -> None:
-    assert [frame_at(t, 10) for t in (0.0, 0.04, 0.05, 0.25, 0.35, 1.26)] == [0, 0, 1, 3, 4, 13]
-
-
-def test_sample_times_hand_worked() -> None:
-    # targets 0, 0.25, ..., 1.75 s at 10 fps -> nearest frames, halves up
-    got = sample_times(2.0, 10.0, 4.0)
-    assert [i for i, _ in got] == [0, 3, 5, 8, 10, 13, 15, 18]
-    np.testing.assert_allclose([t for _, t in got], [0, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8])
-
-
-def test_sample_times_faster_than_video_keeps_each_frame_once() -> None:
-    got = sample_times(1.0, 5.0, 12.0)
-    assert [i for i, _ in got] == [0, 1, 2, 3, 4]
-    assert [t for _, t in got] == [0.0, 0.2, 0.4, 0.6, 0.8]
-
-
-def test_sample_times_ntsc_rate_and_bounds() -> None:
-    fps = 30000 / 1001
-    got = sample_times(10.0, fps, 2.0)
-    assert len(got) == 20
-    assert all(0 <= i < round(10.0 * fps) for i, _ in got)
-    assert all(abs(t - k / 2.0) <= 0.5 / fps + 1e-12 for k, (_, t) in enumerate(got))
-    assert sample_times(0.0, 10.0, 2.0) == []
-    assert sample_times(5.0, 0.0, 2.0) == []
 
 
 def test_decode_size() -> None:
@@ -64,8 +42,8 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_decodes_requested_frames_at_requested_fps(video: Path) -> None:
     chunks, idx, t, frames = collect(str(video), 4.0, 32, 5)
     assert [len(c[0]) for c in chunks] == [5, 5, 2]  # 3 s * 4 fps = 12 frames
-    expected = sample_times(3.0, 10.0, 4.0)
-    assert idx.tolist() == [i for i, _ in expected]
+    # the pictures shown at 0, 0.25, 0.5, ...: frame floor(10 k / 4)
+    assert idx.tolist() == [10 * k // 4 for k in range(12)]
     np.testing.assert_allclose(t, idx / 10.0)
     assert frames.dtype == np.uint8 and frames.shape == (12, 32, 43, 3)
     # each frame is the one asked for: the factory wrote its index into the pixels
@@ -154,19 +132,83 @@ def test_sampling_every_frame_of_an_avi_returns_the_frames_asked_for(tmp_path: P
     assert [frame_code(f) for f in frames] == idx.tolist()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decord 0.6 maps frame indices to the wrong pictures in H.264 AVI and in MPEG-TS "
-    "with B-frames (a sampled frame is off by up to seconds): the probe quarantines such "
-    "files as unreliable_index (tests/tasks/video/test_probe.py), so they are never decoded "
-    "for scores; this records what decoding them would give.",
-)
-@pytest.mark.parametrize(("container", "bframes"), [("avi", 0), ("mpegts", 2)])
-def test_sampled_frames_of_avi_and_ts_are_the_frames_asked_for(
-    tmp_path: Path, container: str, bframes: int
+def shown_at(times: list[float], targets: np.ndarray) -> list[int]:
+    """The picture shown at each target: the last frame that started by then (independent
+    of the code under test; `times` as stored, on the file's clock)."""
+    return [max(i for i, t in enumerate(times) if t <= target + 1e-9) for target in targets]
+
+
+@pytest.mark.parametrize(("ext", "fmt"), CONTAINERS)
+def test_variable_frame_rate_samples_are_the_pictures_shown_at_their_times(
+    tmp_path: Path, ext: str, fmt: str
 ) -> None:
-    video = make_video(
-        tmp_path / f"v.{container}", 8.0, 30, (160, 120), container=container, bframes=bframes
+    """Issue 27, case 1: 10 s at 30 fps, 10 s at 15, 10 s at 30 on a 1 ms clock. Frame 300
+    shows at 10.0 s; a time by `index / average fps` put it at 12 s and sampled other
+    pictures than those shown at the targets."""
+    times = segment_times([(10, 30), (10, 15), (10, 30)])
+    video = make_timed_video(
+        tmp_path / f"vfr.{ext}", times, container=fmt, gop=30, time_base=Fraction(1, 1000)
     )
-    _, idx, _, frames = collect(str(video), 4.0, 64, 64)
+    stored = [round(t * 1000) / 1000 for t in times]  # the 1 ms clock
+    duration = probe_video(str(video))["duration_s"]
+    assert duration == pytest.approx(30.0, abs=0.01)  # the last packet lasts 1 / mean fps
+    _, idx, t, frames = collect(str(video), 4.0, 32, 64)
+    targets = np.arange(int(np.ceil(duration * 4))) / 4.0
+    assert idx.tolist() == shown_at(stored, targets)
+    np.testing.assert_allclose(t, [stored[i] for i in idx], atol=1e-9)
+    assert [frame_code(f) for f in frames] == [i % 256 for i in idx]
+    assert idx[40] == 300 and t[40] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(("ext", "fmt"), CONTAINERS)
+@pytest.mark.parametrize("size", [(320, 180), (64, 48)])
+def test_rotated_video_frames_are_upright_in_their_displayed_aspect(
+    tmp_path: Path, ext: str, fmt: str, size: tuple[int, int]
+) -> None:
+    """Issue 27, case 3: a phone held upright stores landscape pictures with a 90-degree
+    display matrix. The model gets the picture as a player shows it (portrait, its code
+    readable), not squeezed into the coded landscape size or left on its side."""
+    width, height = size[1], size[0]  # displayed portrait
+    video = make_timed_video(
+        tmp_path / f"rot.{ext}", [i / 10 for i in range(20)], (width, height), container=fmt,
+        rotation=90,
+    )  # fmt: skip
+    _, idx, _, frames = collect(str(video), 5.0, 32, 8)
+    assert frames.shape[1:] == (round(32 * height / width), 32, 3)  # short side 32, portrait
+    assert [frame_code(f) for f in frames] == idx.tolist()
+    row = probe_video(str(video))  # a 64 x 48 one was quarantined `unreadable`
+    assert (row["status"], row["rotation"]) == ("ok", 90)
+    assert (row["display_width"], row["display_height"]) == (width, height)
+
+
+HARD = {
+    "h264.avi": {"container": "avi"},
+    "h264-bframes.ts": {"container": "mpegts", "bframes": 2},
+    "h264.mpg": {"container": "mpeg", "bframes": 2},
+    "mpeg2.mpg": {"container": "mpeg", "codec": "mpeg2video", "fps": 25, "gop": 12},
+    "hevc-bframes.mp4": {"codec": "libx265", "bframes": 3},
+    "intra-refresh.mp4": {"options": {"intra-refresh": "1"}},
+    "intra-refresh.mkv": {"container": "matroska", "options": {"intra-refresh": "1"}},
+}
+
+
+def make_hard(path: Path) -> Path:
+    """A file decord indexes wrongly (issue 20), 8 s at 30 fps unless said otherwise."""
+    kw = {"fps": 30, **HARD[path.name.split("_", 1)[-1]]}
+    return make_video(path, 8.0, size=(160, 120), **kw)
+
+
+@pytest.mark.parametrize("name", sorted(HARD))
+def test_files_decord_indexes_wrongly_are_read_exactly(tmp_path: Path, name: str) -> None:
+    """decord maps frame indices to other pictures in these files (off by frames to
+    seconds). The decoding layer reads them another way (a remux decord gets right, or
+    PyAV in order), so every sampled frame is the picture asked for."""
+    video = make_hard(tmp_path / name)
+    row = probe_video(str(video))
+    assert row["status"] == "ok", row
+    assert row["decoder"] in ("decord_remux", "pyav")
+    _, idx, t, frames = collect(str(video), 4.0, 64, 16)
+    fps = 25 if "mpeg2" in name else 30
+    assert idx.tolist() == [fps * k // 4 for k in range(32)]
+    np.testing.assert_allclose(t, idx / fps, atol=1e-3)
     assert [frame_code(f) for f in frames] == [i % 256 for i in idx.tolist()]
