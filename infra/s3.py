@@ -76,6 +76,46 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+class _AtomicConditionals:
+    """WSGI middleware: one conditional write (If-Match / If-None-Match) at a time.
+
+    S3 checks a write's precondition and applies the write atomically; moto checks, then
+    writes, in two steps, and its threaded server can interleave two writers between them,
+    so both of two compare-and-swaps on one key "succeed" and one update is lost. Holding a
+    lock around conditional requests restores S3's semantics for what our locks, catalog and
+    index pointer rely on (unconditional requests still run in parallel).
+    """
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        self.app, self.lock = app, threading.Lock()
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        conditional = "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ
+        if not conditional or environ.get("REQUEST_METHOD") not in ("PUT", "POST", "DELETE"):
+            return self.app(environ, start_response)
+        with self.lock:
+            return list(self.app(environ, start_response))  # the whole body inside the lock
+
+
+def _server() -> Any:
+    """moto's threaded server with atomic conditional writes, on a free port of 127.0.0.1."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    class Server(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = _AtomicConditionals(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(self._ip_address, self._port, app, True,
+                                       request_handler=MotoRequestHandler)  # fmt: skip
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server(ip_address="127.0.0.1", port=0, verbose=False)
+
+
 @contextmanager
 def moto_s3(buckets: Iterable[str] = (), set_env: bool = True) -> Iterator[LocalS3]:
     """Run moto's S3 server on a free port of 127.0.0.1 for the block.
@@ -83,10 +123,8 @@ def moto_s3(buckets: Iterable[str] = (), set_env: bool = True) -> Iterator[Local
     With `set_env`, fake AWS credentials are put in the environment for the block (botocore
     reads them from there), so subprocesses started inside it inherit them too.
     """
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = _server()
     server.start()
     host, port = server.get_host_and_port()
     s3 = LocalS3(f"http://{host}:{port}", dict(FAKE_ENV))

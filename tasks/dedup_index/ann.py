@@ -38,7 +38,7 @@ CALIBRATION_SLACK = 0.05  # taken off the lowest estimate a true pair received
 MARGIN = 1e-4  # float32 cosine error bound; closer pairs are settled in float64
 EPS64 = 1e-12
 QUERY_CHUNK = 2048  # exact search: queries x rows similarities at a time
-SEARCH_CHUNK = 4096  # IVF search: queries at a time (bounds the scan's lookup tables)
+SEARCH_CHUNK = 512  # IVF search: queries at a time (its lookup tables: queries x probes x 8 KB)
 
 
 def _faiss():  # imported when first needed: seconds of start-up a planning step never pays

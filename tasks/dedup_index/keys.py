@@ -26,7 +26,7 @@ import polars as pl
 
 HEX_PER_WORD = 15  # 60 bits: a polars int64 holds it
 WORDS = 5  # 4 x 15 + 4 hex digits = 64
-CHUNK_PAIRS = 1 << 22  # candidate pairs expanded at a time
+CHUNK_PAIRS = 1 << 20  # candidate pairs expanded at a time (~40 MB of scratch)
 
 
 def sha_words(sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
