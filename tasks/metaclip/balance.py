@@ -71,7 +71,11 @@ def keep_probabilities(entry_ids: pl.Series, counts: np.ndarray, t: int) -> np.n
 
 def _keep_prob(lengths: np.ndarray, values: np.ndarray, counts: np.ndarray, t: int) -> np.ndarray:
     """`keep_probabilities` on flattened, validated ids (`lengths` per caption, `values`)."""
-    p = t / np.maximum(np.asarray(counts, np.int64), t)
+    return _keep_prob_from_p(lengths, values, t / np.maximum(np.asarray(counts, np.int64), t))
+
+
+def _keep_prob_from_p(lengths: np.ndarray, values: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """`1 - prod(1 - p[e])` over each caption's ids in list order; 0 for no ids."""
     out = np.zeros(len(lengths), np.float64)
     nonempty = lengths > 0
     if nonempty.any():
