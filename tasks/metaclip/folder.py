@@ -147,6 +147,11 @@ def metadata_folder(
         if sha is None:
             raise MetadataError(f"metadata: {url} appeared while the run was going; re-run")
         lists[code] = ListFile(code, url, sha)
+    listed = {f"{KEY}/{_name(u)}" for u in files.values()}
+    gone = sorted(k for k in planned if k.startswith(f"{KEY}/") and k not in listed)
+    if gone:
+        name = gone[0][len(KEY) + 1 :]
+        raise MetadataError(f"metadata: {name} left {bal.metadata} during the run; re-run")
     return MetadataFolder(bal.metadata, lists, dict(bal.languages or {}))
 
 

@@ -154,19 +154,19 @@ def balance_worldwide(
     pool = _counts_by_language(entry_ids, codes, lists)
     total = add_counts(pool, inp.prior)
     p, t_of = thresholds(total, lists, inp.t, inp.tail_fraction)
+    # every language's p_L end to end: a caption's ids shift by its language's start
     order = sorted(lists)
-    base = dict(zip(order, np.cumsum([0] + [len(lists[c]) for c in order[:-1]]), strict=True))
+    sizes = [len(lists[c]) for c in order]
+    base = {c: int(b) for c, b in zip(order, np.cumsum([0, *sizes])[:-1], strict=True)}
     probs = np.concatenate(
-        [entry_probabilities(total.get(c, len(lists[c])), t_of[c]) for c in order]
+        [np.zeros(0)] + [entry_probabilities(total.get(c, len(lists[c])), t_of[c]) for c in order]
     )
     lengths = entry_ids.list.len().fill_null(0).to_numpy().astype(np.int64)
     if ((lengths > 0) & ~codes.is_in(order).fill_null(False).to_numpy()).any():
         raise ValueError("a caption has entry ids but no metadata language with a list")
-    base = {c: int(b) for c, b in base.items()}
     offset = codes.replace_strict(base, default=0, return_dtype=pl.Int64).fill_null(0).to_numpy()
     values = entry_ids.explode().drop_nulls().to_numpy().astype(np.int64)
-    values = values + np.repeat(offset, lengths)
-    keep_prob = _keep_prob_from_p(lengths, values, probs)
+    keep_prob = _keep_prob_from_p(lengths, values + np.repeat(offset, lengths), probs)
     keep = keep_mask(keep_prob, uids, inp.seed)
     kept = pl.Series(keep)
     after = _counts_by_language(entry_ids.filter(kept), codes.filter(kept), lists)

@@ -186,6 +186,12 @@ def test_worldwide_pool_by_the_spec(tmp_path, tiny_model, prefect_harness) -> No
         meta = json.loads(tar.extractfile(member).read())
     assert meta["meta_lang"] == got.filter(pl.col("uid") == meta["uid"])["meta_lang"].item()
 
+    from tasks.verify import summarize_partition, verify_partition
+
+    uri = str(tmp_path / "out" / "w3" / "pool" / "2026-03-01")
+    assert verify_partition(uri) == []
+    assert "balance: worldwide, tail fraction" in summarize_partition(uri)
+
     # lists were parsed only for languages with captions (es, fr never read)
     parsed = list((tmp_path / "out" / "w1" / "_cache" / "metaclip-metadata").glob("*/done.json"))
     assert len(parsed) == 3
@@ -214,3 +220,41 @@ def test_worldwide_running_counts_and_tail_fraction(tmp_path, tiny_model, prefec
     assert {k: v["t"] for k, v in stats["languages"].items()} == {
         k: v for k, v in thresholds.items() if k in stats["languages"]
     }
+
+
+def curate(*args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600,
+    )  # fmt: skip
+
+
+def test_t_needs_english_one_line_each(tmp_path, tiny_model, prefect_harness) -> None:
+    """t is English's threshold: without en.json planning stops; with it but no English
+    caption in the pool the run stops after matching. One line, exit 2, either way."""
+    import yaml
+    from prefect.settings import get_current_settings
+
+    write_lists(tmp_path / "lists")
+    german = [s for s in samples(60) if "Foto" in s.caption]
+    write_pool(tmp_path / "de", 1, german)
+    cfg = config(tmp_path, "noen", str(tmp_path / "de" / "*.tar"), t=4)
+    cfg["model"] |= tiny_model
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {"PREFECT_API_URL": str(get_current_settings().api.url)}
+    proc = curate("run", "pool", "-c", str(path), "--partition", "2026-03-01", env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith("curate: config: invalid value for 'pool.balance.t': t is")
+    assert "no English caption" in lines[-1] and "tail_fraction" in lines[-1]
+    (tmp_path / "lists" / "en.json").unlink()
+    proc = curate("run", "pool", "-c", str(path), "--partition", "2026-03-01", env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "has no en.json" in proc.stderr.strip().splitlines()[-1]

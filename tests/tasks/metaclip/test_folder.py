@@ -130,3 +130,16 @@ def test_cache_holds_no_pickle(tmp_path) -> None:
     files = sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert files == ["done.json", "entries.parquet"]
     assert (next(cache.rglob("entries.parquet")).read_bytes()[:4]) == b"PAR1"
+
+
+def test_lists_added_or_removed_after_planning_are_refused(tmp_path) -> None:
+    root = make_folder(tmp_path / "m", {"en": ["dog"], "de": ["hund"]})
+    bal = BalanceConfig(metadata=str(root))
+    planned = planned_files(bal)
+    (root / "fr.json").write_text('["chien"]')
+    with pytest.raises(MetadataError, match="appeared while the run was going"):
+        metadata_folder(bal, None, planned)
+    (root / "fr.json").unlink()
+    (root / "de.json").unlink()
+    with pytest.raises(MetadataError, match=r"de\.json left"):
+        metadata_folder(bal, None, planned)

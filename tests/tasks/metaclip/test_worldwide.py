@@ -321,3 +321,12 @@ def test_worldwide_on_english_equals_english_only(seed: int) -> None:
     res = balance_worldwide(ids, codes, uids, inputs({"en": md}, t=t, seed=1))
     assert res.keep_prob.tolist() == expected.tolist()  # bit for bit
     assert np.array_equal(res.keep, keep_mask(expected, uids, 1))
+
+
+def test_no_caption_with_a_list() -> None:
+    """Every caption's language lacks a list (tail fraction mode): all probabilities 0."""
+    codes = pl.Series([None, None], dtype=pl.String)
+    ids = pl.Series([[], []], dtype=pl.List(pl.UInt32))
+    res = balance_worldwide(ids, codes, pl.Series(["a", "b"]), inputs({}, p=0.2))
+    assert res.keep_prob.tolist() == [0.0, 0.0] and res.languages == {}
+    assert res.pool_counts.vectors == {}
