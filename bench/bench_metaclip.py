@@ -34,7 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from harness import cores, peak_rss_bytes, run_child, scaling  # noqa: E402
+from harness import cores, load_1m, peak_rss_bytes, run_child, scaling  # noqa: E402
+
+ROUNDS = 5  # worldwide / English-only alternations; the fastest of each counts
 
 # code -> (alphabet, written with spaces between words)
 SCRIPTS = {
@@ -66,7 +68,8 @@ SCRIPTS = {
 
 
 # unspaced scripts: entry length in characters -> weight (dictionary words, few single
-# characters); spaced scripts: 1-3 words of 3-9 letters
+# characters); spaced scripts: 1-3 words of 3-9 letters (Hangul: 2-4 syllable blocks)
+WORD_LETTERS = {"ko": (2, 4)}
 WORD_CHARS = {
     "zh": {1: 1, 2: 60, 3: 25, 4: 14},
     "ja": {2: 40, 3: 30, 4: 20, 5: 10},
@@ -84,7 +87,7 @@ def make_lists(n: int, seed: int = 0) -> dict[str, list[str]]:
         while len(seen) < n:
             if spaced:
                 words = [
-                    "".join(rng.choices(alphabet, k=rng.randint(3, 9)))
+                    "".join(rng.choices(alphabet, k=rng.randint(*WORD_LETTERS.get(code, (3, 9)))))
                     for _ in range(rng.choice((1, 1, 1, 2, 2, 3)))
                 ]
                 seen.setdefault(" ".join(words))
@@ -105,10 +108,11 @@ def make_captions(lists: dict[str, list[str]], codes: list[str], n: int, seed: i
     for i in range(n):
         code = codes[i % len(codes)]
         alphabet, spaced = SCRIPTS[code]
+        filler = (1, 3) if code == "ko" else (2, 7)
         k = rng.randint(3, 8)
         picks = rng.choices(lists[code], cum_weights=cum[code], k=k)
         tokens = [
-            p if rng.random() < 0.5 else "".join(rng.choices(alphabet, k=rng.randint(2, 7)))
+            p if rng.random() < 0.5 else "".join(rng.choices(alphabet, k=rng.randint(*filler)))
             for p in picks
         ]
         out.append((" " if spaced else "").join(tokens) + rng.choice(("", ".", ", 2026", "!")))
@@ -230,7 +234,7 @@ def child_worldwide(root: Path, cache: str) -> dict[str, Any]:
 
 def compare(root: Path, captions: Any, codes: Any, matchers: dict) -> dict[str, Any]:
     """Worldwide vs English-only matching of as many captions, alternating in this process
-    (two rounds each, the faster counts): a busy neighbour slows both alike."""
+    (`ROUNDS` each, the fastest counts): a busy neighbour slows both alike."""
     import polars as pl
 
     from tasks.metaclip.matcher import get_matcher
@@ -240,8 +244,13 @@ def compare(root: Path, captions: Any, codes: Any, matchers: dict) -> dict[str, 
     english = pl.read_parquet(root / "english.parquet")["caption"]
     plain = get_matcher(load_metadata(str(root / "lists" / "en.json")))
     times: dict[str, list[float]] = {"worldwide": [], "english_only": []}
+    nbytes = {
+        "worldwide": captions.str.len_bytes().sum(),
+        "english_only": english.str.len_bytes().sum(),
+    }
     ids = {}
-    for _ in range(2):
+    load = load_1m()
+    for _ in range(ROUNDS):
         for mode in times:
             t0 = time.perf_counter()
             if mode == "worldwide":
@@ -257,10 +266,14 @@ def compare(root: Path, captions: Any, codes: Any, matchers: dict) -> dict[str, 
             "captions_per_s": round(len(captions) / min(ts), 1),
             "ids_per_caption": round(ids[mode] / len(captions), 3),
             "ids_per_s": round(ids[mode] / min(ts), 1),
+            "caption_bytes": int(nbytes[mode]),
+            "mib_per_s": round(nbytes[mode] / min(ts) / 2**20, 2),
         }
     w, e = out["worldwide"], out["english_only"]
     out["ratio"] = round(w["captions_per_s"] / e["captions_per_s"], 3)
     out["ids_ratio"] = round(w["ids_per_s"] / e["ids_per_s"], 3)
+    out["bytes_ratio"] = round(w["mib_per_s"] / e["mib_per_s"], 3)
+    out["load_1m"] = [load, load_1m()]
     return out
 
 

@@ -165,6 +165,22 @@ class Matcher:
         np.cumsum(np.concatenate([c for c, _ in parts]), out=offsets[1:])
         return offsets, np.concatenate([v for _, v in parts])
 
+    @property
+    def has_patterns(self) -> bool:
+        """False when no entry can ever match (every one holds a tab, newline or CR)."""
+        return self._searcher is not None
+
+    def haystack(self, captions: pl.Series) -> tuple[bytes | str, np.ndarray]:
+        """The searched text of `captions` and each one's start, for `search` (one group of
+        a larger search that spreads its chunks over a shared thread pool)."""
+        return self._haystack(captions.cast(pl.String))
+
+    def search(
+        self, hay: bytes | str, starts: np.ndarray, lo: int, hi: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(matches per row, ids) of rows lo..hi of a `haystack`; see `_search`."""
+        return self._search(hay, starts, lo, hi)
+
     def _haystack(self, captions: pl.Series) -> tuple[bytes | str, np.ndarray]:
         """All normalised captions, each followed by "\n", and each one's start (n + 1 offsets).
 

@@ -12,6 +12,7 @@ caption keeps with `1 - prod(1 - p_L[e])`, drawn from (seed, uid) as in English-
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,9 @@ import polars as pl
 from schemas.config import ConfigError
 from tasks.metaclip.balance import _keep_prob_from_p, entry_counts, keep_mask
 from tasks.metaclip.langcounts import LangCounts, add_counts
-from tasks.metaclip.matcher import Matcher
+from tasks.metaclip.matcher import CHUNK_ROWS, Matcher
 from tasks.metaclip.metadata import Metadata
+from tasks.parallel import cpu_count
 
 ENGLISH = "en"
 HEAD_ENTRIES = 5  # entries with the largest counts shown per language
@@ -32,23 +34,40 @@ def match_by_language(
     captions: pl.Series, codes: pl.Series, matchers: Mapping[str, Matcher]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n + 1 offsets, flat uint32 ids) as `Matcher.match_arrays`, each caption matched by
-    the matcher of its code (a null code, or one without a matcher, matches nothing)."""
+    the matcher of its code (a null code, or one without a matcher, matches nothing).
+
+    Every language's captions are cut into the matcher's chunks and all chunks share one
+    thread pool, so a partition of many small language groups uses every core, as one
+    English-only group does.
+    """
     n = len(captions)
-    lengths = np.zeros(n, np.int64)
-    found = []
+    groups = []  # (rows, matcher, haystack, starts)
     for code in sorted(matchers):
         rows = (codes == code).fill_null(False).arg_true().to_numpy()
-        if len(rows):
-            off, vals = matchers[code].match_arrays(captions.gather(rows))
-            lengths[rows] = np.diff(off)
-            found.append((rows, off, vals))
+        if len(rows) and matchers[code].has_patterns:
+            groups.append((rows, matchers[code], *matchers[code].haystack(captions.gather(rows))))
+    work = [
+        (g, a, min(a + CHUNK_ROWS, len(rows)))
+        for g, (rows, *_) in enumerate(groups)
+        for a in range(0, len(rows), CHUNK_ROWS)
+    ]
+    threads = min([cpu_count(), len(work)] + [m.threads for _, m, _, _ in groups]) or 1
+    with ThreadPoolExecutor(threads, thread_name_prefix="metaclip-match") as ex:
+        parts = list(ex.map(lambda w: groups[w[0]][1].search(*groups[w[0]][2:], w[1], w[2]), work))
+    lengths = np.zeros(n, np.int64)
+    found = []
+    for g, (rows, *_) in enumerate(groups):
+        mine = [p for (wg, _, _), p in zip(work, parts, strict=True) if wg == g]
+        per_row = np.concatenate([c for c, _ in mine])
+        lengths[rows] = per_row
+        found.append((rows, per_row, np.concatenate([v for _, v in mine])))
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     values = np.zeros(offsets[-1], np.uint32)
-    for rows, off, vals in found:
-        per_row = np.diff(off)
-        dest = np.repeat(offsets[rows] - off[:-1], per_row) + np.arange(len(vals))
-        values[dest] = vals
+    for rows, per_row, vals in found:
+        starts = np.repeat(offsets[rows], per_row)
+        within = np.arange(len(vals)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        values[starts + within] = vals
     return offsets, values
 
 

@@ -330,3 +330,34 @@ def test_no_caption_with_a_list() -> None:
     res = balance_worldwide(ids, codes, pl.Series(["a", "b"]), inputs({}, p=0.2))
     assert res.keep_prob.tolist() == [0.0, 0.0] and res.languages == {}
     assert res.pool_counts.vectors == {}
+
+
+def test_many_languages_in_many_chunks(monkeypatch) -> None:
+    """Chunks of every language share one pool; each caption's ids still land on its row."""
+    from tasks.metaclip import matcher as mmod
+    from tasks.metaclip import worldwide as wmod
+
+    monkeypatch.setattr(mmod, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(wmod, "CHUNK_ROWS", 7)
+    entries = {"en": ["dog", "cat", "a dog"], "zh": ["狗", "小狗", "猫"], "th": ["แมว", "ดำ"]}
+    rng = random.Random(4)
+    pieces = {
+        "en": ["a", "dog", "cat", "x"],
+        "zh": ["小", "狗", "猫", "的"],
+        "th": ["แมว", "ดำ", "น"],
+    }
+    codes, captions = [], []
+    for _ in range(500):
+        code = rng.choice(["en", "zh", "th", None, "xx"])
+        words = pieces.get(code or "en", pieces["en"])
+        sep = " " if code == "en" else ""
+        codes.append(code)
+        captions.append(sep.join(rng.choice(words) for _ in range(rng.randint(0, 6))))
+    lists = {c: Metadata.from_entries(e) for c, e in entries.items()}
+    got = match_captions(pl.Series(captions), pl.Series(codes, dtype=pl.String), lists)
+    want = [
+        spec_match(cap, entries[c]) if c in entries else []
+        for cap, c in zip(captions, codes, strict=True)
+    ]
+    assert got.to_list() == want
+    assert sum(map(len, want)) > 300  # the pool does match
