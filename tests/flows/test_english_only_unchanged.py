@@ -2,7 +2,7 @@
 worldwide mode existed.
 
 `tests/data/english_only_golden.json` was written by `english_only_outputs` running on the
-code of main before worldwide balancing (commit 962267f):
+code of main before worldwide balancing (commit 962267f; 8edb943 writes the same):
 
     PYTHONPATH=<checkout of 962267f> python tests/flows/test_english_only_unchanged.py OUT.json
 

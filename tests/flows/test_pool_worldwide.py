@@ -200,24 +200,36 @@ def test_worldwide_pool_by_the_spec(tmp_path, tiny_model, prefect_harness) -> No
 
 
 def test_worldwide_running_counts_and_tail_fraction(tmp_path, tiny_model, prefect_harness):
+    """Night 3 balances on nights 1-3; night 2 has no Chinese caption, and its running
+    total still carries night 1's Chinese counts to night 3."""
     write_lists(tmp_path / "lists")
-    days = ["2026-03-01", "2026-03-02"]
+    days = ["2026-03-01", "2026-03-02", "2026-03-03"]
     for i, day in enumerate(days):
-        write_pool(tmp_path / "in" / day, 1, samples(40, seed=11 + i, start=100 * i))
+        pool = samples(40, seed=11 + i, start=100 * i)
+        if i == 1:
+            pool = [s for s in pool if "海滩" not in s.caption]
+        write_pool(tmp_path / "in" / day, 1, pool)
     inputs = str(tmp_path / "in" / "{date}" / "*.tar")
-    cfg = config(tmp_path, "rc", inputs, tail_fraction=0.3, running_counts=True)
-    first = run(tmp_path, tiny_model, cfg, days[0])
-    cfg = config(tmp_path, "rc", inputs, tail_fraction=0.3, running_counts=True)
-    second = run(tmp_path, tiny_model, cfg, days[1])
-    one = pl.read_parquet(first / "samples.parquet")
-    two = pl.read_parquet(second / "samples.parquet")
-    # day 2 is balanced on both days' candidates: recompute on their union
-    both = pl.concat([one, two], how="vertical_relaxed")
-    thresholds, probs = expected(both, None, 0.3)
-    assert two["keep_prob"].to_list() == pytest.approx(probs[one.height :], abs=1e-12)
-    _, alone = expected(two, None, 0.3)  # what ignoring day 1 would give: not the same
-    assert alone != pytest.approx(probs[one.height :], abs=1e-6)
-    stats = json.loads((second / "stats.json").read_text())["balance"]
+    got = []
+    for day in days:
+        cfg = config(tmp_path, "rc", inputs, tail_fraction=0.3, running_counts=True)
+        got.append(run(tmp_path, tiny_model, cfg, day))
+    tables = [pl.read_parquet(v / "samples.parquet") for v in got]
+    assert (tables[1]["meta_lang"] == "zh-Hans").sum() == 0
+    before = tables[0].height + tables[1].height
+    thresholds, probs = expected(pl.concat(tables, how="vertical_relaxed"), None, 0.3)
+    assert tables[2]["keep_prob"].to_list() == pytest.approx(probs[before:], abs=1e-12)
+    _, alone = expected(tables[2], None, 0.3)  # what ignoring earlier nights would give
+    assert alone != pytest.approx(probs[before:], abs=1e-6)
+    _, no_day1_zh = expected(pl.concat(tables[1:], how="vertical_relaxed"), None, 0.3)
+    zh = (tables[2]["meta_lang"] == "zh-Hans").to_numpy()
+    assert [
+        p for p, z in zip(no_day1_zh[tables[1].height :], zh, strict=True) if z
+    ] != pytest.approx(
+        [p for p, z in zip(probs[before:], zh, strict=True) if z], abs=1e-6
+    )  # night 1's Chinese counts matter here
+    assert (got[1] / "running_counts.parquet").exists()
+    stats = json.loads((got[2] / "stats.json").read_text())["balance"]
     assert stats["tail_fraction"] == 0.3 and stats["tail_fraction_from"] == "config"
     assert {k: v["t"] for k, v in stats["languages"].items()} == {
         k: v for k, v in thresholds.items() if k in stats["languages"]

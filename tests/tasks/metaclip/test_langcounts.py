@@ -100,3 +100,23 @@ def test_corrupt_counts_fail_loudly() -> None:
         from_parquet_bytes(buf.getvalue())
     with pytest.raises(CountsError, match="unreadable"):
         from_parquet_bytes(b"junk")
+
+
+def test_history_keeps_the_newer_list_and_restrict_picks_the_lists_in_use() -> None:
+    from tasks.metaclip.langcounts import merge_history, restrict
+
+    older = LangCounts(
+        {"en": np.array([1, 1]), "fr": np.array([4]), "de": np.array([2, 0, 1])},
+        {"en": "e1", "fr": "f1", "de": "d-old"},
+    )
+    newer = LangCounts(
+        {"en": np.array([0, 5]), "de": np.array([7, 7])}, {"en": "e1", "de": "d-new"}
+    )
+    total = merge_history(newer, older)
+    # en: same list, adds; fr: only earlier, carried on; de: its list changed, newer only
+    assert {k: v.tolist() for k, v in total.vectors.items()} == {
+        "en": [1, 6], "fr": [4], "de": [7, 7]
+    }  # fmt: skip
+    assert total.sha256 == {"en": "e1", "fr": "f1", "de": "d-new"}
+    used = restrict(total, {"en": "e1", "de": "d-other", "zh": "z"})
+    assert list(used.vectors) == ["en"] and used.vectors["en"].tolist() == [1, 6]
