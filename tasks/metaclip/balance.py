@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from tasks.io import storage
 from tasks.metaclip.matcher import PARALLEL_MIN_ROWS, entry_ids_series, get_matcher
-from tasks.metaclip.metadata import load_metadata
+from tasks.metaclip.metadata import MetadataError, load_metadata
 from tasks.parallel import cpu_count, run_forked
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,13 @@ def balance_file(
     """
     if t < 1:
         raise ValueError(f"balance: t must be a positive integer, got {t}")
+    from tasks.metaclip.folder import is_folder
+
+    if is_folder(metadata, storage_options):
+        raise MetadataError(
+            f"metadata: {metadata} is a folder; curate balance takes one list (English-only), "
+            "worldwide balancing runs in the pool flow (pool.balance.metadata)"
+        )
     clock = _Clock()
     md = load_metadata(metadata, storage_options)
     df = storage.read_parquet(input, storage_options)

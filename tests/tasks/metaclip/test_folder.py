@@ -143,3 +143,12 @@ def test_lists_added_or_removed_after_planning_are_refused(tmp_path) -> None:
     (root / "de.json").unlink()
     with pytest.raises(MetadataError, match=r"de\.json left"):
         metadata_folder(bal, None, planned)
+
+
+def test_curate_balance_refuses_a_folder_in_one_line(tmp_path) -> None:
+    from tasks.metaclip.balance import balance_file
+
+    root = make_folder(tmp_path / "m", {"en": ["dog"]})
+    with pytest.raises(MetadataError, match="curate balance takes one list") as err:
+        balance_file(str(root), str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"), t=5)
+    assert "\n" not in str(err.value)

@@ -361,3 +361,29 @@ def test_many_languages_in_many_chunks(monkeypatch) -> None:
     ]
     assert got.to_list() == want
     assert sum(map(len, want)) > 300  # the pool does match
+
+
+def test_real_captions_worldwide_equals_english_only_on_the_proxy_list() -> None:
+    """LAION captions against the 500k proxy list, its tight-edged entries blanked (ids
+    kept): worldwide mode gives English-only's ids and probabilities exactly."""
+    import gzip
+    import json
+
+    from tests.helpers import shared_path
+
+    golden = shared_path("data", "metaclip", "golden_laion1k_t5.jsonl.gz")
+    proxy = shared_path("data", "metaclip", "proxy_metadata.json.gz")
+    with gzip.open(golden, "rt", encoding="utf-8") as f:
+        captions = pl.Series([json.loads(line)["caption"] for line in f])
+    entries = json.loads(gzip.decompress(proxy.read_bytes()))
+    blanked = ["\n" if e and (is_tight(e[0]) or is_tight(e[-1])) else e for e in entries]
+    assert 0 < blanked.count("\n") < len(entries)
+    md = Metadata.from_entries(blanked)
+    plain = get_matcher(md).match_series(captions)
+    codes = pl.Series(["en"] * len(captions))
+    ids = match_captions(captions, codes, {"en": md})
+    assert ids.to_list() == plain.to_list() and sum(map(len, ids.to_list())) > 1000
+    uids = pl.Series([f"u{i}" for i in range(len(captions))])
+    expected = keep_probabilities(plain, entry_counts(plain, len(md)), 5)
+    res = balance_worldwide(ids, codes, uids, inputs({"en": md}, t=5))
+    assert res.keep_prob.tolist() == expected.tolist()
