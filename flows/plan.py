@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from schemas.config import ConfigError, CurateConfig, config_hash, redacted
 from tasks.io import storage
+from tasks.metaclip.folder import planned_files
 from tasks.model.files import planned_identity
 from tasks.pool.dedup_step import prior_partitions
 from tasks.pool.sources import pool_inputs, shard_fingerprint
@@ -100,6 +101,11 @@ def output_config(cfg: CurateConfig, flow: str) -> dict[str, Any]:
     keep = {"dataset", "model", flow}
     out = {k: v for k, v in data.items() if k in keep}
     out["model"] = {k: v for k, v in out["model"].items() if k != "batch_size"}
+    balance = (out.get("pool") or {}).get("balance") if flow == "pool" else None
+    if isinstance(balance, dict):  # worldwide settings only when set: older keys stay valid
+        for key in ("tail_fraction", "languages"):
+            if balance.get(key) is None:
+                balance.pop(key, None)
     if flow == "video" and isinstance(out.get("video"), dict):
         # the head's bytes count through `config_files` (pinned or not, one key)
         out["video"] = {k: v for k, v in out["video"].items() if k != "head_sha256"}
@@ -150,14 +156,14 @@ def config_files(cfg: CurateConfig, flow: str) -> dict[str, str]:
     metadata, heads), by config key: a file edited in place under the same path changes the
     run key, so the partition is re-published instead of skipped."""
     paths: dict[str, str] = {}
+    out: dict[str, str] = {}
     if flow == "pool" and cfg.pool is not None:
-        if cfg.pool.balance is not None:
-            paths["pool.balance.metadata"] = cfg.pool.balance.metadata
+        if cfg.pool.balance is not None:  # one file, or every list of a worldwide folder
+            out |= planned_files(cfg.pool.balance, cfg.storage_options)
         for name, head in cfg.pool.heads.items():
             paths[f"pool.heads.{name}.path"] = head.path
     if flow == "video" and cfg.video is not None and cfg.video.head:
         paths["video.head"] = cfg.video.head
-    out = {}
     for key, path in sorted(paths.items()):
         try:
             out[key] = storage.sha256_file(path, cfg.storage_options)
@@ -165,7 +171,7 @@ def config_files(cfg: CurateConfig, flow: str) -> dict[str, str]:
             reason = getattr(err, "strerror", None) or err
             msg = f"config: invalid value for '{key}': cannot read {path}: {reason}"
             raise ConfigError(msg) from None
-    return out
+    return dict(sorted(out.items()))
 
 
 def input_fingerprint(

@@ -44,7 +44,10 @@ from tasks.metaclip.counts import (
     balance_inputs,
     load_matches,
     save_partition_counts,
+    with_languages,
+    worldwide_stats,
 )
+from tasks.metaclip.folder import MetadataFolder
 from tasks.model.heads import (
     EmbeddingHead,
     HeadMismatch,
@@ -85,9 +88,13 @@ def score_shard_task(
 
 
 @task(name="match-shard", **IO_RETRIES)
-def match_shard_task(scores: ShardScores, metadata: str, cache: str, so: dict, force: bool) -> str:
-    from tasks.metaclip.matches import match_shard
+def match_shard_task(
+    scores: ShardScores, metadata: str | MetadataFolder, cache: str, so: dict, force: bool
+) -> str:
+    from tasks.metaclip.matches import match_shard, match_shard_worldwide
 
+    if isinstance(metadata, MetadataFolder):
+        return match_shard_worldwide(scores.table, scores.key, metadata, cache, so, force)
     return match_shard(scores.table, scores.key, metadata, cache, so, force)
 
 
@@ -114,11 +121,30 @@ def score_all(cfg: CurateConfig, force: bool, plan: RunPlan, run: str) -> list[S
     return gather(futures, run, progress, lambda r: float(r.stats["samples"]))
 
 
-def match_all(cfg: CurateConfig, results: list[ShardScores], force: bool, run: str) -> pl.DataFrame:
-    """One task per shard: MetaCLIP matches of its captions (cached apart from the scores)."""
-    cache, so, meta = cache_root(cfg), cfg.storage_options, cfg.pool.balance.metadata
+def match_all(
+    cfg: CurateConfig, results: list[ShardScores], bal: BalanceInputs, force: bool, run: str
+) -> pl.DataFrame:
+    """One task per shard: MetaCLIP matches of its captions (cached apart from the scores);
+    worldwide, each caption against its own language's list."""
+    cache, so = cache_root(cfg), cfg.storage_options
+    meta = bal.folder if bal.folder is not None else cfg.pool.balance.metadata
     futures = [match_shard_task.submit(r, meta, cache, so, force) for r in results]
     return load_matches(gather(futures, run), [r.url for r in results], so)
+
+
+def balance_for(
+    cfg: CurateConfig, plan: RunPlan, results: list[ShardScores], force: bool, run: str
+) -> tuple[BalanceInputs | None, pl.DataFrame | None]:
+    """Balancing's inputs and the shards' matches (None, None without balancing).
+    Worldwide, the lists of the languages the matches found are read after matching."""
+    bal = balance_inputs(cfg, plan.partition, plan.files)
+    if bal is None:
+        return None, None
+    matches = match_all(cfg, results, bal, force, run)
+    if bal.folder is not None:
+        present = set(matches["meta_lang"].drop_nulls().unique().to_list())
+        bal = with_languages(bal, cfg, plan.partition, present, cache_root(cfg))
+    return bal, matches
 
 
 def publish(
@@ -328,6 +354,8 @@ def partition_stats(
             "entries": bal.n_entries,
             **entry_distribution_summary(sel.counts_before, sel.counts_after),
         }
+        if bal.folder is not None:
+            balance |= worldwide_stats(bal, sel.extra.get("worldwide", {}))
     stats = pool_stats(
         sel.samples,
         dataset=cfg.dataset,
@@ -362,8 +390,7 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     results = score_all(cfg, force, plan, run)
     scored = sum(not r.cached for r in results)
     log.info("scores ready: %d shards scored, %d from cache", scored, len(results) - scored)
-    bal = balance_inputs(cfg, plan.partition)
-    matches = match_all(cfg, results, force, run) if bal is not None else None
+    bal, matches = balance_for(cfg, plan, results, force, run)
     timings = {"score_s": time.perf_counter() - t0}
 
     t1 = time.perf_counter()

@@ -126,12 +126,40 @@ class ClipFilterConfig(Strict):
         return self
 
 
+# a language code as the identifier gives it and as a metadata file is named: `zh`, `zh-Hant`
+LANGUAGE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+
+
 class BalanceConfig(Strict):
+    """MetaCLIP balancing. `metadata` is one list (English-only, `specs/metaclip.md`) or a
+    folder of `{code}.json[.gz]` lists (worldwide, `specs/metaclip-worldwide.md`), where `t`
+    is English's threshold, or `tail_fraction` sets every language's tail share directly,
+    and `languages` maps language-identifier codes to metadata codes (identity for codes it
+    does not name; null: that code matches nothing)."""
+
     metadata: str
-    t: int = Field(20000, ge=1)
+    t: int | None = Field(None, ge=1)  # 20000 unless tail_fraction is set
+    tail_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    languages: dict[str, str | None] | None = None
     seed: int = 0
     order: Literal["after_filters", "before_filters"] = "after_filters"
     running_counts: bool = False
+
+    @model_validator(mode="after")
+    def _t_or_tail_fraction(self) -> BalanceConfig:
+        if self.t is not None and self.tail_fraction is not None:
+            raise ValueError("set either t (English's threshold) or tail_fraction, not both")
+        if self.t is None and self.tail_fraction is None:
+            object.__setattr__(self, "t", 20000)
+        return self
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, v: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        for code in [*(v or {}), *(c for c in (v or {}).values() if c is not None)]:
+            if not LANGUAGE_CODE.fullmatch(code):
+                raise ValueError(f"language code {code!r}: use letters, digits, '-' or '_'")
+        return v
 
 
 class ShardConfig(Strict):

@@ -61,6 +61,10 @@ MATCHES = {
     "index": pl.Int64,
     "entry_ids": pl.List(pl.UInt32),
 }
+# Worldwide balancing (a folder of per-language lists): ids are positions in the list of the
+# caption's metadata language `meta_lang` (null: no list for it, so no ids). samples.parquet
+# of a worldwide partition carries `meta_lang` too, after the contract's columns.
+MATCHES_WORLDWIDE = {**MATCHES, "meta_lang": pl.String}
 
 # One row per INPUT sample of the partition, with the decision (published samples.parquet).
 SAMPLES = {

@@ -340,7 +340,15 @@ def _flow_lines(stats: dict) -> list[str]:
         f"samples: {n_in} input -> {kept} kept ({frac}); {others}",
         f"clip score: {qs}; cut {clip.get('mode')} {clip.get('threshold')}",
     ]
-    if bal := stats.get("balance"):
+    if (bal := stats.get("balance")) and bal.get("mode") == "worldwide":
+        langs = bal.get("languages") or {}
+        lines.append(
+            f"balance: worldwide, tail fraction {bal.get('tail_fraction') or 0:.4f} "
+            f"(from {bal.get('tail_fraction_from')}), {len(langs)} languages with captions of "
+            f"{len(bal.get('metadata_languages') or [])} with lists; "
+            + ", ".join(f"{k} t={v.get('t')}" for k, v in list(langs.items())[:8])
+        )
+    elif bal:
         lines.append(
             f"balance: t={bal.get('t')} head share {bal.get('head_share_before') or 0:.3f} -> "
             f"{bal.get('head_share_after') or 0:.3f}, "

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from tasks.io import storage
 from tasks.metaclip.matcher import PARALLEL_MIN_ROWS, entry_ids_series, get_matcher
-from tasks.metaclip.metadata import load_metadata
+from tasks.metaclip.metadata import MetadataError, load_metadata
 from tasks.parallel import cpu_count, run_forked
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,11 @@ def keep_probabilities(entry_ids: pl.Series, counts: np.ndarray, t: int) -> np.n
 
 def _keep_prob(lengths: np.ndarray, values: np.ndarray, counts: np.ndarray, t: int) -> np.ndarray:
     """`keep_probabilities` on flattened, validated ids (`lengths` per caption, `values`)."""
-    p = t / np.maximum(np.asarray(counts, np.int64), t)
+    return _keep_prob_from_p(lengths, values, t / np.maximum(np.asarray(counts, np.int64), t))
+
+
+def _keep_prob_from_p(lengths: np.ndarray, values: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """`1 - prod(1 - p[e])` over each caption's ids in list order; 0 for no ids."""
     out = np.zeros(len(lengths), np.float64)
     nonempty = lengths > 0
     if nonempty.any():
@@ -269,6 +273,13 @@ def balance_file(
     """
     if t < 1:
         raise ValueError(f"balance: t must be a positive integer, got {t}")
+    from tasks.metaclip.folder import is_folder
+
+    if is_folder(metadata, storage_options):
+        raise MetadataError(
+            f"metadata: {metadata} is a folder; curate balance takes one list (English-only), "
+            "worldwide balancing runs in the pool flow (pool.balance.metadata)"
+        )
     clock = _Clock()
     md = load_metadata(metadata, storage_options)
     df = storage.read_parquet(input, storage_options)

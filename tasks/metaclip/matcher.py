@@ -28,6 +28,7 @@ import polars as pl
 import pyarrow as pa
 
 from tasks.metaclip.metadata import Metadata
+from tasks.metaclip.padding import Padding, pad_entry
 from tasks.parallel import cpu_count, run_forked
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ SPACED = ("\t", "\n", "\r")
 _SEP = "\n"
 CHUNK_ROWS = 16_384
 PARALLEL_MIN_ROWS = 100_000  # below this, forking costs more than it saves
-_CACHE_MAX = 2
+# Matchers kept per process, by their entries in all (an automaton takes ~200 bytes per
+# entry: 500k English entries ~100 MiB); the most recently used one is always kept.
+CACHE_MAX_ENTRIES = 10_000_000
 
 
 def normalize(captions: pl.Series) -> pl.Series:
@@ -93,10 +96,21 @@ def _default_backend() -> str:
 
 
 class Matcher:
-    """Finds the entry ids of captions; immutable and safe to share between threads."""
+    """Finds the entry ids of captions; immutable and safe to share between threads.
 
-    def __init__(self, md: Metadata, backend: str | None = None, threads: int | None = None):
+    `padding` is how entries are padded (`tasks.metaclip.padding`): "plain" for English-only
+    balancing, "tight" for worldwide balancing.
+    """
+
+    def __init__(
+        self,
+        md: Metadata,
+        backend: str | None = None,
+        threads: int | None = None,
+        padding: Padding = "plain",
+    ):
         self.metadata = md
+        self.padding = padding
         self.backend = backend or _default_backend()
         if self.backend not in _SEARCHERS:
             raise ValueError(f"unknown matcher backend {self.backend!r} (one of {_SEARCHERS})")
@@ -109,11 +123,11 @@ class Matcher:
             if e not in first and not any(c in e for c in SPACED):
                 first[e] = i
         self._entry_of = np.fromiter(first.values(), np.int64, len(first))
-        patterns = [f" {e} " for e in first]
+        patterns = [pad_entry(e, padding) for e in first]
         self._searcher = _SEARCHERS[self.backend](patterns) if patterns else None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.metadata, self.backend))
+        return (_rebuild, (self.metadata, self.backend, self.padding))
 
     def match_series(self, captions: pl.Series, allow_fork: bool = False) -> pl.Series:
         """Entry ids per caption as `List(UInt32)`, ascending and unique; nulls match nothing."""
@@ -150,6 +164,22 @@ class Matcher:
         offsets = np.zeros(n + 1, np.int64)
         np.cumsum(np.concatenate([c for c, _ in parts]), out=offsets[1:])
         return offsets, np.concatenate([v for _, v in parts])
+
+    @property
+    def has_patterns(self) -> bool:
+        """False when no entry can ever match (every one holds a tab, newline or CR)."""
+        return self._searcher is not None
+
+    def haystack(self, captions: pl.Series) -> tuple[bytes | str, np.ndarray]:
+        """The searched text of `captions` and each one's start, for `search` (one group of
+        a larger search that spreads its chunks over a shared thread pool)."""
+        return self._haystack(captions.cast(pl.String))
+
+    def search(
+        self, hay: bytes | str, starts: np.ndarray, lo: int, hi: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(matches per row, ids) of rows lo..hi of a `haystack`; see `_search`."""
+        return self._search(hay, starts, lo, hi)
 
     def _haystack(self, captions: pl.Series) -> tuple[bytes | str, np.ndarray]:
         """All normalised captions, each followed by "\n", and each one's start (n + 1 offsets).
@@ -191,32 +221,39 @@ def entry_ids_series(offsets: np.ndarray, values: np.ndarray) -> pl.Series:
     return pl.Series("entry_ids", arr, dtype=pl.List(pl.UInt32))
 
 
-def _rebuild(md: Metadata, backend: str) -> Matcher:
-    return get_matcher(md) if backend == _default_backend() else Matcher(md, backend)
+def _rebuild(md: Metadata, backend: str, padding: Padding = "plain") -> Matcher:
+    if backend == _default_backend():
+        return get_matcher(md, padding)
+    return Matcher(md, backend, padding=padding)
 
 
-_cache: dict[str, Matcher] = {}
+_cache: dict[tuple[str, str], Matcher] = {}
 _cache_lock = threading.Lock()
 
 
-def get_matcher(md: Metadata) -> Matcher:
+def get_matcher(md: Metadata, padding: Padding = "plain") -> Matcher:
     """The process-wide matcher for `md`, built on first use (~2 s for 500k entries).
 
-    Building is fast enough that nothing is cached on disk. The lock makes concurrent first
-    calls build once; only the last few metadata lists are kept, as each costs memory.
+    The Rust automaton cannot be serialised, and building it costs less than loading a
+    serialised pyahocorasick one (0.37 s vs 0.51 s for 100k entries), so automata live in
+    memory only; what is cached on disk is the parsed list (`tasks.metaclip.folder`). The
+    lock makes concurrent first calls build once; least recently used matchers go once the
+    kept ones hold more than `CACHE_MAX_ENTRIES` entries.
     """
+    key = (md.sha256, padding)
     with _cache_lock:
-        m = _cache.get(md.sha256)
+        m = _cache.pop(key, None)
         if m is None:
             t0 = time.perf_counter()
-            m = Matcher(md)
+            m = Matcher(md, padding=padding)
             logger.info(
-                "built %s matcher for %d entries in %.2fs",
+                "built %s matcher (%s padding) for %d entries in %.2fs",
                 m.backend,
+                padding,
                 len(md),
                 time.perf_counter() - t0,
             )
-            _cache[md.sha256] = m
-            while len(_cache) > _CACHE_MAX:
-                del _cache[next(iter(_cache))]
+        _cache[key] = m  # most recently used last
+        while len(_cache) > 1 and sum(len(v.metadata) for v in _cache.values()) > CACHE_MAX_ENTRIES:
+            del _cache[next(iter(_cache))]
         return m

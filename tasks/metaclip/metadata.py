@@ -55,6 +55,11 @@ def load_metadata(url: str, storage_options: dict[str, Any] | None = None) -> Me
         raw = storage.read_bytes(url, storage_options)
     except OSError as e:
         raise MetadataError(f"metadata: cannot read {url} ({type(e).__name__}: {e})") from None
+    return parse_metadata(raw, url)
+
+
+def parse_metadata(raw: bytes, url: str) -> Metadata:
+    """A metadata file's bytes (plain or gzipped JSON list of strings) as `Metadata`."""
     entries = _parse(_gunzip(raw, url), url)
     dups = len(entries) - len(set(entries))
     if dups:

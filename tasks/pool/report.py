@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from schemas.tables import STATUSES
+from tasks.metaclip.report import plot_kept_share, worldwide_section
 from tasks.pool.examples import examples_markdown, write_example_grids
 from tasks.pool.quality import top_repeated
 from tasks.publish.report import (
@@ -153,6 +154,12 @@ def _clip_section(clip: Mapping[str, Any]) -> str:
 def _balance_section(balance: Mapping[str, Any] | None) -> str:
     if not balance:
         return "Balancing: not configured."
+    if balance.get("mode") == "worldwide":
+        return worldwide_section(balance) + "\n\n" + _balance_table(balance)
+    return _balance_table(balance)
+
+
+def _balance_table(balance: Mapping[str, Any]) -> str:
     hb, ha = balance.get("head_share_before"), balance.get("head_share_after")
     rows = [
         ["t", balance.get("t")],
@@ -276,9 +283,13 @@ def write_pool_report(
         plot_caption_tokens(samples, out_url, so),
     ]
     if entry_counts is not None:
+        balance = stats.get("balance") or {}
+        worldwide = balance.get("mode") == "worldwide"
         plots.append(
-            plot_entry_ranks(entry_counts, (stats.get("balance") or {}).get("t"), out_url, so)
+            plot_entry_ranks(entry_counts, None if worldwide else balance.get("t"), out_url, so)
         )
+        if worldwide:
+            plots.append(plot_kept_share(balance, out_url, so))
     grids, examples = [], None
     if images is not None:
         grids, examples = write_example_grids(samples, images, dedup_groups, out_url, so)

@@ -29,6 +29,8 @@ from schemas.config import PoolConfig
 from schemas.tables import SAMPLES, conform
 from tasks.dedup_index.query import Matches
 from tasks.metaclip.counts import BalanceInputs, balance
+from tasks.metaclip.langcounts import LangCounts
+from tasks.metaclip.worldwide import flat_counts, worldwide_summary
 from tasks.pool.dedup_step import deduplicate
 from tasks.pool.language import language_reasons
 from tasks.pool.quality import boilerplate_reasons, image_reasons, short_caption_reasons
@@ -45,7 +47,8 @@ class Selection:
     mode: str | None
     counts_before: np.ndarray | None = None
     counts_after: np.ndarray | None = None
-    pool_counts: np.ndarray | None = None  # this partition's counts (for running totals)
+    # this partition's counts (for running totals); per language in worldwide mode
+    pool_counts: np.ndarray | LangCounts | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -249,7 +252,8 @@ def _clip_filter(
 
 def _balance(df: pl.DataFrame, bal: BalanceInputs, sel: Selection) -> pl.DataFrame:
     cand = df.select(_undecided())["status"]
-    out = balance(df["entry_ids"].filter(cand), df["uid"].filter(cand), bal)
+    codes = df["meta_lang"].filter(cand) if "meta_lang" in df.columns else None
+    out = balance(df["entry_ids"].filter(cand), df["uid"].filter(cand), bal, codes)
     idx = np.flatnonzero(cand.to_numpy())
     kp = np.full(df.height, np.nan)
     kp[idx] = out.keep_prob
@@ -260,6 +264,11 @@ def _balance(df: pl.DataFrame, bal: BalanceInputs, sel: Selection) -> pl.DataFra
     df = _set(df, pl.Series(drop), "filtered_balance", pl.lit("balance"), detail)
     sel.pool_counts = sel.counts_before = out.pool_counts
     sel.counts_after = out.counts_after
+    if out.worldwide is not None:
+        lids = df["lang"].filter(cand)
+        sel.extra["worldwide"] = worldwide_summary(out.worldwide, codes, lids)
+        sel.counts_before = flat_counts(out.worldwide.pool_counts)
+        sel.counts_after = flat_counts(out.worldwide.counts_after)
     return df
 
 
@@ -285,8 +294,9 @@ def select(
         pl.lit(None, pl.String).alias("duplicate_of"),
     )
     if matches is not None:
+        wanted = ["source", "index", "entry_ids", "meta_lang"]
         df = df.join(
-            matches.select("source", "index", "entry_ids"),
+            matches.select(c for c in wanted if c in matches.columns),
             on=["source", "index"],
             how="left",
             maintain_order="left",

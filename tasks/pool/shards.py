@@ -47,6 +47,8 @@ def sample_json(row: dict[str, Any], source: dict[str, Any] | None = None) -> by
     if row.get("keep_prob") is not None:
         meta["keep_prob"] = row["keep_prob"]
         meta["entry_ids"] = list(row.get("entry_ids") or [])
+    if "meta_lang" in row:  # worldwide balancing: the list the entry ids point into
+        meta["meta_lang"] = row["meta_lang"]
     return json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode()
 
 

@@ -39,6 +39,32 @@ def _counts_table(stats: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _languages_section(stats: dict[str, Any]) -> list[str]:
+    """Worldwide balancing: every metadata language and its threshold in this partition."""
+    bal = stats.get("balance") or {}
+    if bal.get("mode") != "worldwide":
+        return []
+    langs = bal.get("languages") or {}
+    p, source = bal.get("tail_fraction"), bal.get("tail_fraction_from")
+    rows = []
+    for code in bal.get("metadata_languages") or []:
+        row = langs.get(code) or {}
+        t = row.get("t")
+        rows.append(f"| {code} | {'–' if t is None else t} | {row.get('captions', 0)} |")
+    how = f"from English's t = {bal.get('t')}" if source == "t" else "configured"
+    return [
+        "## Metadata languages",
+        "",
+        f"Balanced per language (MetaCLIP 2): tail fraction {p} ({how}); t_L is each "
+        "language's threshold (– : no caption of it matched here).",
+        "",
+        "| metadata language | t_L | captions |",
+        "|---|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def partition_card(manifest: dict[str, Any], stats: dict[str, Any]) -> str:
     """The card of one published partition (paths relative to the partition folder)."""
     flow, version = manifest["flow"], manifest["version"]
@@ -69,6 +95,7 @@ def partition_card(manifest: dict[str, Any], stats: dict[str, Any]) -> str:
             "",
             _counts_table(stats),
             "",
+            *_languages_section(stats),
             "## Load it",
             "",
             "```python",
