@@ -48,10 +48,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.plan import already_published, plan_run, skipped
 
     cfg = _config(args)
-    if args.flow == "video":  # the head's sha256 is part of the run key
-        from tasks.video.headfile import pin_head
-
-        cfg = pin_head(cfg)
     plan = plan_run(cfg, args.flow, args.partition)
     if not args.force and already_published(plan, cfg.storage_options):
         result = skipped(plan, cfg.storage_options)

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import cache_root, execution, model_runs_here
-from flows.plan import InputError, list_inputs, resolve_partition
+from flows.plan import InputError, config_files, list_inputs, resolve_partition
 from flows.progress import Progress
 from flows.video import Prompts, check_head, detect, run_head, score_stage
 from schemas.config import CurateConfig, parse_config
@@ -24,7 +24,6 @@ from tasks import cancel
 from tasks.io import storage
 from tasks.video.evaluation import metrics_document, video_evals, write_eval
 from tasks.video.fit import FitError, VideoFrames, common_identity, fit_head, labelled_frames
-from tasks.video.headfile import pin_head
 from tasks.video.labels import LabelError, LabelRow, match_inputs, read_labels
 from tasks.video.score import (
     VideoScores,
@@ -153,10 +152,10 @@ def evaluate(
     `video.head`), written to `out`; returns metrics.json's content."""
     if head:  # a pin in the config was for the config's own head
         cfg = with_head(cfg, head)
-    cfg = pin_head(cfg)
-    check_head(cfg)  # a head for another model fails before any video is scored
+    files = config_files(cfg, "video")  # the head's bytes, as a run would plan them
+    check_head(cfg, files)  # a head for another model fails before any video is scored
     data = score_labelled(cfg, labels_path, partition)
-    run = run_head(cfg, data.results)
+    run = run_head(cfg, files, data.results)
     zero_shot = with_head(cfg, None)
     tables = {
         "zero_shot": detect(zero_shot, data.results, data.prompts, inputs=data.inputs),

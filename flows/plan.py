@@ -9,6 +9,7 @@ published dates ends here, before any task runner, cluster or Prefect server sta
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,7 +172,30 @@ def config_files(cfg: CurateConfig, flow: str) -> dict[str, str]:
             reason = getattr(err, "strerror", None) or err
             msg = f"config: invalid value for '{key}': cannot read {path}: {reason}"
             raise ConfigError(msg) from None
+    pinned = cfg.video.head_sha256 if flow == "video" and cfg.video is not None else None
+    if pinned and out.get("video.head") != pinned:  # the user's own pin: refuse other bytes
+        raise ConfigError(
+            f"config: invalid value for 'video.head': {paths['video.head']} has sha256 "
+            f"{out['video.head'][:16]}..., not the pinned {pinned[:16]}... (video.head_sha256)"
+        )
     return dict(sorted(out.items()))
+
+
+def read_planned(cfg: CurateConfig, files: dict[str, str], key: str, path: str) -> bytes:
+    """The bytes of a file the config names (`config_files`), refused unless they are the
+    bytes planned into the run key: one mechanism for every such file (heads, metadata)."""
+    try:
+        data = storage.read_bytes(path, cfg.storage_options)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or err
+        msg = f"config: invalid value for '{key}': cannot read {path}: {reason}"
+        raise ConfigError(msg) from None
+    if hashlib.sha256(data).hexdigest() != files.get(key):
+        raise ConfigError(
+            f"config: invalid value for '{key}': {path} changed while the run was going "
+            "(re-run to publish with the new file)"
+        )
+    return data
 
 
 def input_fingerprint(

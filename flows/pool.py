@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +20,7 @@ from flows.common import (
     publish_artifacts,
     summary_markdown,
 )
+from flows.plan import read_planned
 from flows.progress import Progress
 from flows.run import (
     RunPlan,
@@ -232,12 +232,7 @@ def pool_head(
     given the `model` identity, it was made for that model and has one output."""
     head_cfg = cfg.pool.heads[name]
     key = f"pool.heads.{name}.path"
-    data = storage.read_bytes(head_cfg.path, cfg.storage_options)
-    if hashlib.sha256(data).hexdigest() != plan.files.get(key):
-        raise ConfigError(
-            f"config: invalid value for '{key}': {head_cfg.path} changed "
-            "while the run was going (re-run to publish with the new head)"
-        )
+    data = read_planned(cfg, plan.files, key, head_cfg.path)
     if model is None:
         return None
     try:

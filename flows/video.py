@@ -19,6 +19,7 @@ from flows.common import (
     publish_artifacts,
     summary_markdown,
 )
+from flows.plan import read_planned
 from flows.progress import Progress
 from flows.run import (
     RunPlan,
@@ -39,7 +40,7 @@ from tasks.publish.commit import Version
 from tasks.publish.writer import WrittenFile, write_sizes, write_table
 from tasks.stats import Counts
 from tasks.video.duplicates import duplicate_row, duplicate_videos
-from tasks.video.headfile import RunHead, load_run_head, pin_head, prompts_differ
+from tasks.video.headfile import KEY, RunHead, parse_run_head, prompts_differ
 from tasks.video.publish import (
     Clocks,
     assign_event_shards,
@@ -84,21 +85,29 @@ def write_clips_task(
     return write_event_shard(name, events, base, lineage, so, clocks)
 
 
-def check_head(cfg: CurateConfig) -> None:
+def load_head_file(cfg: CurateConfig, files: dict[str, str], identity: dict[str, Any]) -> RunHead:
+    """The head's planned bytes (`read_planned`), checked against a model identity."""
+    data = read_planned(cfg, files, KEY, cfg.video.head)
+    return parse_run_head(data, cfg.video.head, files[KEY], identity)
+
+
+def check_head(cfg: CurateConfig, files: dict[str, str]) -> None:
     """Fail fast on a head made for another model, before any video is decoded, where the
     model's identity resolves on this machine (else `run_head` checks after scoring)."""
     from tasks.model.clip import model_identity
 
     if not cfg.video.head or not model_runs_here(cfg):
         return
-    load_run_head(cfg.video, model_identity(cfg.model), cfg.storage_options)
+    load_head_file(cfg, files, model_identity(cfg.model))
 
 
-def run_head(cfg: CurateConfig, results: list[VideoScores]) -> RunHead | None:
+def run_head(
+    cfg: CurateConfig, files: dict[str, str], results: list[VideoScores]
+) -> RunHead | None:
     """The configured head, checked against the model the score stage recorded."""
     if not cfg.video.head or not results:
         return None
-    head = load_run_head(cfg.video, results[0].model, cfg.storage_options)
+    head = load_head_file(cfg, files, results[0].model)
     if head is not None and prompts_differ(head, cfg.video.prompts.model_dump()):
         logger.warning(
             "video.head %s was fitted with other prompts: its alpha was chosen for those",
@@ -283,14 +292,13 @@ def video_flow(config: dict[str, Any], partition: str | None = None, force: bool
     cfg = parse_config(config)
     if cfg.video is None:
         raise InputError("config: the video flow needs a 'video' section")
-    cfg = pin_head(cfg)  # the head's sha256 is part of the run key (a deployment's config too)
     return run_partition(cfg, "video", partition, force, _video_run, get_run_logger())
 
 
 def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     """embed -> detect -> publish for one partition (the caller holds its lock)."""
     log = get_run_logger()
-    check_head(cfg)
+    check_head(cfg, plan.files)
     t0 = time.perf_counter()
     copies = duplicate_videos(plan.inputs, cfg.storage_options)  # processed once each
     urls = [u for u in plan.urls if u not in copies]
@@ -298,7 +306,7 @@ def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     results, prompts = score_stage(cfg, urls, force, run, progress)
     timings = {"score_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    head = run_head(cfg, results)
+    head = run_head(cfg, plan.files, results)
     fps = {fp["url"]: fp for fp in plan.inputs}
     rows = [duplicate_row(u, first, fps[u]) for u, first in copies.items()]
     tables = detect(cfg, results, prompts, head, rows, plan.urls)
@@ -321,11 +329,10 @@ def run_video(cfg: CurateConfig, partition: str | None = None, force: bool = Fal
     a partition already published with the same inputs and config is skipped at once)."""
     if cfg.video is None:
         raise InputError("config: the video flow needs a 'video' section")
-    cfg = pin_head(cfg)
     plan = plan_run(cfg, "video", partition)
     if not force and already_published(plan, cfg.storage_options):
         return skipped(plan, cfg.storage_options)
-    check_head(cfg)  # before a runner, a cluster or a Prefect server starts
+    check_head(cfg, plan.files)  # before a runner, a cluster or a Prefect server starts
     with execution(cfg) as runner:
         return video_flow.with_options(task_runner=runner)(
             config=cfg.model_dump(mode="json"), partition=plan.partition, force=force

@@ -223,7 +223,7 @@ def test_a_new_head_republishes_from_cached_embeddings(fleet, prefect_harness, m
     manifest = read_manifest(second["uri"])
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     assert manifest["run_key"] != key1 and manifest["head"]["sha256"] == sha
-    assert manifest["config"]["video"]["head_sha256"] == sha
+    assert manifest["config_files"]["video.head"] == sha
     part = published_dir(second["uri"])
     stats = json.loads((part / "stats.json").read_text())
     assert stats["videos_scored"] == 0 and stats["videos_cached"] == 3

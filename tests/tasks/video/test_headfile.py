@@ -1,4 +1,5 @@
-"""The video flow's head file: pinned by its sha256, refused for another model in one line."""
+"""The video flow's head file: its planned bytes only (the one mechanism of `config_files` and
+`read_planned`), refused for another model in one line."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import hashlib
 import numpy as np
 import pytest
 
+from flows.plan import config_files
+from flows.video import load_head_file
 from schemas.config import ConfigError, parse_config
 from tasks.video.head import fit_gda, save_head
-from tasks.video.headfile import load_run_head, pin_head
 
 IDENTITY = {
     "name": "ViT-B-32",
@@ -29,19 +31,24 @@ def config(head: str | None, **video) -> dict:
     return {"video": {"input": "v/*.mp4", "head": head, **video}}
 
 
-def test_pin_puts_the_files_sha256_into_the_config(tmp_path):
+def load(cfg, identity=IDENTITY):
+    return load_head_file(cfg, config_files(cfg, "video"), identity)
+
+
+def test_the_heads_sha256_is_planned_and_its_bytes_are_the_planned_ones(tmp_path):
     path = tmp_path / "h.safetensors"
     path.write_bytes(head_bytes(IDENTITY))
-    cfg = pin_head(parse_config(config(str(path))))
-    assert cfg.video.head_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert cfg.model_dump()["video"]["head_sha256"] == cfg.video.head_sha256  # in the run key
-    assert pin_head(parse_config(config(None))).video.head_sha256 is None
-
-    path.write_bytes(head_bytes(IDENTITY, alpha=0.7))  # the file changed under a pinned config
+    cfg = parse_config(config(str(path)))
+    files = config_files(cfg, "video")
+    assert files == {"video.head": hashlib.sha256(path.read_bytes()).hexdigest()}  # run key
+    assert config_files(parse_config(config(None)), "video") == {}
+    path.write_bytes(head_bytes(IDENTITY, alpha=0.7))  # the file changed after planning
+    with pytest.raises(ConfigError, match=r"video.head.*changed while the run was going"):
+        load_head_file(cfg, files, IDENTITY)
+    # a pin of the user's own refuses any other bytes when planning
+    pinned = parse_config(config(str(path), head_sha256="0" * 64))
     with pytest.raises(ConfigError, match=r"video.head.*not the pinned"):
-        pin_head(cfg)
-    with pytest.raises(ConfigError, match=r"video.head.*not the pinned"):
-        load_run_head(cfg.video, IDENTITY, None)
+        config_files(pinned, "video")
     with pytest.raises(ConfigError, match="head_sha256 pins a head file"):
         parse_config(config(None, head_sha256="0" * 64))
 
@@ -49,20 +56,15 @@ def test_pin_puts_the_files_sha256_into_the_config(tmp_path):
 def test_a_head_for_another_model_or_no_head_file_is_one_config_line(tmp_path):
     path = tmp_path / "h.safetensors"
     path.write_bytes(head_bytes(IDENTITY))
-    video = parse_config(config(str(path))).video
-    run = load_run_head(video, IDENTITY, None)
-    assert (
-        run is not None
-        and run.alpha == 0.5
-        and run.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    )
+    cfg = parse_config(config(str(path)))
+    run = load(cfg)
+    assert run.alpha == 0.5 and run.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     other = {**IDENTITY, "checkpoint_sha256": "d" * 64}
     with pytest.raises(ConfigError) as err:
-        load_run_head(video, other, None)
+        load(cfg, other)
     line = str(err.value)
     assert "\n" not in line and line.startswith("config: invalid value for 'video.head'")
     assert str(path) in line and "head was made for model" in line
-    missing = parse_config(config(str(tmp_path / "nope.safetensors"))).video
+    missing = parse_config(config(str(tmp_path / "nope.safetensors")))
     with pytest.raises(ConfigError, match="cannot read"):
-        load_run_head(missing, IDENTITY, None)
-    assert load_run_head(parse_config(config(None)).video, IDENTITY, None) is None
+        config_files(missing, "video")
