@@ -155,6 +155,7 @@ def publish(
     bal: BalanceInputs | None,
     timings: dict[str, float],
     run: str,
+    embeddings: Callable[[pl.DataFrame], np.ndarray],
 ) -> dict[str, Any]:
     """Reshard the kept samples into a new version, write tables, stats, report; commit."""
     so = cfg.storage_options
@@ -172,7 +173,7 @@ def publish(
             for name in save_partition_counts(version.root, bal, sel.pool_counts, so):
                 outputs.append(describe_file(version.url(name), name, so))
         if cfg.pool.dedup is not None:  # what later partitions dedup against (scope: dataset)
-            outputs += write_dedup_index(sel, cfg.pool, results, version, so)
+            outputs += write_dedup_index(sel, cfg.pool, embeddings, version, so)
         timings["publish_s"] = time.perf_counter() - t0
         stats = partition_stats(cfg, plan.partition, sel, results, bal, total_time(timings))
         stats["shards"]["output"] = len(shards)
@@ -269,7 +270,7 @@ def source_images(pool: PoolConfig, so: dict[str, Any]) -> Any:
 def write_dedup_index(
     sel: Selection,
     pool: PoolConfig,
-    results: list[ShardScores],
+    embeddings: Callable[[pl.DataFrame], np.ndarray],
     version: Version,
     so: dict[str, Any],
 ) -> list[WrittenFile]:
@@ -277,8 +278,9 @@ def write_dedup_index(
     kept = sel.samples.filter(pl.col("status") == "kept")
     out = [write_table(index_table(kept), version.url(INDEX_FILE), INDEX_FILE, so)]
     if pool.dedup is not None and pool.dedup.semantic is not None:
-        # the samples table carries each row's source and emb_row: no score table re-read
-        emb = embedding_reader({r.url: r.embeddings for r in results}, so)(kept)
+        # the samples table carries each row's source and emb_row; the run's one reader
+        # has the shards' files already (read once for the select stage)
+        emb = embeddings(kept)
         storage.write_bytes(version.url(EMB_FILE), storage.npy_bytes(emb), so)
         out.append(describe_file(version.url(EMB_FILE), EMB_FILE, so))
     return out
@@ -398,7 +400,7 @@ def _pool_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     timings["select_s"] = time.perf_counter() - t1
     log.info("selected: %s", sel.samples.group_by("status").len().sort("status").rows())
 
-    stats = publish(cfg, plan, sel, results, bal, timings, run)
+    stats = publish(cfg, plan, sel, results, bal, timings, run, embeddings)
     compact_index(cfg, log)
     publish_artifacts("pool", stats, summary_markdown(stats, plan.final))
     log.info("published %s: %s", plan.final, stats["counts"])

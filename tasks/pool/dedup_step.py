@@ -226,11 +226,32 @@ def index_table(kept: pl.DataFrame) -> pl.DataFrame:
     return kept.select([pl.col(c).cast(t) for c, t in INDEX_SCHEMA.items()])
 
 
+EMBEDDING_CACHE_BYTES = 2 << 30  # shard embedding files a run keeps read (least recent go)
+
+
 def embedding_reader(
-    files: dict[str, str], storage_options: dict[str, Any] | None
+    files: dict[str, str],
+    storage_options: dict[str, Any] | None,
+    cache_bytes: int = EMBEDDING_CACHE_BYTES,
 ) -> Callable[[pl.DataFrame], np.ndarray]:
-    """`rows -> (len(rows), d) fp16`: the cached image embeddings of score rows, reading each
-    shard's file once (memory: the rows asked for, plus one shard's file at a time)."""
+    """`rows -> (len(rows), d) fp16`: the cached image embeddings of score rows.
+
+    One reader serves a whole run (semantic dedup, heads, the dedup index written at
+    publish): each shard's file is read once and kept while the kept files stay under
+    `cache_bytes` (the least recently used go first), so a run reads each file once instead
+    of once per use; beyond that, memory is the rows asked for plus the kept files.
+    """
+    kept: dict[str, np.ndarray] = {}
+
+    def shard(source: str) -> np.ndarray:
+        if source in kept:
+            kept[source] = kept.pop(source)  # most recently used last
+            return kept[source]
+        arr = storage.read_npy(files[source], storage_options)
+        kept[source] = arr
+        while len(kept) > 1 and sum(a.nbytes for a in kept.values()) > cache_bytes:
+            kept.pop(next(iter(kept)))
+        return arr
 
     def take(rows: pl.DataFrame) -> np.ndarray:
         out: np.ndarray | None = None
@@ -238,7 +259,7 @@ def embedding_reader(
         for (source,), part in indexed.group_by("source", maintain_order=True):
             if part["emb_row"].null_count():
                 raise ValueError(f"{source}: rows without an embedding cannot be compared")
-            arr = storage.read_npy(files[str(source)], storage_options)
+            arr = shard(str(source))
             if out is None:
                 out = np.zeros((rows.height, arr.shape[1]), np.float16)
             out[part["_i"].to_numpy()] = arr[part["emb_row"].to_numpy()]

@@ -107,3 +107,29 @@ def test_head_for_another_model_is_refused(tmp_path, tiny_model, capsys, prefect
 def test_head_names_cannot_shadow_columns():
     with pytest.raises(ConfigError, match=r"already a samples\.parquet column"):
         parse_config({"pool": {"input": "x/*.tar", "heads": {"status": {"path": "h"}}}})
+
+
+def test_each_shards_embeddings_are_read_once_per_run(tmp_path, tiny_model, prefect_harness,
+                                                      monkeypatch):  # fmt: skip
+    """Semantic dedup, a head and the dedup index each need the cached embeddings; the run
+    reads each shard's file once (it read them three times)."""
+    from tasks.io import storage
+
+    for i in range(2):
+        write_tar(tmp_path / "in" / f"{i:05d}.tar", make_samples(8, seed=20 + i))
+    base = config(tmp_path, tiny_model)
+    head = convert(tmp_path, base, mlp(1), "aesthetic")
+    cfg = config(tmp_path, tiny_model, {"aesthetic": {"path": str(head)}})
+    cfg["pool"]["dedup"] = {"semantic": {"threshold": 0.99}, "scope": "dataset"}
+    run_pool(parse_config(cfg), DAY)  # scores cached; the counted run reads from the cache
+    reads: dict[str, int] = {}
+    real = storage.read_npy
+
+    def counting(url, *a, **k):
+        reads[url] = reads.get(url, 0) + 1
+        return real(url, *a, **k)
+
+    monkeypatch.setattr(storage, "read_npy", counting)
+    run_pool(parse_config(cfg), DAY, force=True)
+    shard_files = {u: n for u, n in reads.items() if "_cache" in u}
+    assert len(shard_files) == 2 and set(shard_files.values()) == {1}, reads
