@@ -167,19 +167,42 @@ def top_repeated(captions: pl.Series, k: int) -> pl.DataFrame:
 
 
 def token_lengths(
-    captions: pl.Series, tokenizer: Any, context_length: int | None = None
+    captions: pl.Series,
+    tokenizer: Any,
+    context_length: int | None = None,
+    known: dict[str, int] | None = None,
 ) -> tuple[pl.Series, pl.Series]:
     """(tokens per caption including start and end tokens, needs more than `context_length`).
 
     `tokenizer` is an open_clip ``SimpleTokenizer`` (``open_clip.get_tokenizer`` for the
     OpenAI-vocabulary models, ViT-B-32 included): its ``tokenize`` places start + ``encode``
     + end and cuts what exceeds the context (77 by default, the tokenizer's own). Each distinct
-    caption is encoded once. Null captions: null count, not truncated.
+    caption is encoded once, and not at all when `known` (`counts_from_tokens`, read off the
+    tensor the text tower got) has its count. Null captions: null count, not truncated.
     """
     context = context_length or tokenizer.context_length
     text = captions.cast(pl.String)
     distinct = text.drop_nulls().unique().to_list()
-    counts = {c: len(tokenizer.encode(c)) + 2 for c in distinct}
+    known = known or {}
+    counts = {c: known[c] if c in known else len(tokenizer.encode(c)) + 2 for c in distinct}
     n_tokens = text.replace_strict(counts, default=None, return_dtype=pl.Int64).alias("n_tokens")
     truncated = (n_tokens > context).fill_null(False).alias("truncated")
     return n_tokens, truncated
+
+
+def counts_from_tokens(texts: list[str], tokens: Any, tokenizer: Any) -> dict[str, int]:
+    """Token counts (start and end included) read off a tokenized batch, so a caption the text
+    tower saw is not encoded a second time for `token_lengths`. Only for open_clip's plain
+    truncating tokenizer: a caption whose end token sits in the last slot may have been cut,
+    so it is left out (encoded again, about 1% of web captions)."""
+    eot = getattr(tokenizer, "eot_token_id", None)
+    if eot is None or getattr(tokenizer, "reduction_fn", None) is not None:
+        return {}
+    is_eot = (tokens == eot).numpy() if hasattr(tokens, "numpy") else tokens == eot
+    width = is_eot.shape[1]
+    first = is_eot.argmax(axis=1)
+    return {
+        t: int(p) + 1
+        for t, p, any_eot in zip(texts, first.tolist(), is_eot.any(axis=1).tolist(), strict=True)
+        if any_eot and p < width - 1
+    }

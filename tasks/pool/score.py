@@ -37,7 +37,7 @@ from tasks.pool.decode import decode_for_model
 from tasks.pool.language import identify
 from tasks.pool.language import model_path as language_model_path
 from tasks.pool.phash import sha256_hex
-from tasks.pool.quality import token_lengths
+from tasks.pool.quality import counts_from_tokens, token_lengths
 from tasks.pool.sources import (
     RawSample,
     ShardReadError,
@@ -67,6 +67,7 @@ class _Batch:
     batch: torch.Tensor | None = None  # the stacked pixels (pinned on CUDA)
     caption_ids: list[int] = field(default_factory=list)  # per model row: its distinct caption
     tokens: torch.Tensor | None = None  # of the captions this batch is the first to hold
+    token_counts: dict[str, int] = field(default_factory=dict)  # read off `tokens`
 
 
 class _Captions:
@@ -168,6 +169,8 @@ def _prepare(
     if batch.model_rows:
         batch.caption_ids, new = seen.assign([samples[i].caption for i in batch.model_rows])
         batch.tokens = model.tokenize(new) if new else None
+        if new:  # the captions' lengths come with their tokens: no second encoding
+            batch.token_counts = counts_from_tokens(new, batch.tokens, model.tokenizer)
         batch.batch, batch.pixels = model.stage(batch.pixels), []
     return batch
 
@@ -209,6 +212,7 @@ def score_samples(
     rows: list[dict[str, Any]] = []
     embs: list[np.ndarray] = []
     texts: list[np.ndarray] = []  # the shard's distinct captions' embeddings, by caption id
+    token_counts: dict[str, int] = {}
     n_emb = 0
     batches = _prepared(samples, source, model, pool, batch_size)
     for item in prefetch(batches, PREFETCH_BATCHES, name="score-producer"):
@@ -217,6 +221,7 @@ def score_samples(
             img = model.encode_images(item.batch)
             if item.tokens is not None:
                 texts.extend(model.encode_tokens(item.tokens))
+                token_counts.update(item.token_counts)
             txt = np.stack([texts[c] for c in item.caption_ids])
             scores = np.einsum("ij,ij->i", img, txt)
             for j, i in enumerate(item.model_rows):
@@ -229,10 +234,13 @@ def score_samples(
     emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float16)
     base = {c: t for c, t in SCORES.items() if c not in CAPTION_FACTS}
     table = pl.DataFrame(rows, schema=base) if rows else pl.DataFrame(schema=base)
-    return conform(with_caption_facts(table, model.tokenizer), SCORES), emb, len(texts)
+    facts = with_caption_facts(table, model.tokenizer, token_counts)
+    return conform(facts, SCORES), emb, len(texts)
 
 
-def with_caption_facts(table: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
+def with_caption_facts(
+    table: pl.DataFrame, tokenizer: Any, token_counts: dict[str, int] | None = None
+) -> pl.DataFrame:
     """Language (fastText lid.176) and token count of every caption, once per distinct caption.
 
     Cheap next to a CLIP forward (about 15 us per caption), and cached with the scores so the
@@ -243,7 +251,7 @@ def with_caption_facts(table: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:
     distinct = captions.unique(maintain_order=True).drop_nulls()
     facts = pl.concat([pl.DataFrame({"caption": distinct}), identify(distinct)], how="horizontal")
     if hasattr(tokenizer, "encode") and hasattr(tokenizer, "context_length"):
-        n_tokens, truncated = token_lengths(distinct, tokenizer)
+        n_tokens, truncated = token_lengths(distinct, tokenizer, known=token_counts)
         facts = facts.with_columns(n_tokens, truncated)
     else:
         facts = facts.with_columns(

@@ -277,3 +277,28 @@ def test_boilerplate_counts_distinct_images_when_given():
     got = boilerplate_reasons(captions, 2, None, images).to_list()
     assert got == [BOILERPLATE] * 4 + [None] * 4
     assert boilerplate_reasons(captions, 2, None).to_list() == [BOILERPLATE] * 7 + [None]
+
+
+def test_counts_read_off_the_tokens_equal_encoding_and_save_the_second_encoding(tokenizer):
+    """The text tower's tensor gives every count that was not cut; only a caption whose end
+    token fills the last slot is encoded again (it may have been longer)."""
+    from tasks.pool.quality import counts_from_tokens
+
+    captions = ["a dog", "A photo of a cat on a RED sofa!", _caption_of_n_tokens(tokenizer, 74),
+                _caption_of_n_tokens(tokenizer, 75), "The quick brown fox. " * 20, ""]  # fmt: skip
+    known = counts_from_tokens(captions, tokenizer(captions), tokenizer)
+    want, _ = token_lengths(pl.Series(captions), tokenizer)
+    expected = dict(zip(captions, want.to_list(), strict=True))
+    assert known == {c: n for c, n in expected.items() if n <= 76}  # 77 and longer: unsure
+    encoded = []
+
+    class Counting:
+        context_length = tokenizer.context_length
+
+        def encode(self, text):
+            encoded.append(text)
+            return tokenizer.encode(text)
+
+    again, _ = token_lengths(pl.Series(captions), Counting(), known=known)
+    assert again.to_list() == want.to_list()
+    assert sorted(encoded) == sorted(c for c in captions if c not in known)
