@@ -13,36 +13,20 @@ from __future__ import annotations
 import io
 import json
 import os
-import posixpath
 import random
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tasks.io import storage
+from tasks.io.tars import samples
 
 IMAGE_DECODES = ("pil", "bytes", "numpy")
 
 
 def iter_tar(url: str, so: dict[str, Any] | None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of a shard, streamed (nothing extracted)."""
-    key, files = None, {}
-    with storage.open_read(url, so) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = posixpath.basename(member.name)
-            stem, _, ext = base.partition(".")
-            if stem != key and key is not None:
-                yield key, files
-                files = {}
-            key = stem
-            files[ext] = tar.extractfile(member).read()
-            tar.members = []
-    if key is not None:
-        yield key, files
+    return samples(url, so)
 
 
 def _decode_image(data: bytes, mode: str) -> Any:

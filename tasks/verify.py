@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import tarfile
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import polars as pl
 
 from schemas.tables import IMAGE_EXTS, STATUSES
 from tasks.io import storage
+from tasks.io.tars import walk_tar
 from tasks.publish.manifest import (
     MANIFEST,
     ROOT_FILES,
@@ -116,14 +116,8 @@ def _check_files(p: Published, so: dict | None) -> list[str]:
 def tar_keys(url: str, so: dict | None) -> dict[str, list[str]]:
     """{key: [extensions]} of a tar's regular members, split as WebDataset does (first dot)."""
     keys: dict[str, list[str]] = defaultdict(list)
-    with storage.open_read(url, so) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = posixpath.basename(member.name)
-            stem, dot, ext = base.partition(".")
-            key = posixpath.join(posixpath.dirname(member.name), stem)
-            keys[key].append(ext if dot else "")
+    for key, ext, _ in walk_tar(url, so, read=False):
+        keys[key].append(ext)
     return dict(keys)
 
 
