@@ -21,6 +21,7 @@ catalog is rebuilt from the manifests (`rebuild`), once.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -60,6 +61,9 @@ class Catalog:
 
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # as stored
+    # derived history chains; a catalog is read, then at most changed once and written
+    # (`_update`), never asked for states after a change
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def names(self) -> list[str]:
         return sorted(self.entries)
@@ -79,18 +83,28 @@ class Catalog:
         return Catalog(dict(doc.get("partitions") or {}), dict(doc.get("pending") or {}))
 
     # --- history: what later partitions read from earlier ones -----------------------------
+    def _chain(self, kinds: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        """(names that offer one of `kinds`, in date order; the state after each): a hash
+        chain, h = sha256(previous h, name, offers), so every state is one pass away."""
+        key = ("chain", kinds)
+        if key not in self._memo:
+            names, states, h = [], [], EMPTY_STATE
+            for name in self.names():
+                offers = self.entries[name].get("offers") or {}
+                got = [offers.get(k) for k in kinds]
+                if any(got):
+                    h = hashlib.sha256(json.dumps([h, name, got]).encode()).hexdigest()[:32]
+                    names.append(name)
+                    states.append(h)
+            self._memo[key] = (names, states)
+        return self._memo[key]
+
     def state(self, partition: str, kinds: list[str] | tuple[str, ...]) -> str:
         """Identity of the history a partition reads: every earlier partition that offers
         one of `kinds`, with the digest of what it offers. Equal states, equal history."""
-        items = []
-        for name in self.before(partition):
-            offers = self.entries[name].get("offers") or {}
-            got = [offers.get(k) for k in kinds]
-            if any(got):
-                items.append([name, got])
-        if not items:
-            return EMPTY_STATE
-        return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:32]
+        names, states = self._chain(tuple(kinds))
+        at = bisect.bisect_left(names, partition)  # those before it
+        return states[at - 1] if at else EMPTY_STATE
 
     def stale(self, partition: str) -> bool:
         """Published against a history that has changed since (an earlier date re-published,

@@ -191,3 +191,23 @@ def test_held_versions_show_in_the_catalog(tmp_path):
     publish(folder, "2026-03-01")  # the next commit supersedes the held version
     assert "held" not in read_catalog(folder).entries["2026-03-01"]
     assert catalog.CATALOG == "_catalog.json"
+
+
+def test_history_states_of_a_long_history_are_one_pass():
+    """1,000 partitions: every state and staleness answered from one hash chain (the old
+    definition hashed every earlier offer again for each partition: quadratic)."""
+    entries = {}
+    for i in range(1000):
+        name = f"2027-{i // 28 + 1:03d}-{i % 28 + 1:02d}"
+        entries[name] = {"version": f"v{i}", "offers": {"dedup": f"d{i}"}}
+    cat = Catalog(entries)
+    names = cat.names()
+    for name in names:  # the history each partition reads now
+        entries[name]["history"] = {"kinds": ["dedup"], "state": cat.state(name, ["dedup"])}
+    fresh = Catalog(entries)
+    assert fresh.stale_before("9999") == []
+    assert fresh.state(names[0], ["dedup"]) == "empty"
+    assert len({fresh.state(n, ["dedup"]) for n in names}) == 1000  # each prefix its own
+    entries[names[500]]["offers"] = {"dedup": "changed"}  # 500 re-published with other content
+    changed = Catalog(entries)
+    assert changed.stale_before("9999") == names[501:]
