@@ -106,15 +106,20 @@ class Dataset:
         return f"Dataset({self.uri!r})"
 
     def partitions(
-        self, flow: str, start: str | None = None, end: str | None = None
+        self,
+        flow: str,
+        start: str | None = None,
+        end: str | None = None,
+        catalog: Catalog | None = None,
     ) -> list[Partition]:
-        """Published partitions of `flow` with start <= name <= end, oldest first."""
+        """Published partitions of `flow` with start <= name <= end, oldest first (from the
+        flow's catalog: `catalog` when the caller has read it already)."""
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, not {flow!r}")
         lo, hi = _check_date(start, "start"), _check_date(end, "end")
         folder = storage.join(self.uri, flow)
         out = []
-        for name, entry in sorted(self.catalog(flow).entries.items()):
+        for name, entry in sorted((catalog or self.catalog(flow)).entries.items()):
             if (lo and name < lo) or (hi and name > hi):
                 continue
             uri = storage.join(folder, name)

@@ -155,7 +155,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = []
     for flow in ("pool", "video"):
         cat = ds.catalog(flow)
-        for p in ds.partitions(flow, args.start, args.end):
+        for p in ds.partitions(flow, args.start, args.end, cat):
             counts = p.counts
             kept = counts.get("kept", counts.get("ok", ""))
             held = "held" if p.held() else ""
