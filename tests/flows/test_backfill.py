@@ -360,3 +360,39 @@ def test_remote_and_local_backfill_agree_on_what_is_published(
     assert idempotency_key(cfg, "pool", DATES[0], retrained.key) != idempotency_key(
         cfg, "pool", DATES[0], plan.key
     )
+
+
+@pytest.mark.parametrize("mode", ["local", "deployment"])
+@pytest.mark.parametrize(
+    ("pool", "want"),
+    [
+        ({"balance": {"metadata": "m.json", "running_counts": True}}, 1),
+        ({"dedup": {"scope": "dataset"}}, 1),
+        ({"dedup": {"scope": "partition"}}, 3),
+        ({}, 3),
+    ],
+)
+def test_dates_that_read_earlier_dates_run_one_at_a_time_in_every_mode(
+    tmp_path, monkeypatch, mode, pool, want
+):
+    """--max-parallel 3 is honoured only where no date reads another: with running counts or
+    dataset-scope dedup the dates go one at a time, in date order, local or deployed."""
+    import flows.backfill as bf
+
+    (tmp_path / "m.json").write_text("[]")
+    if "balance" in pool:
+        pool["balance"]["metadata"] = str(tmp_path / "m.json")
+    cfg = parse_config({"dataset": "d", "output": str(tmp_path / "out"),
+                        "pool": {"input": str(tmp_path / "{date}/*.tar"), **pool}})  # fmt: skip
+    seen = {}
+
+    def fake_run_dates(dates, one, max_parallel):
+        seen.update(dates=dates, max_parallel=max_parallel, one=one)
+        return []
+
+    monkeypatch.setattr(bf, "run_dates", fake_run_dates)
+    monkeypatch.setattr(bf, "use_deployment", lambda cfg, flow, m: mode == "deployment")
+    monkeypatch.setattr(bf, "remote_runner", lambda *a: "remote")
+    bf.backfill(cfg, "pool", "2026-01-01", "2026-01-05", max_parallel=3, mode=mode)
+    assert seen["max_parallel"] == want and seen["dates"][0] == "2026-01-01"
+    assert (seen["one"] == "remote") == (mode == "deployment")
