@@ -196,6 +196,14 @@ def evaluate(work: Path, night: int, planted: list[dict]) -> dict[str, Any]:
 # --- one night (child) -----------------------------------------------------------------------
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process, every thread: what a night costs on a loaded machine too."""
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 def child(work: Path, night: int) -> dict[str, Any]:
     quiet()
     import polars as pl
@@ -211,7 +219,7 @@ def child(work: Path, night: int) -> dict[str, Any]:
     so, date = cfg.storage_options, date_of(night)
     folder = work / "nights" / f"{night:03d}"
     source = str(work / "in" / date / "00000.tar")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     from flows.plan import plan_run
 
     plan = plan_run(cfg, "pool", date)
@@ -239,7 +247,7 @@ def child(work: Path, night: int) -> dict[str, Any]:
                  "counts": {"input": sel.samples.height, **dict(counts.iter_rows())}}  # fmt: skip
         finish(cfg, plan, version, outputs, stats, lambda v: [],
                {"dedup": {"against": sel.extra.get("dedup_prior", {})}})  # fmt: skip
-    t_night = time.perf_counter() - t0
+    t_night, c_night = time.perf_counter() - t0, cpu_seconds() - c0
     rss_night = peak_rss_bytes()
 
     class Log:
@@ -255,7 +263,8 @@ def child(work: Path, night: int) -> dict[str, Any]:
         compact_index = None
     if compact_index is not None:
         compact_index(cfg, Log())
-    return {"night": night, "wall_s": round(t_night, 3), "plan_s": round(t_plan, 3),
+    return {"night": night, "wall_s": round(t_night, 3), "cpu_s": round(c_night, 3),
+            "plan_s": round(t_plan, 3),
             "select_s": round(t_select, 3), "peak_rss_bytes": rss_night,
             "compact_s": round(time.perf_counter() - t1, 3),
             "read": sel.extra.get("dedup_read", {})}  # fmt: skip
@@ -399,6 +408,7 @@ def run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "ratio": round(ref["wall_s"] / last["wall_s"], 3),
         "target_ratio": round(1 / 1.3, 3),
         "time_last_over_ref": round(last["wall_s"] / ref["wall_s"], 3),
+        "cpu_last_over_ref": round(last["cpu_s"] / ref["cpu_s"], 3),
         "rss_last_over_ref": round(last["peak_rss_bytes"] / ref["peak_rss_bytes"], 3),
         "peak_rss_bytes": max(n["peak_rss_bytes"] for n in nights),
         "recall": recall,
