@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from schemas.config import ConfigError, CurateConfig, config_hash, redacted
+from schemas.config import ConfigError, CurateConfig, config_hash, history_kinds_of, redacted
 from tasks.io import storage
 from tasks.metaclip.folder import planned_files
 from tasks.model.files import planned_identity
@@ -136,13 +136,7 @@ def history_kinds(cfg: CurateConfig, flow: str) -> list[str]:
     """What a partition of `flow` reads from earlier partitions under this config: `dedup`
     (dataset-scope dedup), `counts` (MetaCLIP running counts). Empty: it depends on its own
     inputs only, and dates can run in any order or at once."""
-    kinds = []
-    if flow == "pool" and cfg.pool is not None:
-        if cfg.pool.dedup is not None and cfg.pool.dedup.scope == "dataset":
-            kinds.append("dedup")
-        if cfg.pool.balance is not None and cfg.pool.balance.running_counts:
-            kinds.append("counts")
-    return kinds
+    return history_kinds_of(cfg.model_dump(mode="json"), flow)
 
 
 def history_of(cat: Catalog, partition: str, kinds: list[str]) -> dict[str, Any]:

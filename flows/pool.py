@@ -318,7 +318,7 @@ def compact_index(cfg: CurateConfig, log: Any) -> None:
             semantic=dedup.semantic is not None,
             max_distance=dedup.perceptual.max_distance if dedup.perceptual else None,
         )
-    except PointerMoved as err:  # another run's compaction won: it covered ours too
+    except PointerMoved as err:  # another run moved the pointer first: the next run compacts
         log.info("dedup index: %s", err)
         return
     except Exception as err:  # derived data: the published partition stands either way

@@ -532,6 +532,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def history_kinds_of(config: dict[str, Any] | None, flow: str) -> list[str]:
+    """What a partition of `flow` reads from earlier partitions under a config (as a dict: a
+    manifest's, or `model_dump()`): `dedup` (dataset-scope dedup), `counts` (MetaCLIP running
+    counts). Empty: it depends on its own inputs only, and dates can run in any order."""
+    pool = (config or {}).get("pool") if flow == "pool" else None
+    if not isinstance(pool, dict):
+        return []
+    kinds = []
+    dedup, balance = pool.get("dedup"), pool.get("balance")
+    if isinstance(dedup, dict) and dedup.get("scope") == "dataset":
+        kinds.append("dedup")
+    if isinstance(balance, dict) and balance.get("running_counts"):
+        kinds.append("counts")
+    return kinds
+
+
 def parse_config(data: dict[str, Any]) -> CurateConfig:
     """Validate a config mapping, turning pydantic's report into one clear line."""
     try:

@@ -9,9 +9,10 @@ per sub-quantizer (32 bytes) ranked some planted copies out of the top 8 in 32-d
 PQ's inner products are biased (a true 0.97 reads about 0.6 here), so they are never compared
 with the threshold itself. Each codebook is *calibrated* when it is trained: near-copies of
 its training vectors at known cosines are searched, and for each cosine the lowest estimate a
-true pair received (less a margin) is kept. A query keeps each run's K nearest rows whose
-estimate clears the calibrated floor for the configured threshold, and the float64 cosine of
-the stored fp16 vectors decides, exactly as within a partition.
+true pair received (less a margin) is kept. A query takes every row of the probed lists whose
+estimate clears the calibrated floor for the configured threshold (a range search, so the
+candidates do not depend on how rows are grouped into runs), and the float64 cosine of the
+stored fp16 vectors decides, exactly as within a partition.
 
 One codebook (coarse quantizer + PQ tables) per dataset encodes every run, so a query probes
 the same lists in every run. It is trained from the first `TRAIN_MIN` embeddings (before that
@@ -140,20 +141,29 @@ class Searcher:
         self.threshold, self.nprobe = threshold, nprobe
 
     def candidates(self, run_index: bytes, floor: float = -math.inf) -> tuple[np.ndarray, ...]:
-        """(query, run row) of each query's K nearest rows of an encoded run whose PQ estimate
-        reaches `floor` (the codebook's calibrated floor for the threshold). Queries go in
-        chunks: the scan's lookup tables grow with queries x probes."""
+        """(query, run row) of the rows of an encoded run worth confirming: in the probed
+        lists, with a PQ estimate above `floor` (the codebook's calibrated floor for the
+        threshold). Every such row, not a top k: which rows are candidates then depends on
+        the codebook alone, not on how rows were grouped into runs. Without a calibration,
+        each query's K nearest. Queries go in chunks: the scan's tables grow with them."""
         faiss = _faiss()
         index = faiss.deserialize_index(np.frombuffer(run_index, dtype=np.uint8))
         faiss.extract_index_ivf(index).nprobe = self.nprobe
-        k = min(K, index.ntotal)
         qs, rs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        for i in range(0, len(self.q) if k else 0, SEARCH_CHUNK):
-            est, found = index.search(self.q[i : i + SEARCH_CHUNK], k)
-            keep = (found >= 0) & (est >= floor)
-            qi, kk = np.nonzero(keep)
-            qs.append(qi.astype(np.int64) + i)
-            rs.append(found[qi, kk].astype(np.int64))
+        if not index.ntotal:
+            return qs[0], rs[0]
+        for i in range(0, len(self.q), SEARCH_CHUNK):
+            chunk = self.q[i : i + SEARCH_CHUNK]
+            if math.isfinite(floor):
+                lims, _, found = index.range_search(chunk, floor)
+                counts = np.diff(lims.astype(np.int64))
+                qs.append(np.repeat(np.arange(len(chunk), dtype=np.int64), counts) + i)
+                rs.append(found.astype(np.int64))
+            else:
+                _, found = index.search(chunk, min(K, index.ntotal))
+                qi, kk = np.nonzero(found >= 0)
+                qs.append(qi.astype(np.int64) + i)
+                rs.append(found[qi, kk].astype(np.int64))
         return np.concatenate(qs), np.concatenate(rs)
 
     def confirm(self, qi: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +187,8 @@ class Searcher:
 
     def exact(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(query, row, cosine) of every pair with cosine >= threshold: all pairs compared."""
+        if not len(vectors) or vectors.shape[1] != self.q.shape[1]:  # nothing comparable
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         x = unit32(vectors)
         qs, rs, cs = [], [], []
         for i in range(0, len(self.q), QUERY_CHUNK):

@@ -12,9 +12,14 @@ catalog and the pointer, then
    `MERGE_AT` runs below `SEAL_ROWS` rows exist, rebuilds those into runs of up to
    `SEAL_ROWS` rows (runs that large are never rewritten again);
 4. writes the new runs (new folders nobody reads yet), then swaps the pointer with a
-   compare-and-swap, then removes run folders that neither the new pointer nor the one it
-   replaced names (a reader that read the old pointer can finish; a killed compaction's
-   folders go at the next one).
+   compare-and-swap, then removes run folders that no pointer names (the new one, the one it
+   replaced, the current one) once they are an hour old (a reader that read the old pointer
+   can finish; another compaction's fresh folders are not touched; a killed compaction's
+   folders go later).
+
+Embeddings of other weights are not comparable: each model (by the weights' identity) has
+its own codebook, trained once its partitions hold `ann.TRAIN_MIN` embeddings, and its own
+runs.
 
 A kill at any point leaves the old pointer or the new one, never a mix; a compaction that
 loses the swap to another one gives up (the next night's tries again).
@@ -22,8 +27,10 @@ loses the swap to another one gives up (the next night's tries again).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,10 +41,13 @@ from tasks.dedup_index import ann
 from tasks.dedup_index.keys import KeyTable
 from tasks.dedup_index.runs import (
     ROOT,
+    Codebook,
     Pointer,
     RunInfo,
     Segment,
     codebook_url,
+    id_time,
+    model_key,
     new_id,
     read_pointer,
     run_url,
@@ -53,19 +63,28 @@ SEAL_ROWS = 1_000_000  # runs this large are never merged again
 MERGE_AT = 8  # small runs merged when there are this many
 
 
-def live_segments(folder: str, so: dict[str, Any] | None) -> tuple[dict[str, str], dict, set]:
-    """({partition: version} with a dedup segment, {partition: kept rows}, partitions with
-    embeddings), from the catalog."""
+@dataclass
+class Live:
+    """The published partitions with a dedup segment, from the catalog."""
+
+    versions: dict[str, str]  # partition -> current version
+    rows: dict[str, int]  # kept samples (segment rows)
+    embedded: set[str]  # partitions whose segment has embeddings
+    models: dict[str, str | None]  # partition -> model key of its embeddings
+
+
+def live_segments(folder: str, so: dict[str, Any] | None) -> Live:
     cat = read_catalog(folder, so)
-    live, rows, emb = {}, {}, set()
+    live = Live({}, {}, set(), {})
     for name, entry in cat.entries.items():
         files = entry.get("history_files") or []
         if entry.get("version") and DEDUP_INDEX_FILE in files:
-            live[name] = entry["version"]
-            rows[name] = int((entry.get("counts") or {}).get("kept", 0))
-            if DEDUP_EMB_FILE in files:
-                emb.add(name)
-    return live, rows, emb
+            live.versions[name] = entry["version"]
+            live.rows[name] = int((entry.get("counts") or {}).get("kept", 0))
+            live.models[name] = model_key(entry.get("model"))
+            if DEDUP_EMB_FILE in files and live.rows[name] > 0:
+                live.embedded.add(name)
+    return live
 
 
 def compact(
@@ -78,41 +97,62 @@ def compact(
     merge_at: int = MERGE_AT,
 ) -> dict[str, Any]:
     """Bring the index up to date with the published partitions; what it did."""
-    live, sizes, with_emb = live_segments(folder, so)
+    live = live_segments(folder, so)
     pointer, seen = read_pointer(folder, so)
-    codebook, calibration, trained = pointer.codebook, pointer.calibration, False
-    embedded = sum(sizes[p] for p in with_emb)
-    grown = codebook is not None and embedded >= ann.RETRAIN_FACTOR * max(pointer.codebook_rows, 1)
-    if semantic and embedded >= ann.TRAIN_MIN and (codebook is None or grown):
-        codebook, calibration = _train(folder, so, live, with_emb, embedded)
-        trained = True
-    keep: list[RunInfo] = []
-    for run in pointer.runs:
-        current = all(live.get(p) == v for p, v in run.covers.items())
-        encoded = not semantic or run.ivf == codebook
-        if current and encoded and run.max_distance == max_distance:
-            keep.append(run)
+    books = dict(pointer.codebooks) if semantic else {}
+    trained = []
+    for model in sorted({live.models[p] for p in live.embedded} - {None}) if semantic else []:
+        mine = sorted(p for p in live.embedded if live.models[p] == model)
+        rows = sum(live.rows[p] for p in mine)
+        book = books.get(model)
+        grown = book is not None and rows >= ann.RETRAIN_FACTOR * max(book.rows, 1)
+        if rows >= ann.TRAIN_MIN and (book is None or grown):
+            books[model] = _train(folder, so, live, mine, rows)
+            trained.append(model)
+    keep = [r for r in pointer.runs if _still_good(r, live, books, max_distance)]
     covered = {p for r in keep for p in r.covers}
-    loose = sorted(p for p in live if p not in covered)
-    small = [r for r in keep if r.rows < seal_rows]
-    rebuild = small if len(small) + (1 if loose else 0) >= merge_at else []
+    loose = sorted(p for p in live.versions if p not in covered)
+    rebuild: list[RunInfo] = []
+    for model in sorted({r.model or "" for r in keep} | {live.models[p] or "" for p in loose}):
+        small = [r for r in keep if (r.model or "") == model and r.rows < seal_rows]
+        fresh = any((live.models[p] or "") == model for p in loose)
+        if len(small) + int(fresh) >= merge_at:
+            rebuild += small
     keep = [r for r in keep if r not in rebuild]
     todo = sorted(loose + [p for r in rebuild for p in r.covers])
     if not todo and not trained:
         return {"runs": len(pointer.runs), "built": 0, "rows_written": 0}
-    book = storage.read_bytes(codebook_url(folder, codebook), so) if codebook else None
     built = []
-    for group in _groups(todo, sizes, seal_rows):
-        segs = [Segment(folder, p, live[p]) for p in group]
-        built.append(build_run(folder, segs, so, book, codebook, max_distance, with_emb))
-    rows = embedded if trained else pointer.codebook_rows
-    new = Pointer(sorted(keep + built, key=lambda r: min(r.covers)), codebook, rows, calibration)
+    for model in sorted({live.models[p] or "" for p in todo}):
+        names = [p for p in todo if (live.models[p] or "") == model]
+        book = books.get(model) if model else None
+        data = storage.read_bytes(codebook_url(folder, book.id), so) if book else None
+        for group in _groups(names, live.rows, seal_rows):
+            segs = [Segment(folder, p, live.versions[p]) for p in group]
+            built.append(build_run(folder, segs, so, data, book.id if book else None,
+                                   max_distance, live.embedded, model or None))  # fmt: skip
+    new = Pointer(sorted(keep + built, key=lambda r: min(r.covers)), books)
     swap_pointer(folder, seen, new, so)
     _collect_garbage(folder, so, new, pointer)
     done = {"runs": len(new.runs), "built": len(built), "rows_written": sum(r.rows for r in built),
-            "trained_codebook": trained}  # fmt: skip
+            "trained_codebooks": len(trained)}  # fmt: skip
     logger.info("dedup index compacted: %s", done)
     return done
+
+
+def _still_good(
+    run: RunInfo, live: Live, books: dict[str, Codebook], max_distance: int | None
+) -> bool:
+    """A run is kept when every partition it covers is still published at that version, it
+    holds one model's rows, and it is encoded with that model's current codebook."""
+    if any(live.versions.get(p) != v for p, v in run.covers.items()):
+        return False
+    if any(live.models.get(p) != run.model for p in run.covers):
+        return False
+    book = books.get(run.model) if run.model else None
+    has_emb = any(p in live.embedded for p in run.covers)
+    encoded = run.ivf == (book.id if book and has_emb else None)
+    return encoded and run.max_distance == max_distance
 
 
 def _groups(names: list[str], sizes: dict[str, int], seal_rows: int) -> list[list[str]]:
@@ -128,14 +168,16 @@ def _groups(names: list[str], sizes: dict[str, int], seal_rows: int) -> list[lis
     return out
 
 
-def _train(folder: str, so: Any, live: dict[str, str], with_emb: set[str], embedded: int) -> str:
-    """The dataset's codebook, trained on the earliest partitions' embeddings (up to
-    `ann.TRAIN_MAX` rows, an even stride through them), written under a new id."""
+def _train(folder: str, so: Any, live: Live, names: list[str], embedded: int) -> Codebook:
+    """A model's codebook, trained on its earliest partitions' embeddings (up to
+    `ann.TRAIN_MAX` rows) with lists for the `embedded` rows the history holds, written
+    under a new id, with its calibration."""
     parts, rows = [], 0
-    for name in sorted(with_emb):
-        emb = Segment(folder, name, live[name]).embeddings(so)
-        parts.append(emb)
-        rows += len(emb)
+    for name in names:
+        emb = Segment(folder, name, live.versions[name]).embeddings(so)
+        if len(emb):
+            parts.append(emb)
+            rows += len(emb)
         if rows >= ann.TRAIN_MAX:
             break
     sample = np.concatenate(parts)[: ann.TRAIN_MAX]
@@ -145,7 +187,7 @@ def _train(folder: str, so: Any, live: dict[str, str], with_emb: set[str], embed
     storage.write_bytes(codebook_url(folder, book_id), data, so)
     logger.info("dedup index: codebook %s (%d lists) trained on %d embeddings", book_id, nlist,
                 len(sample))  # fmt: skip
-    return book_id, calibration
+    return Codebook(book_id, embedded, calibration)
 
 
 def build_run(
@@ -156,8 +198,9 @@ def build_run(
     book_id: str | None,
     max_distance: int | None,
     with_emb: set[str],
+    model: str | None = None,
 ) -> RunInfo:
-    """A new run holding `segments` (partition order), written to its own new folder."""
+    """A new run holding `segments` (partition order, one model), in a new folder."""
     run_id = new_id("r")
     frames, starts, covers, row = [], {}, {}, 0
     for seg in segments:
@@ -170,10 +213,12 @@ def build_run(
     storage.write_bytes(run_url(folder, run_id, "keys.npz"), table.to_bytes(max_distance), so)
     write_rows(run_url(folder, run_id, "rows.parquet"),
                rows.select("uid", "partition", "sha256", "phash"), so)  # fmt: skip
-    if book is not None:
+    ivf = None
+    if book is not None and any(s.partition in with_emb for s in segments):
         storage.write_bytes(run_url(folder, run_id, "ivf.faiss"),
                             _encode(book, segments, starts, so, with_emb), so)  # fmt: skip
-    return RunInfo(run_id, row, covers, starts, book_id if book else None, max_distance)
+        ivf = book_id
+    return RunInfo(run_id, row, covers, starts, ivf, max_distance, model)
 
 
 def _encode(
@@ -186,15 +231,24 @@ def _encode(
         for seg in segments:
             if seg.partition in with_emb:
                 emb = seg.embeddings(so)
-                yield emb, np.arange(len(emb), dtype=np.int64) + starts[seg.partition]
+                if len(emb):
+                    yield emb, np.arange(len(emb), dtype=np.int64) + starts[seg.partition]
 
     return ann.encode(book, chunks())
 
 
+GRACE_S = 3600  # an unnamed run or codebook younger than this may be a compaction in flight
+
+
 def _collect_garbage(folder: str, so: Any, new: Pointer, old: Pointer) -> None:
-    """Remove run folders and codebooks neither pointer names (best effort)."""
-    named = {r.id for r in new.runs} | {r.id for r in old.runs}
-    books = {b for b in (new.codebook, old.codebook) if b}
+    """Remove run folders and codebooks that no pointer names (the new one, the one it
+    replaced, and the current one: another compaction may have swapped since) and that are
+    older than GRACE_S (a compaction in flight writes its runs before it swaps). Best effort."""
+    current, _ = read_pointer(folder, so)
+    pointers = (new, old, current)
+    named = {r.id for p in pointers for r in p.runs}
+    books = {c.id for p in pointers for c in p.codebooks.values()}
+    now = dt.datetime.now(dt.UTC)
     for sub, keep, strip in (("runs", named, ""), ("codebooks", books, ".faiss")):
         base = storage.join(folder, ROOT, sub)
         try:
@@ -203,8 +257,10 @@ def _collect_garbage(folder: str, so: Any, new: Pointer, old: Pointer) -> None:
             continue
         for url in urls:
             name = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(strip)
-            if name not in keep:
-                try:
-                    storage.remove(url, so, recursive=True)
-                except OSError as err:
-                    logger.warning("could not remove %s: %s", url, err)
+            made = id_time(name)
+            if name in keep or made is None or (now - made).total_seconds() < GRACE_S:
+                continue
+            try:
+                storage.remove(url, so, recursive=True)
+            except OSError as err:
+                logger.warning("could not remove %s: %s", url, err)

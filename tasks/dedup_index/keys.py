@@ -1,10 +1,11 @@
 """Exact (sha256) and perceptual (pHash) lookups of a night's candidates among earlier rows.
 
-A `KeyTable` holds the earlier rows of one run (or of segments no run covers yet), reduced
-to distinct values: each distinct sha256 and each distinct pHash keeps its first row (rows
-are in partition order, so that is the earliest published copy). A candidate is linked to
-that row, as the union-find of the old in-memory dedup linked every copy of a value into
-one group whose survivor was its first member.
+A `KeyTable` holds the earlier rows of one run (or of segments no run covers yet): every
+row, sorted by sha256 and by pHash. A candidate is linked to every row it matches; the
+caller keeps the rows of partitions that are part of the night's history (a run may hold a
+partition's superseded version, or dates after the night), so a match is never hidden
+behind a row that does not count. Kept samples of a dataset-scope history rarely repeat a
+value, so this costs little.
 
 - exact: sha256 as five 60-bit words (polars parses 15 hex digits into an int64); a sorted
   first word finds the hits, all five words confirm them;
@@ -59,20 +60,14 @@ def _block(values: np.ndarray, start: int, width: int) -> np.ndarray:
     return out
 
 
-def _first_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct values sorted, the first row of each)."""
-    uniq, first = np.unique(values, return_index=True)
-    return uniq, first.astype(np.int64)
-
-
 @dataclass
 class KeyTable:
-    """Earlier rows, as distinct sha256 words and distinct pHashes with their first rows."""
+    """Earlier rows: sha256 words and pHashes, each sorted, with the row they came from."""
 
-    sha_words: np.ndarray  # (k, 5) uint64, sorted by the first word then the rest
-    sha_rows: np.ndarray  # first row of each
-    ph_values: np.ndarray  # distinct pHashes, sorted
-    ph_rows: np.ndarray  # first row of each
+    sha_words: np.ndarray  # (k, 5) uint64 of the rows with a sha256, sorted
+    sha_rows: np.ndarray  # their rows
+    ph_values: np.ndarray  # pHashes of the rows with one, sorted
+    ph_rows: np.ndarray  # their rows
     blocks: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
     @staticmethod
@@ -80,17 +75,15 @@ class KeyTable:
         words, known = sha_words(sha)
         rows = np.flatnonzero(known)
         w = words[rows]
-        order = np.lexsort(w.T[::-1])  # by word 0, then 1, ...
-        w, r = w[order], rows[order]
-        first = np.ones(len(w), dtype=bool)
-        first[1:] = (w[1:] != w[:-1]).any(axis=1)
+        order = np.lexsort(w.T[::-1])  # by word 0, then 1, ... (stable: rows ascending)
         ph = phash.cast(pl.UInt64)
-        ph_known = np.flatnonzero(ph.is_not_null().to_numpy())
-        values, at = _first_rows(ph.fill_null(0).to_numpy()[ph_known])
-        return KeyTable(w[first], r[first], values, ph_known[at])
+        ph_rows = np.flatnonzero(ph.is_not_null().to_numpy())
+        values = ph.fill_null(0).to_numpy()[ph_rows]
+        by_value = np.argsort(values, kind="stable")
+        return KeyTable(w[order], rows[order], values[by_value], ph_rows[by_value])
 
     def sorted_blocks(self, max_distance: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per MIH block: (the distinct pHashes' block values sorted, their positions)."""
+        """Per MIH block: (the pHashes' block values sorted, their positions)."""
         if max_distance not in self.blocks:
             out = []
             for start, width in mih_blocks(max_distance):
@@ -149,7 +142,7 @@ def _chunks(lo: np.ndarray, hi: np.ndarray) -> list[slice]:
 
 
 def exact_links(table: KeyTable, cand_sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(candidate index, table row) for every candidate whose sha256 is in the table."""
+    """(candidate index, table row) for every earlier row with a candidate's sha256."""
     words, known = sha_words(cand_sha)
     first = table.sha_words[:, 0]
     lo = np.searchsorted(first, words[:, 0], side="left")
@@ -168,7 +161,7 @@ def exact_links(table: KeyTable, cand_sha: pl.Series) -> tuple[np.ndarray, np.nd
 def perceptual_links(
     table: KeyTable, cand_phash: pl.Series, max_distance: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(candidate index, table row, distance) for every distinct earlier pHash within
+    """(candidate index, table row, distance) for every earlier row whose pHash is within
     `max_distance` of a candidate's (each pair once)."""
     ph = cand_phash.cast(pl.UInt64)
     known = ph.is_not_null().to_numpy()

@@ -19,9 +19,11 @@ import polars as pl
 from tasks.dedup_index import ann
 from tasks.dedup_index.keys import KeyTable, exact_links, perceptual_links
 from tasks.dedup_index.runs import (
+    Codebook,
     RunInfo,
     Segment,
     codebook_url,
+    model_key,
     read_pointer,
     read_rows,
     run_url,
@@ -118,6 +120,7 @@ def query_history(
         if info.get("embeddings") and (model is None or info.get("model") == model)
     }  # fmt: skip
     pointer, _ = read_pointer(folder, so)
+    book = pointer.book_for(model_key(model)) if semantic else None
     job = _Job(folder, so, cand, cfg, versions, comparable if semantic else set(), emb)
     covered: set[str] = set()
     read = {"runs": 0, "segments": 0, "rows": 0}
@@ -125,14 +128,12 @@ def query_history(
         live = {p for p, v in run.covers.items() if versions.get(p) == v}
         if live:
             covered |= live
-            job.run(run, live, pointer.codebook, pointer.calibration)
+            job.run(run, live, book)
             read["runs"] += 1
             read["rows"] += run.rows
     for p, v in versions.items():  # published since the last compaction, or re-published
         if p not in covered:
-            read["rows"] += job.segment(
-                Segment(folder, p, v), pointer.codebook, pointer.calibration
-            )
+            read["rows"] += job.segment(Segment(folder, p, v), book)
             read["segments"] += 1
     job.fetch_vectors()
     return job.found.matches(versions, read, emb.shape[1] if semantic else None)
@@ -182,11 +183,11 @@ class _Job:
             out.append(("perceptual", ci, rr, dist.astype(np.float64)))
         return out
 
-    def run(self, run: RunInfo, live: set[str], codebook: str | None, calibration: Any) -> None:
+    def run(self, run: RunInfo, live: set[str], book: Codebook | None) -> None:
         data = storage.read_bytes(run_url(self.folder, run.id, "keys.npz"), self.so)
         found = self._keys(KeyTable.from_bytes(data))
-        if self.searcher is not None:
-            found.append(self._semantic_run(run, live, codebook, calibration))
+        if self.searcher is not None and live & self.comparable:  # embeddings of this model
+            found.append(self._semantic_run(run, live, book))
         names = run.partitions()
         url = run_url(self.folder, run.id, "rows.parquet")
         for method, ci, rr, value in found:
@@ -199,14 +200,15 @@ class _Job:
             self.found.add(method, ci[ok], keys, value[ok], read_rows(url, rr[ok], self.so))
 
     def _semantic_run(
-        self, run: RunInfo, live: set[str], codebook: str | None, calibration: Any
+        self, run: RunInfo, live: set[str], book: Codebook | None
     ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         searcher = self.searcher
         assert searcher is not None
         names = run.partitions()
-        if run.ivf is not None and run.ivf == codebook:
+        if book is not None and run.ivf == book.id:
             data = storage.read_bytes(run_url(self.folder, run.id, "ivf.faiss"), self.so)
-            qi, rr = searcher.candidates(data, ann.floor_for(calibration, searcher.threshold))
+            floor = ann.floor_for(book.calibration, searcher.threshold)
+            qi, rr = searcher.candidates(data, floor)
             part, seg_row = run.locate(rr)
             use = np.array([names[p] in live and names[p] in self.comparable for p in part], bool)
             qi, rr, part, seg_row = qi[use], rr[use], part[use], seg_row[use]
@@ -221,6 +223,8 @@ class _Job:
         for name in names:
             if name in live and name in self.comparable:
                 vectors = Segment(self.folder, name, run.covers[name]).embeddings(self.so)
+                if not len(vectors):
+                    continue
                 q, r, c = searcher.exact(vectors)
                 for row in np.unique(r):
                     self.found.vectors[(name, int(row))] = vectors[int(row)]
@@ -243,17 +247,19 @@ class _Job:
             out[at] = seg.emb_rows(rows, self.so)
         return out
 
-    def segment(self, seg: Segment, codebook: str | None, calibration: Any = None) -> int:
+    def segment(self, seg: Segment, book: Codebook | None = None) -> int:
         """Look the candidates up in a segment no run covers (read whole: it is one night)."""
         keys = seg.keys(self.so)
         use_emb = self.searcher is not None and seg.partition in self.comparable
         vectors = seg.embeddings(self.so) if use_emb else None
-        book, floor = None, -np.inf
-        if vectors is not None and codebook is not None and len(vectors) > ann.FLAT_MAX:
-            book = storage.read_bytes(codebook_url(self.folder, codebook), self.so)
-            floor = ann.floor_for(calibration, self.cfg.semantic.threshold)
+        if vectors is not None and not len(vectors):  # a night that kept nothing
+            vectors = None
+        data, floor = None, -np.inf
+        if vectors is not None and book is not None and len(vectors) > ann.FLAT_MAX:
+            data = storage.read_bytes(codebook_url(self.folder, book.id), self.so)
+            floor = ann.floor_for(book.calibration, self.cfg.semantic.threshold)
         parts = pl.Series([seg.partition] * keys.height, dtype=pl.String)
-        self.frame(keys.with_columns(parts.alias("partition")), vectors, book, floor)
+        self.frame(keys.with_columns(parts.alias("partition")), vectors, data, floor)
         return keys.height
 
     def frame(

@@ -8,16 +8,19 @@
   _dedup/codebooks/cb-{time}-{id}.faiss
 ```
 
-A run holds the rows of whole segments, in partition order: `keys.npz` (`keys.KeyTable`),
-`rows.parquet` (uid and partition per run row, in row groups so a few rows read cheaply) and,
-once the dataset has a codebook, `ivf.faiss` (the embeddings' PQ codes; ids = run rows). The
-pointer names each run with the partition versions it covers and where each one's rows start;
-runs and codebooks are never changed, only replaced by new ones and a new pointer.
+A run holds the rows of whole segments of one model (the weights that embedded them), in
+partition order: `keys.npz` (`keys.KeyTable`), `rows.parquet` (uid, partition, sha256, pHash
+per run row, in row groups so a few rows read cheaply) and, once that model has a codebook,
+`ivf.faiss` (the embeddings' PQ codes; ids = run rows). Embeddings of other weights are not
+comparable, so each model has its own codebook and its own runs. The pointer names each run
+with the partition versions it covers and where each one's rows start; runs and codebooks
+are never changed, only replaced by new ones and a new pointer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -32,8 +35,25 @@ from tasks.io import cas, storage
 
 ROOT = "_dedup"
 POINTER = "CURRENT.json"
-FORMAT = 1
+FORMAT = 2
 ROW_GROUP = 1 << 16
+MODEL_KEYS = ("architecture_sha256", "pretrained", "checkpoint_sha256")  # what the weights are
+
+
+def model_key(model: dict[str, Any] | None) -> str | None:
+    """A short name for the weights that embedded a partition's images (None: unknown)."""
+    values = [(model or {}).get(k) for k in MODEL_KEYS]
+    if not any(values):
+        return None
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+
+
+def id_time(name: str) -> dt.datetime | None:
+    """When a run or codebook id (`r-20261206T120000Z-...`) was made."""
+    try:
+        return dt.datetime.strptime(name.split("-")[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    except (IndexError, ValueError):
+        return None
 
 
 def new_id(prefix: str) -> str:
@@ -81,6 +101,7 @@ class RunInfo:
     starts: dict[str, int]  # partition -> first run row
     ivf: str | None = None  # codebook id its embeddings were encoded with
     max_distance: int | None = None  # pHash distance its MIH blocks were sorted for
+    model: str | None = None  # `model_key` of every partition it holds
 
     def locate(self, run_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(index into `partitions()`, row within that partition's segment) per run row."""
@@ -94,20 +115,26 @@ class RunInfo:
 
 
 @dataclass
+class Codebook:
+    """A model's codebook: its id, the embeddings the history held when it was trained, and
+    its calibration ((cosine, PQ estimate floor) pairs, `ann.calibrate`)."""
+
+    id: str
+    rows: int
+    calibration: list[list[float]]
+
+
+@dataclass
 class Pointer:
-    """`_dedup/CURRENT.json`: the runs of the index and the dataset's codebook."""
+    """`_dedup/CURRENT.json`: the runs of the index and each model's codebook."""
 
     runs: list[RunInfo] = field(default_factory=list)
-    codebook: str | None = None
-    codebook_rows: int = 0  # embeddings the history held when it was trained
-    calibration: list[list[float]] | None = None  # (cosine, PQ estimate floor), `ann`
+    codebooks: dict[str, Codebook] = field(default_factory=dict)  # model key -> codebook
 
     def to_bytes(self) -> bytes:
         doc = {
             "format": FORMAT,
-            "codebook": self.codebook,
-            "codebook_rows": self.codebook_rows,
-            "calibration": self.calibration,
+            "codebooks": {m: asdict(c) for m, c in sorted(self.codebooks.items())},
             "runs": [asdict(r) for r in self.runs],
         }
         return json.dumps(doc, indent=1, sort_keys=True).encode()
@@ -117,11 +144,14 @@ class Pointer:
         if data is None:
             return Pointer()
         doc = json.loads(data)
-        if doc.get("format") != FORMAT:
-            raise ValueError(f"dedup index pointer of format {doc.get('format')}")
+        if doc.get("format") != FORMAT:  # an older layout: the next compaction rebuilds it
+            return Pointer()
         runs = [RunInfo(**r) for r in doc.get("runs") or []]
-        return Pointer(runs, doc.get("codebook"), int(doc.get("codebook_rows") or 0),
-                       doc.get("calibration"))  # fmt: skip
+        books = {m: Codebook(**c) for m, c in (doc.get("codebooks") or {}).items()}
+        return Pointer(runs, books)
+
+    def book_for(self, model: str | None) -> Codebook | None:
+        return self.codebooks.get(model) if model else None
 
 
 def pointer_url(folder: str) -> str:

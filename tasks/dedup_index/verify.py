@@ -24,7 +24,8 @@ def verify_index(folder: str, so: dict[str, Any] | None = None) -> list[str]:
         pointer, _ = read_pointer(folder, so)
     except ValueError as err:
         return [f"dedup index pointer unreadable: {err}"]
-    live, _, with_emb = live_segments(folder, so)
+    found = live_segments(folder, so)
+    live, with_emb = found.versions, found.embedded
     problems: list[str] = []
     owner: dict[str, str] = {}
     for run in pointer.runs:
@@ -33,7 +34,7 @@ def verify_index(folder: str, so: dict[str, Any] | None = None) -> list[str]:
                 problems.append(f"dedup index: {p} is in runs {owner[p]} and {run.id}")
             owner[p] = run.id
         try:
-            problems += _check_run(folder, run, live, with_emb, pointer.codebook, so)
+            problems += _check_run(folder, run, live, with_emb, so)
         except (OSError, ValueError, KeyError) as err:
             problems.append(f"dedup index run {run.id}: {type(err).__name__}: {err}")
     return problems
@@ -44,7 +45,6 @@ def _check_run(
     run: RunInfo,
     live: dict[str, str],
     with_emb: set[str],
-    codebook: str | None,
     so: dict[str, Any] | None,
 ) -> list[str]:
     rows = storage.read_parquet(run_url(folder, run.id, "rows.parquet"), so)
@@ -71,10 +71,8 @@ def _check_run(
     for field in ("sha_words", "sha_rows", "ph_values", "ph_rows"):
         if not np.array_equal(getattr(table, field), getattr(want, field)):
             problems.append(f"dedup index run {run.id}: keys.npz {field} differs from its rows")
-    if run.ivf is not None:
-        problems += _check_ivf(folder, run, names, ends, with_emb, so)
-    elif codebook is not None and any(n in with_emb for n in names):
-        pass  # built before the codebook: searched exactly, re-encoded by the next compaction
+    if run.ivf is not None:  # (a run built before its model had a codebook has none:
+        problems += _check_ivf(folder, run, names, ends, with_emb, so)  # searched exactly)
     return problems
 
 

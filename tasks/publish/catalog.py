@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.config import history_kinds_of
 from schemas.tables import HISTORY_FILES, LATER_READ_FILES
 from tasks.io import cas, storage
 from tasks.publish.manifest import Published, read_published
@@ -150,6 +151,12 @@ def entry_of(published: Published, so: dict[str, Any] | None = None) -> dict[str
         except (OSError, ValueError):
             counts = {}
     model, shas = m.get("model") or {}, _shas(published)
+    history = m.get("history")
+    flow = m.get("flow") or ""
+    if history is None and history_kinds_of(m.get("config"), flow):
+        # published before history was recorded: it is taken to match the history as it is
+        # when the catalog first lists it (`baseline`), so later changes make it stale
+        history = {"kinds": history_kinds_of(m.get("config"), flow), "state": None}
     return {
         "version": published.version,
         "created": m.get("created"),
@@ -157,7 +164,7 @@ def entry_of(published: Published, so: dict[str, Any] | None = None) -> dict[str
         "counts": counts or {},
         "events": events,
         "model": {k: model.get(k) for k in MODEL_KEYS},
-        "history": m.get("history"),
+        "history": history,
         "offers": offers(published),
         "history_files": sorted(n for n in LATER_READ_FILES if n in shas),
     }
@@ -191,7 +198,17 @@ def rebuild(folder: str, so: dict[str, Any] | None = None) -> Catalog:
         published = read_published(storage.join(folder, name), so)
         if published is not None:
             entries[name] = entry_of(published, so)
-    return Catalog(entries)
+    return baseline(Catalog(entries))
+
+
+def baseline(cat: Catalog) -> Catalog:
+    """Entries published before history was recorded get the state their history has now
+    (their best guess), written with the catalog: from then on a change makes them stale."""
+    for name in cat.names():
+        history = cat.entries[name].get("history")
+        if history and history.get("state") is None:
+            history["state"] = cat.state(name, history.get("kinds") or [])
+    return cat
 
 
 def _load(data: bytes | None, folder: str, so: dict[str, Any] | None) -> Catalog:
@@ -221,7 +238,7 @@ def _update(final: str, so: dict[str, Any] | None, step: Any) -> None:
     folder, name = split_final(final)
 
     def change(data: bytes | None) -> bytes:
-        cat = _resolve(_load(data, folder, so), folder, so)
+        cat = baseline(_resolve(_load(data, folder, so), folder, so))
         step(cat, name)
         return cat.to_bytes()
 

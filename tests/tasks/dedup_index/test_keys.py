@@ -15,9 +15,9 @@ def shas(n: int, seed: int) -> list[str]:
     return [hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(n)]
 
 
-def test_exact_links_are_the_equal_shas_linked_to_their_first_row():
+def test_exact_links_are_every_row_with_the_candidates_sha():
     table_sha = shas(50, 1)
-    table_sha[7] = table_sha[3]  # a value twice: its first row (3) answers
+    table_sha[7] = table_sha[3]  # a value twice: both rows answer (the caller picks)
     table_sha[9] = None
     cand = [table_sha[3], "zz", None, table_sha[20], shas(1, 9)[0], table_sha[20][:-1] + "0"]
     table = KeyTable.build(
@@ -25,18 +25,15 @@ def test_exact_links_are_the_equal_shas_linked_to_their_first_row():
     )
     ci, ri = exact_links(table, pl.Series(cand, dtype=pl.String))
     got = sorted(zip(ci.tolist(), ri.tolist(), strict=True))
-    want = [(0, 3), (3, 20)] + ([(5, 20)] if cand[5] == table_sha[20] else [])
+    want = [(0, 3), (0, 7), (3, 20)] + ([(5, 20)] if cand[5] == table_sha[20] else [])
     assert got == want
 
 
 def brute(table: np.ndarray, cand: np.ndarray, d: int) -> set[tuple[int, int]]:
-    """(candidate, first row of each distinct value within d), by all pairs."""
-    first = {}
-    for i, v in enumerate(table.tolist()):
-        first.setdefault(v, i)
+    """(candidate, every row within d), by all pairs."""
     out = set()
     for c, q in enumerate(cand.tolist()):
-        for v, row in first.items():
+        for row, v in enumerate(table.tolist()):
             if bin(q ^ v).count("1") <= d:
                 out.add((c, row))
     return out

@@ -172,6 +172,25 @@ def test_state_and_staleness_follow_what_earlier_partitions_offer(tmp_path):
     assert read_catalog(folder).state("2026-03-02", ["dedup"]) == before
 
 
+def test_partitions_published_before_history_was_recorded_become_stale_on_change(tmp_path):
+    """A manifest without `history` whose config read earlier partitions (an older release):
+    the catalog takes its history as it stood when first listed, so a later change to an
+    earlier date makes it stale instead of never being noticed."""
+    folder = str(tmp_path / "ds" / "pool")
+    legacy = {"flow": "pool", "config": {"pool": {"dedup": {"scope": "dataset"}}}}
+    publish(folder, "2026-03-01", offer=b"a")
+    publish(folder, "2026-03-02", **legacy)  # no history recorded
+    storage.remove(storage.join(folder, CATALOG))  # first listed by a rebuild
+    cat = read_catalog(folder)
+    assert cat.entries["2026-03-02"]["history"]["kinds"] == ["dedup"]
+    assert not cat.stale("2026-03-02")
+    publish(folder, "2026-03-01", offer=b"b")  # the history it read changes
+    assert read_catalog(folder).stale("2026-03-02")
+    # a partition whose config reads no history has none, and is never stale
+    publish(folder, "2026-03-03", flow="pool", config={"pool": {"dedup": {"scope": "partition"}}})
+    assert read_catalog(folder).entries["2026-03-03"]["history"] is None
+
+
 def test_a_commit_against_changed_history_is_refused(tmp_path):
     folder = str(tmp_path / "ds" / "pool")
     planned = hist(read_catalog(folder), "2026-03-02")  # planned before 01 existed
