@@ -21,6 +21,7 @@ EXIT_CODES = {
     "InputError": EXIT_INPUT,
     "MetadataError": EXIT_INPUT,
     "ExportError": EXIT_INPUT,
+    "ReviewExportError": EXIT_INPUT,
     "LabelError": EXIT_INPUT,
     "HeadMismatch": EXIT_INPUT,
     "GateHeld": EXIT_HELD,
@@ -170,6 +171,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format in ("labelstudio", "fiftyone"):
+        from flows.review import export_command
+
+        print(json.dumps(export_command(args), indent=2, default=str))
+        return EXIT_OK
     import clip_curate as cc
     from clip_curate.export import datacomp_subset, kept_uids, write_npy
     from tasks.io import storage
@@ -298,12 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--end", help="YYYY-MM-DD")
     ls.set_defaults(func=cmd_ls)
 
-    export = sub.add_parser("export", help="export the kept samples' uids")
-    export.add_argument("format", choices=["datacomp-subset", "uids"])
-    export.add_argument("uri", help="{output}/{dataset}")
+    export = sub.add_parser("export", help="export uids, or partitions for review tools")
+    export.add_argument("format", choices=["datacomp-subset", "uids", "labelstudio", "fiftyone"])
+    export.add_argument("uri", nargs="?", help="{output}/{dataset}")
     export.add_argument("--start", help="YYYY-MM-DD")
     export.add_argument("--end", help="YYYY-MM-DD")
-    export.add_argument("--out", required=True, help="subset.npy or uids.parquet")
+    export.add_argument("--out", required=True, help="subset.npy, uids.parquet or a folder")
+    _add_review_args(export, sub)
     export.set_defaults(func=cmd_export)
 
     _add_nearmiss_parsers(sub)
@@ -313,6 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-steps", type=int, default=200, help="0 = random weights")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_review_args(export: argparse.ArgumentParser, sub: Any) -> None:
+    """Options of the review exports, and `curate import labelstudio` (flows/review.py)."""
+    export.add_argument("--from", dest="review", help="labelstudio: review.parquet (suggest)")
+    export.add_argument("--local-root", default="/", help="labelstudio: local files root")
+    export.add_argument("--flow", choices=["pool", "video"], help="fiftyone: default both")
+    imp = sub.add_parser("import", help="labels from a review tool's export")
+    imp.add_argument("format", choices=["labelstudio"])
+    imp.add_argument("export", help="Label Studio's JSON export")
+    imp.add_argument("--out", required=True, help="labels CSV")
+    imp.set_defaults(func=cmd_import)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from flows.review import import_labelstudio
+
+    print(json.dumps(import_labelstudio(args.export, args.out), indent=2, default=str))
+    return EXIT_OK
 
 
 def _add_nearmiss_parsers(sub: Any) -> None:

@@ -1,0 +1,2 @@
+"""The review loop's formats and choices: Label Studio tasks and exports, FiftyOne datasets
+on disk, and which spans people should review next (pure functions over tables)."""
