@@ -127,6 +127,6 @@ def export_command(args: Any) -> dict[str, Any]:
         )
     if not args.uri:
         raise ReviewExportError("export fiftyone needs a dataset URI")
-    from flows.fiftyone import export_fiftyone
+    from flows.fiftyone_export import export_fiftyone
 
     return export_fiftyone(args.uri, args.out, args.start, args.end, args.flow)

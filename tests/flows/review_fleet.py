@@ -61,3 +61,45 @@ def build_fleet(root: Path, tiny_model: dict) -> Fleet:
     run = ["run", "video", "-c", str(root / "c.yaml"), "--partition", PARTITION]
     assert main(run) == 0
     return Fleet(root, root / "c.yaml", root / "labels.csv", head, root / "out" / "rv")
+
+
+POOL_DAY = "2026-05-01"
+
+
+def build_pool(root: Path, tiny_model: dict) -> Path:
+    """A published pool partition with every kind of row FiftyOne should show: kept and
+    filtered by the CLIP threshold, exact copies (a duplicate group), a broken image
+    (quarantined) and a head's column; returns `{output}/{dataset}`."""
+    import torch
+    from torch import nn
+
+    from flows.cli import main
+    from tests.pool_factory import PoolSample, corrupt_image, make_samples, write_tar
+
+    samples = make_samples(10, seed=3)
+    copies = [PoolSample(f"copy{i:05d}", samples[0].image, "jpg", f"the same photo again {i}",
+                         {"uid": f"c0py{i:028x}"}) for i in range(2)]  # fmt: skip
+    broken = PoolSample("broken0000", corrupt_image(1), "jpg", "a picture that is not one")
+    write_tar(root / "in" / "00000.tar", [*samples, *copies, broken])
+    torch.manual_seed(0)
+    state = root / "aesthetic.pt"
+    torch.save(nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 1)).state_dict(), state)
+    cfg = {
+        "dataset": "rp",
+        "output": str(root / "out"),
+        "model": {**tiny_model, "precision": "fp32", "device": "cpu", "batch_size": 8},
+        "pool": {
+            "input": str(root / "in" / "*.tar"),
+            "text_filter": {"enabled": False},
+            "dedup": {"exact": True, "perceptual": None},
+            "clip_filter": {"top_fraction": 0.5},
+        },
+    }
+    (root / "p.yaml").write_text(yaml.safe_dump(cfg))
+    head = root / "aesthetic.safetensors"
+    convert = ["heads", "convert", str(state), "--model-config", str(root / "p.yaml")]
+    assert main([*convert, "--out", str(head)]) == 0
+    cfg["pool"]["heads"] = {"aesthetic": {"path": str(head)}}
+    (root / "p.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", "pool", "-c", str(root / "p.yaml"), "--partition", POOL_DAY]) == 0
+    return root / "out" / "rp"

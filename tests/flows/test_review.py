@@ -109,3 +109,36 @@ def test_exports_that_cannot_be_made_fail_with_one_line(fleet, tmp_path, capsys)
     (tmp_path / "bad.json").write_text("{")
     assert main(["import", "labelstudio", str(tmp_path / "bad.json"), "--out", "l.csv"]) == 3
     assert "not a readable JSON export" in capsys.readouterr().err
+
+
+def test_fiftyone_video_export_holds_events_as_frames_and_frame_scores(fleet, tmp_path):
+    out = tmp_path / "fo"
+    args = ["export", "fiftyone", str(fleet.dataset), "--flow", "video", "--out", str(out)]
+    assert main(args) == 0
+    meta = json.loads((out / "video" / "metadata.json").read_text())
+    samples = json.loads((out / "video" / "samples.json").read_text())["samples"]
+    videos = published(fleet, "videos.parquet").sort("video")
+    frames, events = published(fleet, "frames.parquet"), published(fleet, "events.parquet")
+    assert meta["media_type"] == "video" and meta["frame_fields"]["score"].endswith("FloatField")
+    assert [s["filepath"] for s in samples] == videos["video"].to_list()
+    for s, v in zip(samples, videos.iter_rows(named=True), strict=True):
+        assert (s["fps"], s["duration_s"], s["n_frames"]) == (v["fps"], v["duration_s"],
+                                                              v["n_frames"])  # fmt: skip
+        f = frames.filter(pl.col("video") == v["video"]).sort("t_s")
+        doc = json.loads((out / "video" / s["frames"]).read_text())["frames"]
+        assert sorted(map(int, doc)) == [i + 1 for i in f["frame_index"]]  # 1-based
+        for row in f.iter_rows(named=True):
+            got = doc[str(row["frame_index"] + 1)]
+            assert (got["t_s"], got["score"], got["p_head"], got["ood_flag"]) == (
+                row["t_s"], row["score"], row["p_head"], row["ood_flag"])  # fmt: skip
+        ev = events.filter(pl.col("video") == v["video"]).sort("start_s")
+        dets = s["events"]["detections"]
+        assert [d["event_id"] for d in dets] == ev["event_id"].to_list()
+        step = round(v["fps"] / 4)  # 8 fps sampled at 4/s: every other frame
+        for d, e in zip(dets, ev.iter_rows(named=True), strict=True):
+            first = round(e["start_s"] * v["fps"]) + 1  # a constant-rate video: t * fps
+            last = min(round(e["end_s"] * v["fps"]), v["n_frames"])
+            assert d["support"] == [first, last] and (last - first + 1) % step == 0
+            assert (d["label"], d["confidence"], d["_cls"]) == (
+                "near_miss", e["peak_score"], "TemporalDetection")  # fmt: skip
+    assert sum(len(s["events"]["detections"]) for s in samples) == events.height >= 2

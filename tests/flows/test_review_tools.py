@@ -117,3 +117,57 @@ def test_label_studio_round_trip_on_a_real_server(fleet, label_studio, tmp_path)
     assert [w[:2] for w in got] == [w[:2] for w in sorted(want)]
     for g, w in zip(got, sorted(want), strict=True):
         assert g[2:] == pytest.approx(w[2:], abs=1e-6)
+
+
+def test_fiftyone_loads_the_exports_with_every_value(fleet, tmp_path, tiny_model):
+    import polars as pl
+
+    from tests.flows.review_fleet import PARTITION, POOL_DAY, build_pool
+    from tests.helpers import published_dir
+
+    python = tool_python("fiftyone")
+    pool = build_pool(tmp_path / "pool", tiny_model)
+    out = tmp_path / "fo"
+    assert main(["export", "fiftyone", str(pool), "--flow", "pool", "--out", str(out)]) == 0
+    args = ["export", "fiftyone", str(fleet.dataset), "--flow", "video", "--out", str(out)]
+    assert main(args) == 0
+    folders = {"pool": str(out / "pool"), "video": str(out / "video")}
+    got = run_script(python, HERE / "fiftyone_client.py", folders)
+
+    table = pl.read_parquet(published_dir(pool / "pool" / POOL_DAY) / "samples.parquet")
+    assert got["pool"]["media_type"] == "image" and got["auto"] == table.height
+    assert {"uid", "caption", "clip_score", "status", "reason", "dup_group", "aesthetic",
+            "duplicate_of"} <= set(got["pool"]["schema"])  # fmt: skip
+    loaded = sorted(got["pool"]["samples"], key=lambda s: s["filepath"])
+    for row, s in zip(table.iter_rows(named=True), loaded, strict=True):
+        assert Path(s["filepath"]).read_bytes()  # absolute now, under the export
+        assert (s["uid"], s["caption"], s["status"], s["reason"]) == (
+            row["uid"], row["caption"], str(row["status"]), row["error"])  # fmt: skip
+        assert s["clip_score"] == pytest.approx(row["clip_score"], nan_ok=True, abs=0)
+        assert s["aesthetic"] == pytest.approx(row["aesthetic"], nan_ok=True, abs=0)
+        if row["status"] == "duplicate":
+            assert s["dup_group"] == row["duplicate_of"]
+
+    part = published_dir(fleet.dataset / "video" / PARTITION)
+    videos = pl.read_parquet(part / "videos.parquet").sort("video")
+    frames, events = (
+        pl.read_parquet(part / "frames.parquet"),
+        pl.read_parquet(part / "events.parquet"),
+    )
+    assert got["video"]["media_type"] == "video"
+    assert {"t_s", "score", "p_head", "ood_flag"} <= set(got["video"]["frame_schema"])
+    for s, v in zip(got["video"]["samples"], videos.iter_rows(named=True), strict=True):
+        assert s["filepath"] == v["video"]
+        ev = events.filter(pl.col("video") == v["video"]).sort("start_s")
+        assert [e[3] for e in s["events"]] == ev["event_id"].to_list()
+        for e, row in zip(s["events"], ev.iter_rows(named=True), strict=True):
+            first = round(row["start_s"] * v["fps"]) + 1
+            last = min(round(row["end_s"] * v["fps"]), v["n_frames"])
+            assert e[:3] == ["near_miss", [first, last], row["peak_score"]]
+        f = frames.filter(pl.col("video") == v["video"])
+        want = {str(r["frame_index"] + 1): [r["t_s"], r["score"], r["ood_flag"]]
+                for r in f.iter_rows(named=True)}  # fmt: skip
+        assert s["frames"].keys() == want.keys()
+        for n, vals in want.items():
+            assert s["frames"][n][0] == vals[0] and s["frames"][n][2] == vals[2]
+            assert s["frames"][n][1] == pytest.approx(vals[1], abs=0)
