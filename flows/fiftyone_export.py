@@ -19,6 +19,7 @@ import polars as pl
 import clip_curate as cc
 from tasks.io import storage
 from tasks.pool.sources import ShardReadError, iter_selected
+from tasks.review import ReviewExportError
 from tasks.review import fiftyone as fof
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ def export_fiftyone(
     uri: str, out: str, start: str | None, end: str | None, flow: str | None
 ) -> dict[str, Any]:
     """Write DIR/pool and/or DIR/video; returns counts per flow."""
-    from flows.review import ReviewExportError
-
     ds = cc.open_dataset(uri)
     done: dict[str, Any] = {"out": out}
     for name, write in (("pool", _pool), ("video", _video)):

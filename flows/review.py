@@ -13,14 +13,11 @@ import polars as pl
 
 import clip_curate as cc
 from tasks.io import storage
+from tasks.review import ReviewExportError
 from tasks.review import labelstudio as lsf
 from tasks.video.labels import LabelError
 
 logger = logging.getLogger(__name__)
-
-
-class ReviewExportError(ValueError):
-    """Nothing to export, or an export the format cannot hold (one line, exit 3)."""
 
 
 def _ok_videos(ds: cc.Dataset, start: str | None, end: str | None) -> pl.DataFrame:
