@@ -198,6 +198,13 @@ def cmd_nearmiss(args: argparse.Namespace) -> int:
 
     console.setup(VERBOSE)  # Prefect is imported now: its console handlers too
     cfg = _config(args)
+    if args.action == "suggest":
+        from flows.suggest import suggest
+
+        summary = suggest(cfg, args.start, args.end, args.n, args.labels or [], args.head,
+                          args.window_s, args.out)  # fmt: skip
+        print(json.dumps(summary, indent=2, default=str))
+        return EXIT_OK
     if args.action == "fit":
         summary = nearmiss.fit(cfg, args.labels, args.partition, args.out)
         print(json.dumps(summary, indent=2, default=str))
@@ -357,6 +364,7 @@ def _add_nearmiss_parsers(sub: Any) -> None:
             p.add_argument("--head", help="head file (default: video.head of the config)")
         p.add_argument("--out", required=True, help="HEAD.safetensors (fit) or a folder (eval)")
         p.set_defaults(func=cmd_nearmiss)
+    _add_suggest_parser(actions)
     heads = sub.add_parser("heads", help="embedding heads in the safetensors head format")
     heads_actions = heads.add_subparsers(dest="action", required=True)
     conv = heads_actions.add_parser("convert", help="a PyTorch Linear/MLP state dict -> head")
@@ -367,6 +375,20 @@ def _add_nearmiss_parsers(sub: Any) -> None:
     conv.add_argument("--activation", choices=["relu", "none"], default="relu")
     conv.add_argument("--no-normalize", action="store_true", help="no L2 norm of embeddings")
     conv.set_defaults(func=cmd_heads)
+
+
+def _add_suggest_parser(actions: Any) -> None:
+    p = actions.add_parser("suggest", help="the spans to review next (flows/suggest.py)")
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    p.add_argument("--start", required=True, help="YYYY-MM-DD")
+    p.add_argument("--end", required=True, help="YYYY-MM-DD (inclusive)")
+    p.add_argument("--n", type=int, default=50, help="how many spans")
+    p.add_argument("--labels", action="append", help="labels CSV so far (repeatable)")
+    p.add_argument("--head", help="head file (default: video.head of the config)")
+    p.add_argument("--window-s", type=float, default=2.0, help="candidate window length")
+    p.add_argument("--out", required=True, help="review.parquet")
+    p.set_defaults(func=cmd_nearmiss)
 
 
 class Terminated(BaseException):

@@ -142,3 +142,46 @@ def test_fiftyone_video_export_holds_events_as_frames_and_frame_scores(fleet, tm
             assert (d["label"], d["confidence"], d["_cls"]) == (
                 "near_miss", e["peak_score"], "TemporalDetection")  # fmt: skip
     assert sum(len(s["events"]["detections"]) for s in samples) == events.height >= 2
+
+
+def test_suggest_picks_uncertain_unlabelled_spans_and_export_takes_exactly_those(
+    fleet, tmp_path, capsys
+):
+    import numpy as np
+
+    from tasks.review.suggest import uncertainty
+
+    args = ["nearmiss", "suggest", "-c", str(fleet.config), "--start", PARTITION]
+    args += ["--end", PARTITION, "--n", "3", "--labels", str(fleet.labels)]
+    first, second = tmp_path / "r1.parquet", tmp_path / "r2.parquet"
+    assert main([*args, "--out", str(first)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["videos_scored"] == 0 and summary["labelled_videos"] == 2
+    assert main([*args, "--out", str(second)]) == 0
+    review = pl.read_parquet(first)
+    assert review.equals(pl.read_parquet(second))  # deterministic
+    assert review["rank"].to_list() == [1, 2, 3]
+    names = {u.rsplit("/", 1)[1] for u in review["video"]}
+    assert names <= {"b.mp4", "d.mp4"}  # never a labelled video
+    # each window's figures, recomputed from the frames the flow published with this head
+    frames = published(fleet, "frames.parquet")
+    thr = 0.6  # video.events.start
+    for r in review.iter_rows(named=True):
+        f = frames.filter((pl.col("video") == r["video"]) & (pl.col("t_s") >= r["start_s"])
+                          & (pl.col("t_s") < r["end_s"]) & ~pl.col("ood_flag"))  # fmt: skip
+        s = f["score"].to_numpy().astype(np.float64)
+        d = np.abs(f["p_head"].to_numpy() - f["p_near_miss"].to_numpy()).astype(np.float64)
+        assert r["frames"] == f.height and r["uncertainty"] == pytest.approx(
+            uncertainty(s, thr).max(), abs=1e-6)  # fmt: skip
+        assert r["disagreement"] == pytest.approx(d.max(), abs=1e-6)
+        assert r["priority"] == pytest.approx((r["uncertainty"] + r["disagreement"]) / 2)
+    out = tmp_path / "ls"
+    assert main(["export", "labelstudio", "--from", str(first), "--out", str(out)]) == 0
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert sorted(t["data"]["source"] for t in tasks) == sorted(set(review["video"]))
+    ranges = [(t["data"]["source"], r["value"]["ranges"][0])
+              for t in tasks for r in t["predictions"][0]["result"]]  # fmt: skip
+    spans = sorted((url, (r["start"], r["end"])) for url, r in ranges)
+    want = sorted((r["video"], span_to_frames(r["start_s"], r["end_s"], r["fps"]))
+                  for r in review.iter_rows(named=True))  # fmt: skip
+    assert spans == want

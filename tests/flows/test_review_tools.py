@@ -111,7 +111,8 @@ def test_label_studio_round_trip_on_a_real_server(fleet, label_studio, tmp_path)
         want.append((name, "normal", 0.0, d["duration_s"]))
         if what == "accept":
             pred = next(t for t in tasks if t["data"] is d)["predictions"][0]["result"]
-            what = [[*r["value"]["ranges"][0].values(), "near_miss"] for r in pred]
+            ranges = [r["value"]["ranges"][0] for r in pred]
+            what = [[r["start"], r["end"], "near_miss"] for r in ranges]
             assert what, "the head predicted nothing in b.mp4"
         want += [(name, lab, *frames_to_span(a, b, d["fps"])) for a, b, lab in what]
     assert [w[:2] for w in got] == [w[:2] for w in sorted(want)]
