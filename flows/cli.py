@@ -209,7 +209,12 @@ def cmd_nearmiss(args: argparse.Namespace) -> int:
         summary = nearmiss.fit(cfg, args.labels, args.partition, args.out)
         print(json.dumps(summary, indent=2, default=str))
     else:
-        doc = nearmiss.evaluate(cfg, args.labels, args.partition, args.head, args.out)
+        if args.rounds:
+            from flows.rounds import eval_rounds
+
+            doc = eval_rounds(cfg, args.labels, args.partition, args.head, args.rounds, args.out)
+        else:
+            doc = nearmiss.evaluate(cfg, args.labels, args.partition, args.head, args.out)
         print(text_table(doc))
         print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
     return EXIT_OK
@@ -362,6 +367,8 @@ def _add_nearmiss_parsers(sub: Any) -> None:
         p.add_argument("--partition", help="partition of video.input (default: today)")
         if name == "eval":
             p.add_argument("--head", help="head file (default: video.head of the config)")
+            p.add_argument("--rounds", nargs="+", metavar="LABELS",
+                           help="labels CSV of each review round: a head per round")  # fmt: skip
         p.add_argument("--out", required=True, help="HEAD.safetensors (fit) or a folder (eval)")
         p.set_defaults(func=cmd_nearmiss)
     _add_suggest_parser(actions)

@@ -185,3 +185,58 @@ def test_suggest_picks_uncertain_unlabelled_spans_and_export_takes_exactly_those
     want = sorted((r["video"], span_to_frames(r["start_s"], r["end_s"], r["fps"]))
                   for r in review.iter_rows(named=True))  # fmt: skip
     assert spans == want
+
+
+def test_eval_over_review_rounds_fits_a_head_per_round(fleet, tmp_path, capsys):
+    """Round k trains on rounds 1..k, a video labelled again taking its latest rows (here
+    a.mp4, named by another form of its path); each round equals fit + eval run by hand."""
+    import numpy as np
+
+    from tasks.model.heads import read_head_file
+    from tests.flows.review_fleet import labels_text
+
+    test = tmp_path / "test.csv"
+    test.write_text(labels_text(("b.mp4", "d.mp4")))
+    r1, r2, r3 = (tmp_path / f"r{k}.csv" for k in (1, 2, 3))
+    r1.write_text(labels_text(("a.mp4",)))
+    r2.write_text(labels_text(("c.mp4",)))
+    r3.write_text("video,start_s,end_s,label\nin/a.mp4,0,6.0,normal\nin/a.mp4,1.0,3.0,near_miss\n")
+    base = ["--labels", str(test), "-c", str(fleet.config), "--partition", PARTITION]
+    out = tmp_path / "eval"
+    rounds = ["--rounds", str(r1), str(r2), str(r3)]
+    assert main(["nearmiss", "eval", *base, *rounds, "--out", str(out)]) == 0
+    assert "frame_auc" in capsys.readouterr().out
+    doc = json.loads((out / "metrics.json").read_text())
+    table = doc["rounds"]
+    assert [r["round"] for r in table] == [0, 1, 2, 3]
+    assert table[0]["frame_auc"] == doc["zero_shot"]["frame_auc"]
+    assert [r["videos"] for r in table[1:]] == [1, 2, 2]
+    assert {r["test_overlap"] for r in table[1:]} == {0}
+    a = str(fleet.root / "in" / "a.mp4")
+    c = str(fleet.root / "in" / "c.mp4")
+    by_hand = {  # round -> the training labels written out
+        2: labels_text(("a.mp4", "c.mp4")),
+        3: f"video,start_s,end_s,label\n{a},0,6.0,normal\n{a},1.0,3.0,near_miss\n"
+        f"{c},0,6.0,normal\n",
+    }
+    for k, text in by_hand.items():
+        (tmp_path / f"hand{k}.csv").write_text(text)
+        head = tmp_path / f"hand{k}.safetensors"
+        fit = ["nearmiss", "fit", "--labels", str(tmp_path / f"hand{k}.csv"), "-c",
+               str(fleet.config), "--partition", PARTITION, "--out", str(head)]  # fmt: skip
+        assert main(fit) == 0
+        fitted = json.loads(capsys.readouterr().out)
+        assert (table[k]["frames"], table[k]["alpha"]) == (fitted["frames"], fitted["alpha"])
+        mine_head = read_head_file(out / "rounds" / str(k) / "head.safetensors")
+        hand_head = read_head_file(head)  # (the bytes differ: safetensors orders metadata
+        assert mine_head[1] == hand_head[1]  # keys at random, see the report)
+        assert all(np.array_equal(mine_head[0][n], hand_head[0][n]) for n in hand_head[0])
+        evaluated = tmp_path / f"eval{k}"
+        assert main(["nearmiss", "eval", *base, "--head", str(head), "--out", str(evaluated)]) == 0
+        capsys.readouterr()
+        mine = json.loads((evaluated / "metrics.json").read_text())["with_head"]
+        assert {m: table[k][m] for m in ("frame_auc", "frame_ap")} == {
+            m: mine[m] for m in ("frame_auc", "frame_ap")}  # fmt: skip
+    report = (out / "report.md").read_text()
+    assert "## Review rounds" in report
+    assert report.count(f"`{r3}`") == 1 and "| 0 | `zero-shot` |" in report
