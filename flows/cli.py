@@ -21,6 +21,7 @@ EXIT_CODES = {
     "InputError": EXIT_INPUT,
     "MetadataError": EXIT_INPUT,
     "ExportError": EXIT_INPUT,
+    "ReviewExportError": EXIT_INPUT,
     "LabelError": EXIT_INPUT,
     "HeadMismatch": EXIT_INPUT,
     "GateHeld": EXIT_HELD,
@@ -170,6 +171,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format in ("labelstudio", "fiftyone"):
+        from flows.review import export_command
+
+        print(json.dumps(export_command(args), indent=2, default=str))
+        return EXIT_OK
     import clip_curate as cc
     from clip_curate.export import datacomp_subset, kept_uids, write_npy
     from tasks.io import storage
@@ -192,11 +198,23 @@ def cmd_nearmiss(args: argparse.Namespace) -> int:
 
     console.setup(VERBOSE)  # Prefect is imported now: its console handlers too
     cfg = _config(args)
+    if args.action == "suggest":
+        from flows.suggest import suggest
+
+        summary = suggest(cfg, args.start, args.end, args.n, args.labels or [], args.head,
+                          args.window_s, args.out)  # fmt: skip
+        print(json.dumps(summary, indent=2, default=str))
+        return EXIT_OK
     if args.action == "fit":
         summary = nearmiss.fit(cfg, args.labels, args.partition, args.out)
         print(json.dumps(summary, indent=2, default=str))
     else:
-        doc = nearmiss.evaluate(cfg, args.labels, args.partition, args.head, args.out)
+        if args.rounds:
+            from flows.rounds import eval_rounds
+
+            doc = eval_rounds(cfg, args.labels, args.partition, args.head, args.rounds, args.out)
+        else:
+            doc = nearmiss.evaluate(cfg, args.labels, args.partition, args.head, args.out)
         print(text_table(doc))
         print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
     return EXIT_OK
@@ -298,12 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--end", help="YYYY-MM-DD")
     ls.set_defaults(func=cmd_ls)
 
-    export = sub.add_parser("export", help="export the kept samples' uids")
-    export.add_argument("format", choices=["datacomp-subset", "uids"])
-    export.add_argument("uri", help="{output}/{dataset}")
+    export = sub.add_parser("export", help="export uids, or partitions for review tools")
+    export.add_argument("format", choices=["datacomp-subset", "uids", "labelstudio", "fiftyone"])
+    export.add_argument("uri", nargs="?", help="{output}/{dataset}")
     export.add_argument("--start", help="YYYY-MM-DD")
     export.add_argument("--end", help="YYYY-MM-DD")
-    export.add_argument("--out", required=True, help="subset.npy or uids.parquet")
+    export.add_argument("--out", required=True, help="subset.npy, uids.parquet or a folder")
+    _add_review_args(export, sub)
     export.set_defaults(func=cmd_export)
 
     _add_nearmiss_parsers(sub)
@@ -313,6 +332,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-steps", type=int, default=200, help="0 = random weights")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_review_args(export: argparse.ArgumentParser, sub: Any) -> None:
+    """Options of the review exports, and `curate import labelstudio` (flows/review.py)."""
+    export.add_argument("--from", dest="review", help="labelstudio: review.parquet (suggest)")
+    export.add_argument("--local-root", default="/", help="labelstudio: local files root")
+    export.add_argument("--flow", choices=["pool", "video"], help="fiftyone: default both")
+    imp = sub.add_parser("import", help="labels from a review tool's export")
+    imp.add_argument("format", choices=["labelstudio"])
+    imp.add_argument("export", help="Label Studio's JSON export")
+    imp.add_argument("--out", required=True, help="labels CSV")
+    imp.set_defaults(func=cmd_import)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from flows.review import import_labelstudio
+
+    print(json.dumps(import_labelstudio(args.export, args.out), indent=2, default=str))
+    return EXIT_OK
 
 
 def _add_nearmiss_parsers(sub: Any) -> None:
@@ -329,8 +367,11 @@ def _add_nearmiss_parsers(sub: Any) -> None:
         p.add_argument("--partition", help="partition of video.input (default: today)")
         if name == "eval":
             p.add_argument("--head", help="head file (default: video.head of the config)")
+            p.add_argument("--rounds", nargs="+", metavar="LABELS",
+                           help="labels CSV of each review round: a head per round")  # fmt: skip
         p.add_argument("--out", required=True, help="HEAD.safetensors (fit) or a folder (eval)")
         p.set_defaults(func=cmd_nearmiss)
+    _add_suggest_parser(actions)
     heads = sub.add_parser("heads", help="embedding heads in the safetensors head format")
     heads_actions = heads.add_subparsers(dest="action", required=True)
     conv = heads_actions.add_parser("convert", help="a PyTorch Linear/MLP state dict -> head")
@@ -341,6 +382,20 @@ def _add_nearmiss_parsers(sub: Any) -> None:
     conv.add_argument("--activation", choices=["relu", "none"], default="relu")
     conv.add_argument("--no-normalize", action="store_true", help="no L2 norm of embeddings")
     conv.set_defaults(func=cmd_heads)
+
+
+def _add_suggest_parser(actions: Any) -> None:
+    p = actions.add_parser("suggest", help="the spans to review next (flows/suggest.py)")
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    p.add_argument("--start", required=True, help="YYYY-MM-DD")
+    p.add_argument("--end", required=True, help="YYYY-MM-DD (inclusive)")
+    p.add_argument("--n", type=int, default=50, help="how many spans")
+    p.add_argument("--labels", action="append", help="labels CSV so far (repeatable)")
+    p.add_argument("--head", help="head file (default: video.head of the config)")
+    p.add_argument("--window-s", type=float, default=2.0, help="candidate window length")
+    p.add_argument("--out", required=True, help="review.parquet")
+    p.set_defaults(func=cmd_nearmiss)
 
 
 class Terminated(BaseException):

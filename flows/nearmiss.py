@@ -88,6 +88,13 @@ def score_labelled(cfg: CurateConfig, labels_path: str, partition: str | None) -
     labels = read_labels(labels_path)
     partition = resolve_partition(partition, cfg.schedule.timezone)
     urls, unknown, inputs = labelled_inputs(cfg, labels, partition)
+    results, prompts, scored = score_urls(cfg, urls)
+    return Labelled(cfg, partition, labels, results, prompts, scored, unknown, inputs)
+
+
+def score_urls(cfg: CurateConfig, urls: list[str]) -> tuple[list[VideoScores], Prompts, int]:
+    """The videos' scores, in `urls` order, from the cache or from the video flow's score
+    stage (same tasks, runner and cache entries); the prompts; how many were scored."""
     so, cache = cfg.storage_options, cache_root(cfg)
     # the cache key holds the model identity resolved where the model runs: a driver without
     # the configured GPU cannot look entries up, the flow's tasks do
@@ -97,7 +104,7 @@ def score_labelled(cfg: CurateConfig, labels_path: str, partition: str | None) -
     }
     missing = [u for u, hit in found.items() if hit is None]
     n_cached = len(urls) - len(missing)
-    logger.info("%d labelled video(s): %d cached, %d to score", len(urls), n_cached, len(missing))
+    logger.info("%d video(s): %d cached, %d to score", len(urls), n_cached, len(missing))
     if missing:
         with execution(cfg) as runner:
             scored, prompts = nearmiss_scores_flow.with_options(task_runner=runner)(
@@ -106,8 +113,7 @@ def score_labelled(cfg: CurateConfig, labels_path: str, partition: str | None) -
         found.update(zip(missing, scored, strict=True))
     else:
         prompts = prompt_embeddings(cfg.model, cfg.video.prompts.model_dump(), cache, so)
-    results = [found[u] for u in urls]
-    return Labelled(cfg, partition, labels, results, prompts, len(missing), unknown, inputs)
+    return [found[u] for u in urls], prompts, len(missing)
 
 
 def with_head(cfg: CurateConfig, head: str | None) -> CurateConfig:
