@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
+from safetensors.numpy import save as _st_save
 
 FORMAT = "clip-curate-head"
 FORMAT_VERSION = "1"
@@ -37,6 +37,18 @@ def l2_rows(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ safetensors storage
+
+
+def st_save(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> bytes:
+    """safetensors bytes that are the same for the same head in every process: safetensors
+    writes its header from a hash map (key order differs per process), and a head file's
+    sha256 is part of a run key. The header is re-written with sorted keys; offsets are
+    relative to the data, which is unchanged."""
+    raw = _st_save(dict(tensors), dict(meta))
+    size = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":"))
+    text = header.encode() + b" " * (-len(header.encode()) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + size :]
 
 
 def identity_meta(identity: Mapping[str, Any]) -> dict[str, str]:

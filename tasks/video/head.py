@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save as st_save
 
 from tasks.model.heads import (
     FORMAT,
@@ -28,6 +27,7 @@ from tasks.model.heads import (
     check_identity,
     identity_meta,
     read_head_file,
+    st_save,
 )
 from tasks.video.zero_shot import _sigmoid, l2_normalize
 

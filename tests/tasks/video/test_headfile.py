@@ -68,3 +68,30 @@ def test_a_head_for_another_model_or_no_head_file_is_one_config_line(tmp_path):
     missing = parse_config(config(str(tmp_path / "nope.safetensors")))
     with pytest.raises(ConfigError, match="cannot read"):
         config_files(missing, "video")
+
+
+def test_the_same_head_is_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes its header from a hash map, in an order that differs per process;
+    a head's sha256 is in the run key, so a refit of the same head must be the same file."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+    from safetensors.numpy import load
+
+    code = (
+        "import hashlib, numpy as np; from tasks.video.head import fit_gda, save_head;"
+        "x = np.array([[1.0, 0.1, 0.0], [0.9, 0.0, 0.1], [0.0, 1.0, 0.1], [0.1, 0.9, 0.0]]);"
+        f"h = save_head(fit_gda(x, np.array([0, 0, 1, 1])), 0.5, {IDENTITY!r}, 'prompts');"
+        "print(hashlib.sha256(h).hexdigest())"
+    )
+    run = [sys.executable, "-c", code]
+    digests = {subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()}
+    digests |= {subprocess.run(run, capture_output=True, text=True).stdout.strip() for _ in "abc"}
+    assert digests == {hashlib.sha256(head_bytes(IDENTITY)).hexdigest()}
+    # still a safetensors file that safetensors itself reads, with its metadata
+    data = head_bytes(IDENTITY)
+    assert set(load(data)) == {"w", "b", "mu", "cov"}
+    (tmp_path / "h.safetensors").write_bytes(data)
+    with safe_open(str(tmp_path / "h.safetensors"), "np") as f:
+        assert f.metadata()["kind"] == "gda"
