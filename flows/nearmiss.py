@@ -20,6 +20,7 @@ from flows.plan import InputError, config_files, list_inputs, resolve_partition
 from flows.progress import Progress
 from flows.video import Prompts, check_head, detect, run_head, score_stage
 from schemas.config import CurateConfig, parse_config
+from schemas.tables import SCORED_VIDEO
 from tasks import cancel
 from tasks.io import storage
 from tasks.video.evaluation import metrics_document, video_evals, write_eval
@@ -125,7 +126,7 @@ def fit(cfg: CurateConfig, labels_path: str, partition: str | None, out: str) ->
     """`curate nearmiss fit`: a GDA head from the labelled videos, written to `out`."""
     data = score_labelled(cfg, labels_path, partition)
     so = cfg.storage_options
-    ok = [r for r in data.results if r.probe["status"] == "ok"]
+    ok = [r for r in data.results if r.probe["status"] in SCORED_VIDEO]
     videos = [VideoFrames(r.url, float(r.probe["fps"]), *load_video_scores(r, so)) for r in ok]
     try:
         frames = labelled_frames(videos, data.labels, data.prompts, cfg.video)
@@ -135,7 +136,7 @@ def fit(cfg: CurateConfig, labels_path: str, partition: str | None, out: str) ->
     except FitError as err:
         raise InputError(str(err)) from None
     storage.write_bytes(out, blob, so)
-    quarantined = [r.url for r in data.results if r.probe["status"] != "ok"]
+    quarantined = [r.url for r in data.results if r.probe["status"] not in SCORED_VIDEO]
     return {
         **summary,
         "out": out,

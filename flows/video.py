@@ -21,6 +21,7 @@ from flows.common import (
 )
 from flows.plan import read_planned
 from flows.progress import Progress
+from flows.recover import recover_lost
 from flows.run import (
     RunPlan,
     already_published,
@@ -34,7 +35,7 @@ from flows.run import (
     versioned,
 )
 from schemas.config import CurateConfig, ModelConfig, VideoConfig, parse_config
-from schemas.tables import EVENTS, FRAMES, VIDEOS, conform
+from schemas.tables import EVENTS, FRAMES, SCORED_VIDEO, VIDEOS, conform
 from tasks import cancel
 from tasks.publish.commit import Version
 from tasks.publish.writer import WrittenFile, write_sizes, write_table
@@ -67,8 +68,9 @@ def score_video_task(
     so: dict[str, Any],
     force: bool,
     run: str,
+    references: list[str] | None = None,
 ) -> VideoScores:
-    return score_video(url, video, model, cache, so, force, run)
+    return score_video(url, video, model, cache, so, force, run, references)
 
 
 @task(name="embed-prompts", **IO_RETRIES)
@@ -117,10 +119,16 @@ def run_head(
 
 
 def score_stage(
-    cfg: CurateConfig, urls: list[str], force: bool, run: str, progress: Progress | None = None
+    cfg: CurateConfig,
+    urls: list[str],
+    force: bool,
+    run: str,
+    progress: Progress | None = None,
+    inputs: list[str] | None = None,
 ) -> tuple[list[VideoScores], Prompts]:
     """One `score-video` task per video (cached: decoded and embedded once per model), and
-    the prompt sets' embeddings (cached per model and prompts).
+    the prompt sets' embeddings (cached per model and prompts). Moov-less videos are scored
+    again with reference candidates once every video is probed (`flows.recover`).
 
     The prompts are embedded in this process when the model can run here, so that every
     runner (threads, processes, Dask, Ray) gets bit-identical prompt embeddings (a text
@@ -142,6 +150,11 @@ def score_stage(
             cancel.cancel(run)  # the videos in flight stop too
             raise
     results = gather(futures, run, progress, video_seconds)
+
+    def again(url: str, refs: list[str]) -> Any:
+        return score_video_task.submit(url, cfg.video, cfg.model, cache, so, force, run, refs)
+
+    results = recover_lost(cfg, results, inputs or urls, again, run)
     if remote is not None:
         embedded = gather([remote], run)[0]
     return results, embedded
@@ -175,7 +188,7 @@ def detect(
     for vs in results:
         f = pl.DataFrame()
         n_events = 0
-        if vs.probe["status"] == "ok":
+        if vs.probe["status"] in SCORED_VIDEO:
             table, emb = load_video_scores(vs, so)
             f = frame_scores(vs.url, table, emb, near, normal, scale, video, head)
             ev = video_events(vs.url, f, vs.probe["duration_s"], vs.probe["fps"], video)
@@ -201,7 +214,7 @@ def video_stats(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     videos, frames, events = tables
-    ok = videos.filter(pl.col("status") == "ok")
+    ok = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO))
     hours = float(ok["duration_s"].sum() or 0.0) / 3600.0
     reasons = videos["error"].drop_nulls().value_counts(sort=True)
     clips = Counts(events=events.height).add_codes("error", events["error"].to_list())
@@ -213,7 +226,8 @@ def video_stats(
         "partition": partition,
         "counts": {
             "input": videos.height,
-            "ok": ok.height,
+            "ok": int((videos["status"] == "ok").sum()),
+            "recovered": int((videos["status"] == "recovered").sum()),
             "quarantined": int((videos["status"] == "quarantined").sum()),
             "duplicate": int((videos["status"] == "duplicate").sum()),
         },
@@ -255,7 +269,11 @@ def publish(
     }
     with versioned(plan, so) as version:
         t0 = time.perf_counter()
-        clocks = {r.url: (r.timeline, r.probe.get("rotation") or 0) for r in results if r.timeline}
+        clocks = {
+            r.url: (r.timeline, r.probe.get("rotation") or 0, r.media)
+            for r in results
+            if r.timeline
+        }
         futures = [
             write_clips_task.submit(str(name), rows, version.root, lineage, so, clocks)
             for (name,), rows in events.group_by("shard", maintain_order=True)
@@ -303,7 +321,7 @@ def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     copies = duplicate_videos(plan.inputs, cfg.storage_options)  # processed once each
     urls = [u for u in plan.urls if u not in copies]
     progress = Progress("video", cfg.dataset, plan.partition, len(urls), "video-s")
-    results, prompts = score_stage(cfg, urls, force, run, progress)
+    results, prompts = score_stage(cfg, urls, force, run, progress, plan.urls)
     timings = {"score_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     head = run_head(cfg, plan.files, results)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from schemas.tables import SCORED_VIDEO
 from tasks.publish.report import md_table, new_figure, save_figure, write_text
 from tasks.video.labels import LabelRow, clip_spans, frame_labels, positive_spans
 from tasks.video.metrics import VideoEval, evaluate
@@ -50,7 +51,8 @@ def video_evals(tables: Tables, labels: Sequence[LabelRow], sample_fps: float) -
     """(URL, `VideoEval`) per ok video the labels name, in the videos table's order."""
     videos, frames, events = tables
     out: Evals = []
-    for row in videos.filter(pl.col("status").cast(pl.String) == "ok").iter_rows(named=True):
+    scored = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO))
+    for row in scored.iter_rows(named=True):
         url, duration = row["video"], float(row["duration_s"])
         named = positive_spans(labels, url)
         if named is None:

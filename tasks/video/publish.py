@@ -154,7 +154,8 @@ def _event_json(row: dict[str, Any], lineage: dict[str, Any]) -> bytes:
 CLIP_ERRORS = (av.FFmpegError, ValueError, IndexError, StopIteration)
 
 
-Clocks = dict[str, tuple[str, int]]  # video URL -> (its cached timeline's URL, rotation)
+# video URL -> (its cached timeline's URL, rotation, a recovered copy's URL or None)
+Clocks = dict[str, tuple[str, int, str | None]]
 
 
 def write_event_shard(
@@ -167,28 +168,29 @@ def write_event_shard(
 ) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
     """One tar of event clips: `{key}.mp4`, `{key}.jpg` (peak frame), `{key}.json`.
 
-    `clocks` are the score stage's timelines and rotations (a video without one is read
-    for them). A clip that cannot be cut is left out of the shard and returned as
-    `{event_id: (code, detail)}`: one bad clip never fails the run.
+    `clocks` are the score stage's timelines, rotations and recovered copies (a video
+    without one is read for them; a recovered one is cut from its copy). A clip that cannot
+    be cut is left out of the shard and returned as `{event_id: (code, detail)}`: one bad
+    clip never fails the run.
     """
     failed: dict[str, tuple[str, str]] = {}
-    loaded: dict[str, tuple[Timeline | None, int | None]] = {}
+    loaded: dict[str, tuple[Timeline | None, int | None, str]] = {}
 
-    def clock(url: str) -> tuple[Timeline | None, int | None]:
+    def clock(url: str) -> tuple[Timeline | None, int | None, str]:
         if url not in loaded:
-            timeline_url, rotation = (clocks or {}).get(url, (None, None))
-            loaded[url] = (load_timeline(timeline_url, so), rotation)
+            timeline_url, rotation, media = (clocks or {}).get(url, (None, None, None))
+            loaded[url] = (load_timeline(timeline_url, so), rotation, media or url)
         return loaded[url]
 
     def members() -> Iterator[Sample]:
         for row in events.iter_rows(named=True):
             try:
                 with as_sample_error("clip_error", *CLIP_ERRORS):
-                    timeline, rotation = clock(row["video"])
+                    timeline, rotation, media = clock(row["video"])
                     start, end = row["clip_start_s"], row["clip_end_s"]
-                    clip, info = clip_bytes(row["video"], so, start, end, timeline, rotation)
+                    clip, info = clip_bytes(media, so, start, end, timeline, rotation)
                     thumb = thumbnail_jpeg(
-                        row["video"], so, row["peak_s"], timeline=timeline, rotation=rotation
+                        media, so, row["peak_s"], timeline=timeline, rotation=rotation
                     )
             except SampleError as err:
                 logger.warning("event %s: no clip (%s)", row["event_id"], err)

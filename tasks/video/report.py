@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from schemas.tables import SCORED_VIDEO
 from tasks.publish.report import (
     md_table,
     new_figure,
@@ -113,11 +114,11 @@ def _timelines(
     out_url: str,
     so: dict | None,
 ) -> dict[str, str]:
-    """One timeline per ok video, up to MAX_TIMELINES: {video: rel path}.
+    """One timeline per scored video (ok or recovered), up to MAX_TIMELINES: {video: rel path}.
 
     Past the cap the videos with the most events come first (what a reviewer checks), then
     the others in table order."""
-    ok = videos.filter(pl.col("status").cast(pl.String) == "ok")["video"].to_list()
+    ok = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO))["video"].to_list()
     per_video = _events_per_video(events)
     ok = sorted(ok, key=lambda v: -per_video.get(v, 0)) if len(ok) > MAX_TIMELINES else ok
     out: dict[str, str] = {}
@@ -159,7 +160,7 @@ def _events_table(events: pl.DataFrame) -> str:
 def _rate_line(stats: Mapping[str, Any], videos: pl.DataFrame, events: pl.DataFrame) -> str:
     hours = stats.get("video_hours")
     if hours is None:
-        ok = videos.filter(pl.col("status").cast(pl.String) == "ok")
+        ok = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO))
         hours = float(ok["duration_s"].fill_null(0).sum()) / 3600.0
     n = int(stats.get("events", events.height))
     cut = int(stats.get("clips", n))  # the rate counts published events: those with a clip
@@ -189,12 +190,12 @@ def _video_markdown(
     thresholds: Mapping[str, float],
     plots: dict[str, str],
 ) -> str:
-    n_ok = videos.filter(pl.col("status").cast(pl.String) == "ok").height
+    n_ok = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO)).height
     capped = (
-        f"Timelines shown for {MAX_TIMELINES} of {n_ok} ok videos (capped; the videos "
+        f"Timelines shown for {MAX_TIMELINES} of {n_ok} scored videos (capped; the videos "
         "with the most events first)."
         if n_ok > MAX_TIMELINES
-        else f"Timelines for all {n_ok} ok videos."
+        else f"Timelines for all {n_ok} scored videos."
     )
     parts = [
         f"# Video report: {stats.get('dataset')} / {stats.get('partition')}",

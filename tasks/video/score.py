@@ -40,14 +40,16 @@ from tasks.video.decoding.probe import open_video
 from tasks.video.decoding.remux import RemuxStore
 from tasks.video.decoding.timeline import Timeline
 from tasks.video.ood import frame_stats
+from tasks.video.recovery.copies import Candidate
 from tasks.video.zero_shot import prompt_set_embedding, prompt_set_hash
 
 logger = logging.getLogger(__name__)
 
 # 3: OOD picture statistics per frame, resolved model in the meta; 4: one clock (t_s is the
 # picture's presentation time, the picture shown at each target), upright frames in their
-# displayed aspect, decoders decord / decord_remux / pyav, the timeline cached
-VIDEO_SCORE_VERSION = 4
+# displayed aspect, decoders decord / decord_remux / pyav, the timeline cached; 5: cut files
+# recovered (a readable prefix, or rebuilt with `references`), `reference` in the probe
+VIDEO_SCORE_VERSION = 5
 PROMPT_VERSION = 1
 NAMESPACE = "video-scores"
 # the picture statistics of `tasks.video.ood.frame_stats`, one column each
@@ -76,17 +78,23 @@ class VideoScores:
     embeddings: str
     cached: bool
     timeline: str | None = None  # the frames' clock (`Timeline.to_array`), None if quarantined
+    media: str | None = None  # a recovered copy's URL: clips are cut from it instead
     # the identity of the model that embedded the frames, as resolved where it ran
     model: dict[str, Any] = field(default_factory=dict)
 
 
-def video_settings(video: VideoConfig, model_cfg: ModelConfig) -> dict[str, Any]:
-    return {
+def video_settings(
+    video: VideoConfig, model_cfg: ModelConfig, references: list[Candidate] | None = None
+) -> dict[str, Any]:
+    settings = {
         "version": VIDEO_SCORE_VERSION,
         "model": model_identity(model_cfg),
         "sample_fps": video.sample_fps,
         "max_duration_s": video.max_duration_s,
     }
+    if references:  # a moov-less file rebuilt with these (tried in order)
+        settings["references"] = [c.fingerprint for c in references]
+    return settings
 
 
 def _normalize_stats(model: ClipModel) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -152,15 +160,22 @@ def embed_frames(
     return table.cast(FRAME_SCHEMA), emb
 
 
-Scored = tuple[dict[str, Any], pl.DataFrame, np.ndarray, Timeline | None]
+Scored = tuple[dict[str, Any], pl.DataFrame, np.ndarray, Source | None]
 
 
 def _probe_and_embed(
-    path: str, url: str, video: VideoConfig, model: ClipModel, run: str | None, store: RemuxStore
+    path: str,
+    url: str,
+    video: VideoConfig,
+    model: ClipModel,
+    run: str | None,
+    store: RemuxStore,
+    references: list[Candidate] | None = None,
 ) -> Scored:
     """Probe a local video and, when usable, embed its sampled frames."""
     empty = pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), np.float16)
-    with open_video(path, url, video.max_duration_s, store) as (probe, source):
+    so = store.storage_options
+    with open_video(path, url, video.max_duration_s, store, references, so) as (probe, source):
         if source is None:
             return probe, *empty, None
         try:
@@ -171,7 +186,7 @@ def _probe_and_embed(
     if table.height == 0:
         probe.update(status="quarantined", error="no_frames")
         return probe, *empty, None
-    return probe, table, emb, source.timeline
+    return probe, table, emb, source
 
 
 def _compute(
@@ -182,16 +197,19 @@ def _compute(
     so: dict[str, Any] | None,
     run: str | None,
     attempt: Attempt,
+    references: list[Candidate] | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     model = load_model(model_cfg)  # a model that cannot load fails the task: nothing cached
     store = RemuxStore(cache_root, dict(so or {}), storage.fingerprint(url, so))
     with local_video(url, so) as path:  # a remote video is fetched once
-        probe, table, emb, timeline = _probe_and_embed(path, url, video, model, run, store)
+        probe, table, emb, source = _probe_and_embed(
+            path, url, video, model, run, store, references
+        )
     attempt.write_bytes("emb.npy", storage.npy_bytes(emb))
     attempt.write_parquet("frames.parquet", table)
-    if timeline is not None:
-        attempt.write_bytes("timeline.npy", storage.npy_bytes(timeline.to_array()))
+    if source is not None:
+        attempt.write_bytes("timeline.npy", storage.npy_bytes(source.timeline.to_array()))
     seconds = time.perf_counter() - start
     duration = probe.get("duration_s") or 0.0
     logger.info(
@@ -204,7 +222,8 @@ def _compute(
         duration / seconds if seconds > 0 else 0.0,
     )
     identity = {k: v for k, v in model.info.items() if k != "logit_scale"}
-    return {"probe": probe, "seconds": round(seconds, 3), "model": identity}
+    media = source.media if source is not None else None
+    return {"probe": probe, "seconds": round(seconds, 3), "model": identity, "media": media}
 
 
 def score_video(
@@ -215,15 +234,21 @@ def score_video(
     storage_options: dict[str, Any] | None = None,
     force: bool = False,
     run: str | None = None,
+    references: list[str] | None = None,
 ) -> VideoScores:
-    """Probe, decode and embed one video unless the cache holds it for this input and model."""
+    """Probe, decode and embed one video unless the cache holds it for this input and model.
+
+    `references` are healthy recordings to rebuild a moov-less file with (tried in order);
+    they are part of the key."""
+    so = storage_options
+    cands = [Candidate(u, storage.fingerprint(u, so)) for u in references or []]
     hit, fp = per_input(
         cache_root,
-        storage_options,
+        so,
         NAMESPACE,
         url,
-        video_settings(video, model_cfg),
-        lambda attempt: _compute(url, video, model_cfg, cache_root, storage_options, run, attempt),
+        video_settings(video, model_cfg, cands),
+        lambda attempt: _compute(url, video, model_cfg, cache_root, so, run, attempt, cands),
         force,
     )
     return _scores(url, hit, fp)
@@ -242,6 +267,7 @@ def _scores(url: str, hit: Hit, fp: dict[str, Any]) -> VideoScores:
         hit.cached,
         model=model,
         timeline=files.get("timeline.npy"),
+        media=hit.meta.get("media"),
     )
 
 

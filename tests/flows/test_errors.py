@@ -74,7 +74,7 @@ def test_a_corrupt_checkpoint_fails_the_run_and_caches_nothing(
         videos = pl.read_parquet(published_dir(final) / "videos.parquet")
         names = videos["video"].str.split("/").list.last()
         status = dict(zip(names, videos["status"].cast(pl.String), strict=True))
-        assert status == {"a.mp4": "ok", "b.mp4": "ok", "cut.mp4": "quarantined"}
+        assert status == {"a.mp4": "ok", "b.mp4": "ok", "cut.mp4": "recovered"}
 
 
 def test_a_clip_that_cannot_be_cut_is_a_row_not_a_failed_run(inputs, prefect_harness, monkeypatch):
