@@ -82,9 +82,15 @@ def embed_prompts_task(
 
 @task(name="write-clips", task_run_name="write {name}", **IO_RETRIES)
 def write_clips_task(
-    name: str, events: pl.DataFrame, base: str, lineage: dict, so: dict[str, Any], clocks: Clocks
+    name: str,
+    events: pl.DataFrame,
+    base: str,
+    lineage: dict,
+    so: dict[str, Any],
+    clocks: Clocks,
+    timeout_s: float,
 ) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
-    return write_event_shard(name, events, base, lineage, so, clocks)
+    return write_event_shard(name, events, base, lineage, so, clocks, timeout_s)
 
 
 def load_head_file(cfg: CurateConfig, files: dict[str, str], identity: dict[str, Any]) -> RunHead:
@@ -275,7 +281,9 @@ def publish(
             if r.timeline
         }
         futures = [
-            write_clips_task.submit(str(name), rows, version.root, lineage, so, clocks)
+            write_clips_task.submit(
+                str(name), rows, version.root, lineage, so, clocks, video.decode_timeout_s
+            )
             for (name,), rows in events.group_by("shard", maintain_order=True)
         ]
         outputs: list[WrittenFile] = []

@@ -272,6 +272,9 @@ class VideoConfig(Strict):
     sample_fps: float = Field(4.0, gt=0.0, le=120.0)
     chunk_frames: int = Field(64, ge=1)
     max_duration_s: float = Field(6 * 3600.0, gt=0.0)
+    # a decoder that sends nothing for this long is stopped and its video quarantined
+    # `decode_timeout` (decoding runs in helper processes: `tasks.isolation`)
+    decode_timeout_s: float = Field(300.0, gt=0.0)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)

@@ -9,21 +9,19 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import av
 import numpy as np
 import polars as pl
 
 from schemas.config import VideoConfig
 from schemas.tables import EVENTS, FRAMES, conform
-from tasks.errors import SampleError, as_sample_error
+from tasks.errors import SampleError
 from tasks.publish.writer import Sample, WrittenFile, write_shard
-from tasks.video.decoding.clips import clip_bytes, thumbnail_jpeg
-from tasks.video.decoding.timeline import Timeline
+from tasks.video.decoding.isolated import media_in_helper
 from tasks.video.events import clip_window, detect_events, smooth_valid
 from tasks.video.head import ensemble_proba, head_logit, zero_shot_logit
 from tasks.video.headfile import RunHead
 from tasks.video.ood import ood_cues
-from tasks.video.score import OOD_STATS, load_timeline
+from tasks.video.score import OOD_STATS
 from tasks.video.zero_shot import fuse, motion_cue, zero_shot_near_miss
 
 logger = logging.getLogger(__name__)
@@ -150,10 +148,6 @@ def _event_json(row: dict[str, Any], lineage: dict[str, Any]) -> bytes:
     return json.dumps({**meta, **lineage}, sort_keys=True, default=str).encode()
 
 
-# Errors of PyAV and the clip cutter that mean "this clip cannot be cut from this file".
-CLIP_ERRORS = (av.FFmpegError, ValueError, IndexError, StopIteration)
-
-
 # video URL -> (its cached timeline's URL, rotation, a recovered copy's URL or None)
 Clocks = dict[str, tuple[str, int, str | None]]
 
@@ -165,33 +159,32 @@ def write_event_shard(
     lineage: dict[str, Any],
     so: dict[str, Any],
     clocks: Clocks | None = None,
+    timeout_s: float = 300.0,
 ) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
     """One tar of event clips: `{key}.mp4`, `{key}.jpg` (peak frame), `{key}.json`.
 
     `clocks` are the score stage's timelines, rotations and recovered copies (a video
-    without one is read for them; a recovered one is cut from its copy). A clip that cannot
-    be cut is left out of the shard and returned as `{event_id: (code, detail)}`: one bad
-    clip never fails the run.
+    without one is read for them; a recovered one is cut from its copy). Clips are cut in a
+    decoding helper process (`tasks.isolation`). A clip that cannot be cut (its decoder
+    failed, crashed or hung for `timeout_s`) is left out of the shard and returned as
+    `{event_id: (code, detail)}`: one bad clip never fails the run.
     """
     failed: dict[str, tuple[str, str]] = {}
-    loaded: dict[str, tuple[Timeline | None, int | None, str]] = {}
-
-    def clock(url: str) -> tuple[Timeline | None, int | None, str]:
-        if url not in loaded:
-            timeline_url, rotation, media = (clocks or {}).get(url, (None, None, None))
-            loaded[url] = (load_timeline(timeline_url, so), rotation, media or url)
-        return loaded[url]
 
     def members() -> Iterator[Sample]:
         for row in events.iter_rows(named=True):
+            timeline, rotation, media = (clocks or {}).get(row["video"], (None, None, None))
             try:
-                with as_sample_error("clip_error", *CLIP_ERRORS):
-                    timeline, rotation, media = clock(row["video"])
-                    start, end = row["clip_start_s"], row["clip_end_s"]
-                    clip, info = clip_bytes(media, so, start, end, timeline, rotation)
-                    thumb = thumbnail_jpeg(
-                        media, so, row["peak_s"], timeline=timeline, rotation=rotation
-                    )
+                clip, info, thumb = media_in_helper(
+                    timeout_s,
+                    url=media or row["video"],
+                    so=so,
+                    start_s=row["clip_start_s"],
+                    end_s=row["clip_end_s"],
+                    peak_s=row["peak_s"],
+                    timeline=timeline,
+                    rotation=rotation,
+                )
             except SampleError as err:
                 logger.warning("event %s: no clip (%s)", row["event_id"], err)
                 failed[row["event_id"]] = (err.code, err.detail)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,10 +33,10 @@ from tasks.io.cache import Attempt, Cache, Hit, per_input
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
 from tasks.parallel import cpu_count, score_sizing
-from tasks.video.decoding.decode import iter_source_chunks
-from tasks.video.decoding.gate import Source
+from tasks.video.decoding.decode import Chunk
+from tasks.video.decoding.isolated import FrameRequest, Probed, frames_in_helper
 from tasks.video.decoding.local import local_video
-from tasks.video.decoding.probe import open_video
+from tasks.video.decoding.probe import quarantine_row
 from tasks.video.decoding.remux import RemuxStore
 from tasks.video.decoding.timeline import Timeline
 from tasks.video.ood import frame_stats
@@ -124,31 +124,27 @@ def pixels(model: ClipModel, frames: np.ndarray) -> torch.Tensor:
     return model.stage(list(batch.contiguous())) if model.device == "cuda" else batch.contiguous()
 
 
-def _chunks(source: Source, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
+def _prepared(chunks: Iterator[Chunk], model: ClipModel) -> Iterator[tuple]:
     """(indices, times, model input, picture statistics) per chunk, in the decode thread.
 
     The previous chunk's last frame goes along, so a frozen picture is seen across chunks.
     """
-    size, prev = model.image_size, None
-    _, threads = score_sizing(cpu_count(), model.device)  # the model keeps the other cores
-    for idx, times, frames in iter_source_chunks(
-        source, video.sample_fps, size, video.chunk_frames, threads
-    ):
+    prev = None
+    for idx, times, frames in chunks:
         stats = frame_stats(frames, prev)
         prev = frames[-1].copy()
         yield idx, times, pixels(model, frames), stats
 
 
 def embed_frames(
-    source: Source, video: VideoConfig, model: ClipModel, run: str | None = None
+    chunks: Iterator[Chunk], model: ClipModel, run: str | None = None
 ) -> tuple[pl.DataFrame, np.ndarray]:
-    """Decode sampled frames of a probed video in bounded chunks (prefetched), embed them.
+    """Embed the sampled frames of a probed video, decoded in bounded chunks (prefetched).
 
     Raises `SampleError` when the file does not decode; checks for cancellation per chunk.
     """
     tables, embs, n = [], [], 0
-    chunks = prefetch(_chunks(source, video, model), 2, name="video-decode")
-    for idx, times, batch, stats in chunks:
+    for idx, times, batch, stats in prefetch(_prepared(chunks, model), 2, name="video-decode"):
         cancel.check(run)
         emb = model.encode_images(batch).astype(np.float16)
         rows = np.arange(n, n + len(idx), dtype=np.int64)
@@ -160,7 +156,31 @@ def embed_frames(
     return table.cast(FRAME_SCHEMA), emb
 
 
-Scored = tuple[dict[str, Any], pl.DataFrame, np.ndarray, Source | None]
+Scored = tuple[dict[str, Any], pl.DataFrame, np.ndarray, Probed | None]
+
+
+def frame_request(
+    path: str,
+    url: str,
+    video: VideoConfig,
+    model: ClipModel,
+    store: RemuxStore,
+    references: list[Candidate] | None = None,
+) -> FrameRequest:
+    """What the decoding helper needs to probe a local video and decode its samples."""
+    _, threads = score_sizing(cpu_count(), model.device)  # the model keeps the other cores
+    return FrameRequest(
+        path=path,
+        url=url,
+        max_duration_s=video.max_duration_s,
+        sample_fps=video.sample_fps,
+        size=model.image_size,
+        chunk_frames=video.chunk_frames,
+        threads=threads,
+        store=asdict(store),
+        references=[[c.url, c.fingerprint] for c in references or []],
+        storage_options=store.storage_options,
+    )
 
 
 def _probe_and_embed(
@@ -172,21 +192,26 @@ def _probe_and_embed(
     store: RemuxStore,
     references: list[Candidate] | None = None,
 ) -> Scored:
-    """Probe a local video and, when usable, embed its sampled frames."""
+    """Probe a local video and, when usable, embed its sampled frames. The decoding runs in
+    a helper process (`tasks.isolation`): a crash or a hang there quarantines this video."""
     empty = pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), np.float16)
-    so = store.storage_options
-    with open_video(path, url, video.max_duration_s, store, references, so) as (probe, source):
-        if source is None:
-            return probe, *empty, None
-        try:
-            table, emb = embed_frames(source, video, model, run)
-        except SampleError as err:
-            probe.update(status="quarantined", error=err.code, error_detail=err.detail)
-            return probe, *empty, None
+    req = frame_request(path, url, video, model, store, references)
+    try:
+        probed, chunks = frames_in_helper(req, video.decode_timeout_s)
+    except SampleError as err:  # the helper died or hung while probing
+        return quarantine_row(url, err.code, err.detail), *empty, None
+    probe = probed.row
+    if probed.timeline is None:
+        return probe, *empty, None
+    try:
+        table, emb = embed_frames(chunks, model, run)
+    except SampleError as err:
+        probe.update(status="quarantined", error=err.code, error_detail=err.detail)
+        return probe, *empty, None
     if table.height == 0:
         probe.update(status="quarantined", error="no_frames")
         return probe, *empty, None
-    return probe, table, emb, source
+    return probe, table, emb, probed
 
 
 def _compute(
@@ -210,6 +235,7 @@ def _compute(
     attempt.write_parquet("frames.parquet", table)
     if source is not None:
         attempt.write_bytes("timeline.npy", storage.npy_bytes(source.timeline.to_array()))
+    media = source.media if source is not None else None
     seconds = time.perf_counter() - start
     duration = probe.get("duration_s") or 0.0
     logger.info(
@@ -222,7 +248,6 @@ def _compute(
         duration / seconds if seconds > 0 else 0.0,
     )
     identity = {k: v for k, v in model.info.items() if k != "logit_scale"}
-    media = source.media if source is not None else None
     return {"probe": probe, "seconds": round(seconds, 3), "model": identity, "media": media}
 
 

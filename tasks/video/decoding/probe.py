@@ -178,15 +178,15 @@ def open_video(
             with _open_copy(path, url, max_duration_s, store, prefix, kind, cut.code, cut) as got:
                 yield got
             return
-        yield _quarantined(url, cut.code, cut.detail, info), None
+        yield quarantine_row(url, cut.code, cut.detail, info), None
         return
     except Quarantine as reason:
-        yield _quarantined(url, reason.code, reason.detail, info), None
+        yield quarantine_row(url, reason.code, reason.detail, info), None
         return
     except Exception as err:  # an odd library failure on this file: still a row...
         if is_infrastructure(err):  # ...unless the disk or memory is what failed
             raise
-        yield _quarantined(url, "unreadable", short(err), info), None
+        yield quarantine_row(url, "unreadable", short(err), info), None
         return
     with choose_source(
         path, packets, timeline, orientation, lambda: remuxed(path, store)
@@ -194,9 +194,12 @@ def open_video(
         yield _result(url, decoder=source.decoder, **info), source
 
 
-def _quarantined(url: str, code: str, detail: str | None, info: dict[str, Any]) -> dict[str, Any]:
+def quarantine_row(
+    url: str, code: str, detail: str | None, info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The videos.parquet row (probe fields) of a quarantined video."""
     logger.warning("quarantined %s: %s%s", url, code, f": {detail}" if detail else "")
-    return _result(url, status="quarantined", error=code, error_detail=detail, **info)
+    return _result(url, status="quarantined", error=code, error_detail=detail, **(info or {}))
 
 
 @contextmanager
@@ -223,7 +226,7 @@ def _open_copy(
             if is_infrastructure(err):
                 raise
             detail = f"{cut.detail}; {short(err)}" if cut else short(err)
-            failed = _quarantined(url, code, detail, {})
+            failed = quarantine_row(url, code, detail, {})
         else:
             failed = None
             row.update(status="recovered", error="truncated", reference=copy.info["reference"])
