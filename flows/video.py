@@ -53,6 +53,8 @@ from tasks.video.publish import (
 from tasks.video.report import write_video_report
 from tasks.video.score import VideoScores, load_video_scores, prompt_embeddings, score_video
 from tasks.video.sidecar import read_sidecar
+from tasks.video.telemetry.cue import per_frame
+from tasks.video.telemetry.night import night_telemetry
 from tasks.video.zero_shot import prompt_set_hash
 
 Prompts = tuple[np.ndarray, np.ndarray, float]
@@ -190,18 +192,25 @@ def detect(
         {**read_sidecar(c["video"], so, urls), **c, "sampled_frames": 0, "events": 0}
         for c in copies or []
     ]
+    sidecars = {vs.url: read_sidecar(vs.url, so, urls) for vs in results}
+    scored = [vs.url for vs in results if vs.probe["status"] in SCORED_VIDEO]
+    tracks = night_telemetry(scored, sidecars, so, urls)
     frames, events = [], []
     for vs in results:
         f = pl.DataFrame()
         n_events = 0
         if vs.probe["status"] in SCORED_VIDEO:
             table, emb = load_video_scores(vs, so)
-            f = frame_scores(vs.url, table, emb, near, normal, scale, video, head)
+            tel = None
+            if vs.url in tracks:
+                rate = min(video.sample_fps, vs.probe["fps"])
+                tel = per_frame(*tracks[vs.url], table["t_s"].to_numpy(), rate)
+            f = frame_scores(vs.url, table, emb, near, normal, scale, video, head, tel)
             ev = video_events(vs.url, f, vs.probe["duration_s"], vs.probe["fps"], video)
             frames.append(f)
             events.append(ev)
             n_events = ev.height
-        row = {**vs.probe, **read_sidecar(vs.url, so, urls), "video": vs.url}
+        row = {**vs.probe, **sidecars[vs.url], "video": vs.url}
         videos.append({**row, "sampled_frames": f.height, "events": n_events})
     videos = sorted(videos, key=lambda r: r["video"])  # input order, copies among the rest
     for row in videos:

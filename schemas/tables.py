@@ -161,6 +161,11 @@ FRAMES = {
     "ood_flag": pl.Boolean,  # ood > video.ood.threshold: left out of event detection
     "ood_cue": pl.String,  # the cue that flagged it (black, frozen, uncertain, ...), else null
     "emb_row": pl.Int64,
+    # from the video's telemetry (tasks/video/telemetry), null without telemetry at t_s:
+    "speed": pl.Float32,  # m/s
+    "accel_long": pl.Float32,  # m/s^2, forward
+    "accel_lat": pl.Float32,  # m/s^2
+    "telemetry": pl.Float32,  # hard-braking / swerve cue: robust z, the largest over the frame
 }
 
 EVENTS = {

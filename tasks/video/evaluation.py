@@ -41,7 +41,8 @@ METRICS = (
     "event_f1_at_0.5",
     "false_alarms_per_hour",
 )
-VARIANTS = ("zero_shot", "with_head")
+# zero-shot (+ motion) alone, with the head, with the telemetry cue, with both
+VARIANTS = ("zero_shot", "with_head", "with_telemetry", "with_head_telemetry")
 MAX_TIMELINES = 50
 Tables = tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]  # videos, frames, events
 Evals = list[tuple[str, VideoEval]]  # (input URL, its evaluation)
@@ -86,8 +87,9 @@ def clean(value: Any) -> Any:
 
 
 def metrics_document(evals: Mapping[str, Evals | None], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics.json: `zero_shot` and `with_head` summaries (the latter all null without a
-    head), per-video rows under `per_video`, and `extra` (what was evaluated)."""
+    """metrics.json: a summary per variant (`VARIANTS`; all null for a variant that does
+    not apply: no head, no telemetry), per-video rows under `per_video`, and `extra` (what
+    was evaluated)."""
     doc: dict[str, Any] = {}
     per_video: dict[str, Any] = {}
     for variant in VARIANTS:

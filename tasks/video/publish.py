@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -60,14 +60,17 @@ def frame_scores(
     logit_scale: float,
     video: VideoConfig,
     head: RunHead | None = None,
+    telemetry: Mapping[str, np.ndarray] | None = None,
 ) -> pl.DataFrame:
-    """Per-frame zero-shot and head probabilities, OOD score and flag, motion cue, fused and
-    smoothed score (FRAMES).
+    """Per-frame zero-shot and head probabilities, OOD score and flag, motion cue, telemetry,
+    fused and smoothed score (FRAMES).
 
     `p_head` is the head's own ensemble, sigmoid(alpha * GDA logit + (1 - alpha) * zero-shot
     logit) with its fitted alpha; the fused score weighs it with `fusion.head_weight`.
-    OOD-flagged frames keep their scores but are no part of the motion statistics, the
-    smoothing or the events (`tasks.video.events`).
+    `telemetry` holds the video's per-frame telemetry (`telemetry.cue.per_frame`: speed,
+    accelerations and the cue, NaN where it has none); the cue joins the fusion with
+    `fusion.telemetry_weight`. OOD-flagged frames keep their scores but are no part of the
+    motion statistics, the smoothing or the events (`tasks.video.events`).
     """
     e = emb.astype(np.float32)
     if frames.height == 0:
@@ -79,7 +82,8 @@ def frame_scores(
         p_head = ensemble_proba(head_logit(head.head, e), zs_lg, head.alpha)
     ood, flag, cue = ood_frames(frames, p, p_head, video)
     motion = motion_on_valid(e, ~flag)
-    score = fuse(p, motion, video.fusion, p_head)
+    tel = telemetry or {}
+    score = fuse(p, motion, video.fusion, p_head, tel.get("telemetry"))
     ev = video.events
     smoothed = smooth_valid(score, ~flag if flag.any() else None, ev.median_window, ev.ema_alpha)
     df = frames.with_columns(
@@ -92,8 +96,20 @@ def frame_scores(
         pl.Series("ood", ood),
         pl.Series("ood_flag", flag),
         pl.Series("ood_cue", cue, dtype=pl.String),
+        *(_nullable(name, tel.get(name)) for name in TELEMETRY_COLUMNS),
     )
     return conform(df, FRAMES)
+
+
+TELEMETRY_COLUMNS = ("speed", "accel_long", "accel_lat", "telemetry")
+
+
+def _nullable(name: str, values: np.ndarray | None) -> pl.Series | pl.Expr:
+    """A frames column from a float array, NaN as null; all null without one."""
+    if values is None:
+        return pl.lit(None, pl.Float32).alias(name)
+    x = np.asarray(values, np.float64)
+    return pl.Series(name, np.where(np.isfinite(x), x, np.nan)).fill_nan(None)
 
 
 def event_key(video_url: str, start_s: float) -> str:

@@ -86,9 +86,11 @@ def plot_timeline(
     so: dict | None,
     title: str | None = None,
 ) -> str:
-    """Score and smoothed score vs time, thresholds as lines, events and OOD frames shaded."""
+    """Score and smoothed score vs time, thresholds as lines, events and OOD frames shaded;
+    the telemetry cue (robust z, right axis) where the video has telemetry."""
     fig, ax = new_figure()
     f = frames.sort("t_s")
+    _plot_telemetry(ax, f)
     for i, (s, e) in enumerate(ood_spans(f)):
         ax.axvspan(s, e, color="grey", alpha=0.3, label="OOD (ignored)" if i == 0 else None)
     ax.plot(f["t_s"].to_numpy(), f["score"].to_numpy(), linewidth=0.8, alpha=0.6, label="score")
@@ -104,6 +106,15 @@ def plot_timeline(
     ax.set_title(f"{title or video} ({events.height} events)", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     return save_figure(fig, out_url, rel, so)
+
+
+def _plot_telemetry(ax: Any, frames: pl.DataFrame) -> None:
+    if "telemetry" not in frames.columns or frames["telemetry"].is_null().all():
+        return
+    right = ax.twinx()
+    z = frames["telemetry"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    right.plot(frames["t_s"].to_numpy(), z, color="purple", linewidth=0.8, alpha=0.7)
+    right.set_ylabel("telemetry cue (robust z)", color="purple", fontsize=8)
 
 
 def _timelines(
