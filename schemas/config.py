@@ -254,7 +254,7 @@ class FusionConfig(Strict):
     # weight of the telemetry cue sigmoid((z - telemetry_offset) / telemetry_scale), z the
     # hard-braking / swerve robust z (`tasks.video.telemetry`), on frames their video's
     # telemetry covers only; calm driving (z ~ 0) gives 0.12, a harsh brake (z 4) 0.88
-    telemetry_weight: float = Field(0.5, ge=0.0)
+    telemetry_weight: float = Field(1.0, ge=0.0)
     telemetry_offset: float = 2.0
     telemetry_scale: float = Field(1.0, gt=0.0)
 
