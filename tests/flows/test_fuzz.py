@@ -76,7 +76,14 @@ def check_videos(tmp: Path, model: dict, clean: list[Path], broken: list[Path]) 
 
 
 def check_pool(tmp: Path, model: dict, clean: list[Path], broken: list[Path]) -> None:
-    pool = {"clip_filter": {"threshold": 0.0}, "shard": {"max_samples": 200}}
+    # A corrupted copy of a tar still holds copies of its samples: the first in input
+    # order (sorted paths: the clean ones, `a-...` before `z...`) keeps its uid, and with
+    # `keep: first` its dedup group (a flipped bit can score a copy higher).
+    pool = {
+        "clip_filter": {"threshold": 0.0},
+        "shard": {"max_samples": 200},
+        "dedup": {"keep": "first"},
+    }
     cfg = {"model": model, "pool": {**pool, "input": [str(p) for p in clean + broken]}}
     everything = run("pool", cfg, tmp, "fuzzed")
     alone = run("pool", {**cfg, "pool": {**pool, "input": [str(p) for p in clean]}}, tmp, "clean")
@@ -112,13 +119,13 @@ def test_small_fuzz(tmp_path, tiny_model, prefect_harness):
 @pytest.mark.slow
 def test_fuzz_over_the_shared_data(tmp_path, tiny_model, prefect_harness):
     model = {**tiny_model, "precision": "fp32", "device": "cpu", "batch_size": 64}
-    links = tmp_path / "clean"
+    links = tmp_path / "a-clean"  # sorts before the corrupted copies (see check_pool)
     links.mkdir()
     clean_videos = []
     for p in sorted(shared_path("data", "videos").glob("*.mp4")):
         (links / f"a-{p.name}").symlink_to(p)
         clean_videos.append(links / f"a-{p.name}")
-    broken_videos = corrupted_copies(clean_videos, 64, 20, tmp_path / "broken", "z")
+    broken_videos = corrupted_copies(clean_videos, 64, 20, tmp_path / "z-broken", "z")
     check_videos(tmp_path / "v", model, clean_videos, broken_videos)
     images = shared_path("data", "images")
     tars = [images / "flickr8k-orig-000000.tar", images / "flickr8k-small-000000.tar"]
@@ -126,6 +133,6 @@ def test_fuzz_over_the_shared_data(tmp_path, tiny_model, prefect_harness):
     for p in tars:
         (links / f"a-{p.name}").symlink_to(p)
         clean_tars.append(links / f"a-{p.name}")
-    broken_tars = corrupted_copies(clean_tars, 40, 21, tmp_path / "broken", "z")
+    broken_tars = corrupted_copies(clean_tars, 40, 21, tmp_path / "z-broken", "z")
     assert len(broken_videos) + len(broken_tars) >= 100
     check_pool(tmp_path / "p", model, clean_tars, broken_tars)
