@@ -20,10 +20,12 @@ from flows.plan import InputError, config_files, list_inputs, resolve_partition
 from flows.progress import Progress
 from flows.video import Prompts, check_head, detect, run_head, score_stage
 from schemas.config import CurateConfig, parse_config
+from schemas.tables import SCORED_VIDEO
 from tasks import cancel
 from tasks.io import storage
 from tasks.video.evaluation import metrics_document, video_evals, write_eval
 from tasks.video.fit import FitError, VideoFrames, common_identity, fit_head, labelled_frames
+from tasks.video.headfile import RunHead
 from tasks.video.labels import LabelError, LabelRow, match_inputs, read_labels
 from tasks.video.score import (
     VideoScores,
@@ -125,7 +127,7 @@ def fit(cfg: CurateConfig, labels_path: str, partition: str | None, out: str) ->
     """`curate nearmiss fit`: a GDA head from the labelled videos, written to `out`."""
     data = score_labelled(cfg, labels_path, partition)
     so = cfg.storage_options
-    ok = [r for r in data.results if r.probe["status"] == "ok"]
+    ok = [r for r in data.results if r.probe["status"] in SCORED_VIDEO]
     videos = [VideoFrames(r.url, float(r.probe["fps"]), *load_video_scores(r, so)) for r in ok]
     try:
         frames = labelled_frames(videos, data.labels, data.prompts, cfg.video)
@@ -135,7 +137,7 @@ def fit(cfg: CurateConfig, labels_path: str, partition: str | None, out: str) ->
     except FitError as err:
         raise InputError(str(err)) from None
     storage.write_bytes(out, blob, so)
-    quarantined = [r.url for r in data.results if r.probe["status"] != "ok"]
+    quarantined = [r.url for r in data.results if r.probe["status"] not in SCORED_VIDEO]
     return {
         **summary,
         "out": out,
@@ -145,6 +147,34 @@ def fit(cfg: CurateConfig, labels_path: str, partition: str | None, out: str) ->
         "quarantined": quarantined,
         "unknown_videos": data.unknown,
     }
+
+
+def without_telemetry(cfg: CurateConfig) -> CurateConfig:
+    fusion = cfg.video.fusion.model_copy(update={"telemetry_weight": 0.0})
+    return cfg.model_copy(update={"video": cfg.video.model_copy(update={"fusion": fusion})})
+
+
+def variant_tables(cfg: CurateConfig, data: Labelled, run: RunHead | None) -> dict[str, Any]:
+    """`detect`'s tables per evaluation variant (`tasks.video.evaluation.VARIANTS`): with
+    and without the head, with and without the telemetry cue; None where one does not
+    apply (no head, or no labelled video with telemetry, or a telemetry weight of 0)."""
+    tables: dict[str, Any] = {}
+    for name, head, telemetry in (
+        ("zero_shot", None, False),
+        ("with_head", run, False),
+        ("with_telemetry", None, True),
+        ("with_head_telemetry", run, True),
+    ):
+        if name.startswith("with_head") and run is None:
+            tables[name] = None
+            continue
+        variant = with_head(cfg, None) if head is None else cfg
+        variant = variant if telemetry else without_telemetry(variant)
+        tables[name] = detect(variant, data.results, data.prompts, head, inputs=data.inputs)
+    has = tables["zero_shot"][1]["telemetry"].is_not_null().any()
+    if not has or cfg.video.fusion.telemetry_weight <= 0:
+        tables["with_telemetry"] = tables["with_head_telemetry"] = None
+    return tables
 
 
 def evaluate(
@@ -162,13 +192,7 @@ def evaluate(
     check_head(cfg, files)  # a head for another model fails before any video is scored
     data = score_labelled(cfg, labels_path, partition)
     run = run_head(cfg, files, data.results)
-    zero_shot = with_head(cfg, None)
-    tables = {
-        "zero_shot": detect(zero_shot, data.results, data.prompts, inputs=data.inputs),
-        "with_head": detect(cfg, data.results, data.prompts, run, inputs=data.inputs)
-        if run
-        else None,
-    }
+    tables = variant_tables(cfg, data, run)
     rate = cfg.video.sample_fps
     evals = {k: video_evals(t, data.labels, rate) if t else None for k, t in tables.items()}
     evaluated = {u for u, _ in evals["zero_shot"]}

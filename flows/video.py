@@ -21,6 +21,7 @@ from flows.common import (
 )
 from flows.plan import read_planned
 from flows.progress import Progress
+from flows.recover import recover_lost
 from flows.run import (
     RunPlan,
     already_published,
@@ -34,7 +35,7 @@ from flows.run import (
     versioned,
 )
 from schemas.config import CurateConfig, ModelConfig, VideoConfig, parse_config
-from schemas.tables import EVENTS, FRAMES, VIDEOS, conform
+from schemas.tables import EVENTS, FRAMES, SCORED_VIDEO, VIDEOS, conform
 from tasks import cancel
 from tasks.publish.commit import Version
 from tasks.publish.writer import WrittenFile, write_sizes, write_table
@@ -52,6 +53,8 @@ from tasks.video.publish import (
 from tasks.video.report import write_video_report
 from tasks.video.score import VideoScores, load_video_scores, prompt_embeddings, score_video
 from tasks.video.sidecar import read_sidecar
+from tasks.video.telemetry.cue import per_frame
+from tasks.video.telemetry.night import night_telemetry
 from tasks.video.zero_shot import prompt_set_hash
 
 Prompts = tuple[np.ndarray, np.ndarray, float]
@@ -67,8 +70,9 @@ def score_video_task(
     so: dict[str, Any],
     force: bool,
     run: str,
+    references: list[str] | None = None,
 ) -> VideoScores:
-    return score_video(url, video, model, cache, so, force, run)
+    return score_video(url, video, model, cache, so, force, run, references)
 
 
 @task(name="embed-prompts", **IO_RETRIES)
@@ -80,9 +84,15 @@ def embed_prompts_task(
 
 @task(name="write-clips", task_run_name="write {name}", **IO_RETRIES)
 def write_clips_task(
-    name: str, events: pl.DataFrame, base: str, lineage: dict, so: dict[str, Any], clocks: Clocks
+    name: str,
+    events: pl.DataFrame,
+    base: str,
+    lineage: dict,
+    so: dict[str, Any],
+    clocks: Clocks,
+    timeout_s: float,
 ) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
-    return write_event_shard(name, events, base, lineage, so, clocks)
+    return write_event_shard(name, events, base, lineage, so, clocks, timeout_s)
 
 
 def load_head_file(cfg: CurateConfig, files: dict[str, str], identity: dict[str, Any]) -> RunHead:
@@ -117,10 +127,16 @@ def run_head(
 
 
 def score_stage(
-    cfg: CurateConfig, urls: list[str], force: bool, run: str, progress: Progress | None = None
+    cfg: CurateConfig,
+    urls: list[str],
+    force: bool,
+    run: str,
+    progress: Progress | None = None,
+    inputs: list[str] | None = None,
 ) -> tuple[list[VideoScores], Prompts]:
     """One `score-video` task per video (cached: decoded and embedded once per model), and
-    the prompt sets' embeddings (cached per model and prompts).
+    the prompt sets' embeddings (cached per model and prompts). Moov-less videos are scored
+    again with reference candidates once every video is probed (`flows.recover`).
 
     The prompts are embedded in this process when the model can run here, so that every
     runner (threads, processes, Dask, Ray) gets bit-identical prompt embeddings (a text
@@ -142,6 +158,11 @@ def score_stage(
             cancel.cancel(run)  # the videos in flight stop too
             raise
     results = gather(futures, run, progress, video_seconds)
+
+    def again(url: str, refs: list[str]) -> Any:
+        return score_video_task.submit(url, cfg.video, cfg.model, cache, so, force, run, refs)
+
+    results = recover_lost(cfg, results, inputs or urls, again, run)
     if remote is not None:
         embedded = gather([remote], run)[0]
     return results, embedded
@@ -171,18 +192,25 @@ def detect(
         {**read_sidecar(c["video"], so, urls), **c, "sampled_frames": 0, "events": 0}
         for c in copies or []
     ]
+    sidecars = {vs.url: read_sidecar(vs.url, so, urls) for vs in results}
+    scored = [vs.url for vs in results if vs.probe["status"] in SCORED_VIDEO]
+    tracks = night_telemetry(scored, sidecars, so, urls)
     frames, events = [], []
     for vs in results:
         f = pl.DataFrame()
         n_events = 0
-        if vs.probe["status"] == "ok":
+        if vs.probe["status"] in SCORED_VIDEO:
             table, emb = load_video_scores(vs, so)
-            f = frame_scores(vs.url, table, emb, near, normal, scale, video, head)
+            tel = None
+            if vs.url in tracks:
+                rate = min(video.sample_fps, vs.probe["fps"])
+                tel = per_frame(*tracks[vs.url], table["t_s"].to_numpy(), rate)
+            f = frame_scores(vs.url, table, emb, near, normal, scale, video, head, tel)
             ev = video_events(vs.url, f, vs.probe["duration_s"], vs.probe["fps"], video)
             frames.append(f)
             events.append(ev)
             n_events = ev.height
-        row = {**vs.probe, **read_sidecar(vs.url, so, urls), "video": vs.url}
+        row = {**vs.probe, **sidecars[vs.url], "video": vs.url}
         videos.append({**row, "sampled_frames": f.height, "events": n_events})
     videos = sorted(videos, key=lambda r: r["video"])  # input order, copies among the rest
     for row in videos:
@@ -201,7 +229,7 @@ def video_stats(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     videos, frames, events = tables
-    ok = videos.filter(pl.col("status") == "ok")
+    ok = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO))
     hours = float(ok["duration_s"].sum() or 0.0) / 3600.0
     reasons = videos["error"].drop_nulls().value_counts(sort=True)
     clips = Counts(events=events.height).add_codes("error", events["error"].to_list())
@@ -213,7 +241,8 @@ def video_stats(
         "partition": partition,
         "counts": {
             "input": videos.height,
-            "ok": ok.height,
+            "ok": int((videos["status"] == "ok").sum()),
+            "recovered": int((videos["status"] == "recovered").sum()),
             "quarantined": int((videos["status"] == "quarantined").sum()),
             "duplicate": int((videos["status"] == "duplicate").sum()),
         },
@@ -255,9 +284,15 @@ def publish(
     }
     with versioned(plan, so) as version:
         t0 = time.perf_counter()
-        clocks = {r.url: (r.timeline, r.probe.get("rotation") or 0) for r in results if r.timeline}
+        clocks = {
+            r.url: (r.timeline, r.probe.get("rotation") or 0, r.media)
+            for r in results
+            if r.timeline
+        }
         futures = [
-            write_clips_task.submit(str(name), rows, version.root, lineage, so, clocks)
+            write_clips_task.submit(
+                str(name), rows, version.root, lineage, so, clocks, video.decode_timeout_s
+            )
             for (name,), rows in events.group_by("shard", maintain_order=True)
         ]
         outputs: list[WrittenFile] = []
@@ -303,7 +338,7 @@ def _video_run(cfg: CurateConfig, plan: RunPlan, force: bool, run: str) -> dict:
     copies = duplicate_videos(plan.inputs, cfg.storage_options)  # processed once each
     urls = [u for u in plan.urls if u not in copies]
     progress = Progress("video", cfg.dataset, plan.partition, len(urls), "video-s")
-    results, prompts = score_stage(cfg, urls, force, run, progress)
+    results, prompts = score_stage(cfg, urls, force, run, progress, plan.urls)
     timings = {"score_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     head = run_head(cfg, plan.files, results)

@@ -251,6 +251,12 @@ class FusionConfig(Strict):
     motion_scale: float = Field(1.0, gt=0.0)
     # weight of the head's probability (`video.head`; ignored without a head)
     head_weight: float = Field(0.8, ge=0.0)
+    # weight of the telemetry cue sigmoid((z - telemetry_offset) / telemetry_scale), z the
+    # hard-braking / swerve robust z (`tasks.video.telemetry`), on frames their video's
+    # telemetry covers only; calm driving (z ~ 0) gives 0.12, a harsh brake (z 4) 0.88
+    telemetry_weight: float = Field(1.0, ge=0.0)
+    telemetry_offset: float = 2.0
+    telemetry_scale: float = Field(1.0, gt=0.0)
 
 
 class OodConfig(Strict):
@@ -272,6 +278,9 @@ class VideoConfig(Strict):
     sample_fps: float = Field(4.0, gt=0.0, le=120.0)
     chunk_frames: int = Field(64, ge=1)
     max_duration_s: float = Field(6 * 3600.0, gt=0.0)
+    # a decoder that sends nothing for this long is stopped and its video quarantined
+    # `decode_timeout` (decoding runs in helper processes: `tasks.isolation`)
+    decode_timeout_s: float = Field(300.0, gt=0.0)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)

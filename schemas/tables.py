@@ -120,11 +120,15 @@ HISTORY_FILES = {
 LATER_READ_FILES = (DEDUP_INDEX_FILE, DEDUP_EMB_FILE, ENTRY_COUNTS_FILE, RUNNING_COUNTS_FILE)
 
 # Video flow tables.
+VIDEO_STATUSES = ("ok", "recovered", "quarantined", "duplicate")
+# videos whose frames were scored (a recovered one from its recovered copy)
+SCORED_VIDEO = ("ok", "recovered")
 VIDEOS = {
     "video": pl.String,  # input URL
     "fingerprint": pl.String,
-    "status": pl.Enum(["ok", "quarantined", "duplicate"]),
-    "error": pl.String,  # quarantine code, or duplicate:exact
+    # recovered: a cut file read from its readable prefix or rebuilt with `reference`
+    "status": pl.Enum(list(VIDEO_STATUSES)),
+    "error": pl.String,  # quarantine code, duplicate:exact, or truncated (for recovered)
     "error_detail": pl.String,
     "duration_s": pl.Float64,
     "fps": pl.Float64,
@@ -136,6 +140,7 @@ VIDEOS = {
     "display_width": pl.Int32,  # the picture as displayed (rotation and pixel aspect applied)
     "display_height": pl.Int32,
     "decoder": pl.String,  # decord | decord_remux | pyav: the exact path that read it
+    "reference": pl.String,  # recovered from its media data: the healthy recording used
     "vehicle_id": pl.String,
     "start_time": pl.String,
     "sampled_frames": pl.Int64,
@@ -156,6 +161,11 @@ FRAMES = {
     "ood_flag": pl.Boolean,  # ood > video.ood.threshold: left out of event detection
     "ood_cue": pl.String,  # the cue that flagged it (black, frozen, uncertain, ...), else null
     "emb_row": pl.Int64,
+    # from the video's telemetry (tasks/video/telemetry), null without telemetry at t_s:
+    "speed": pl.Float32,  # m/s
+    "accel_long": pl.Float32,  # m/s^2, forward
+    "accel_lat": pl.Float32,  # m/s^2
+    "telemetry": pl.Float32,  # hard-braking / swerve cue: robust z, the largest over the frame
 }
 
 EVENTS = {

@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from schemas.tables import IMAGE_EXTS, STATUSES
+from schemas.tables import IMAGE_EXTS, STATUSES, VIDEO_STATUSES
 from tasks.io import storage
 from tasks.io.tars import walk_tar
 from tasks.publish.manifest import (
@@ -224,9 +224,7 @@ def _check_dedup_index(uri: str, samples: pl.DataFrame, so: dict | None) -> list
 def _check_video(uri: str, stats: dict, so: dict | None) -> list[str]:
     counts = stats.get("counts") or {}
     videos = storage.read_parquet(storage.join(uri, "videos.parquet"), so)
-    statuses = (
-        ("ok", "quarantined", "duplicate") if "duplicate" in counts else ("ok", "quarantined")
-    )
+    statuses = tuple(s for s in VIDEO_STATUSES if s in counts or s in ("ok", "quarantined"))
     problems = _check_status_counts("videos.parquet", videos, counts, statuses)
     events = storage.read_parquet(storage.join(uri, "events.parquet"), so)
     if "status" in events.columns:  # events whose clip could not be cut have no members

@@ -281,3 +281,55 @@ def write_sidecar(video: str | Path, content: dict | str) -> Path:
     path = Path(video).with_suffix(".json")
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     return path
+
+
+def make_recording(
+    path: str | Path,
+    duration_s: float = 6.0,
+    fps: float = 15,
+    size: tuple[int, int] = (96, 64),
+    bframes: int = 0,
+    first: int = 0,
+    seed: int = 0,
+) -> Path:
+    """A dashcam-like MP4: H.264 with noisy AAC audio interleaved in the media data (muxed
+    in time order) and the moov written last; frame i shows `make_frame(first + i)`."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=rate)
+        video.width, video.height = size
+        video.pix_fmt = "yuv420p"
+        video.gop_size = round(2 * fps)
+        video.codec_context.time_base = 1 / rate
+        video.options = _encoder_options("libx264", bframes, video.gop_size)
+        audio = out.add_stream("aac", rate=16000)
+        n_video, n_audio = round(duration_s * fps), round(duration_s * 16000 / 1024)
+        vi = ai = 0
+        while vi < n_video or ai < n_audio:
+            if vi < n_video and (ai >= n_audio or vi / fps <= ai * 1024 / 16000):
+                picture = make_frame(first + vi, *size)
+                frame = av.VideoFrame.from_ndarray(picture, "rgb24")
+                frame.pts, frame.time_base = vi, 1 / rate
+                out.mux(video.encode(frame))
+                vi += 1
+                continue
+            noise = (rng.standard_normal((1, 1024)) * 0.3).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(noise, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, ai * 1024
+            out.mux(audio.encode(frame))
+            ai += 1
+        out.mux(video.encode())
+        out.mux(audio.encode())
+    return path
+
+
+def cut_at(src: str | Path, dst: str | Path, fraction: float) -> tuple[Path, int]:
+    """`make_truncated`, plus how many of the video's frames lie wholly in the cut prefix."""
+    src, dst = Path(src), make_truncated(src, dst, fraction)
+    size = dst.stat().st_size
+    with av.open(str(src)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+        whole = sum(1 for p in packets if p.pos + p.size <= size)
+    return dst, whole

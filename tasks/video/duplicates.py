@@ -15,8 +15,6 @@ from typing import Any
 
 from tasks.io import storage
 
-VIDEO_STATUSES = ("ok", "quarantined", "duplicate")
-
 
 def duplicate_videos(
     inputs: Sequence[dict[str, Any]], storage_options: dict[str, Any] | None = None

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from schemas.tables import SCORED_VIDEO
 from tasks.publish.report import md_table, new_figure, save_figure, write_text
 from tasks.video.labels import LabelRow, clip_spans, frame_labels, positive_spans
 from tasks.video.metrics import VideoEval, evaluate
@@ -40,7 +41,8 @@ METRICS = (
     "event_f1_at_0.5",
     "false_alarms_per_hour",
 )
-VARIANTS = ("zero_shot", "with_head")
+# zero-shot (+ motion) alone, with the head, with the telemetry cue, with both
+VARIANTS = ("zero_shot", "with_head", "with_telemetry", "with_head_telemetry")
 MAX_TIMELINES = 50
 Tables = tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]  # videos, frames, events
 Evals = list[tuple[str, VideoEval]]  # (input URL, its evaluation)
@@ -50,7 +52,8 @@ def video_evals(tables: Tables, labels: Sequence[LabelRow], sample_fps: float) -
     """(URL, `VideoEval`) per ok video the labels name, in the videos table's order."""
     videos, frames, events = tables
     out: Evals = []
-    for row in videos.filter(pl.col("status").cast(pl.String) == "ok").iter_rows(named=True):
+    scored = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO))
+    for row in scored.iter_rows(named=True):
         url, duration = row["video"], float(row["duration_s"])
         named = positive_spans(labels, url)
         if named is None:
@@ -84,8 +87,9 @@ def clean(value: Any) -> Any:
 
 
 def metrics_document(evals: Mapping[str, Evals | None], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """metrics.json: `zero_shot` and `with_head` summaries (the latter all null without a
-    head), per-video rows under `per_video`, and `extra` (what was evaluated)."""
+    """metrics.json: a summary per variant (`VARIANTS`; all null for a variant that does
+    not apply: no head, no telemetry), per-video rows under `per_video`, and `extra` (what
+    was evaluated)."""
     doc: dict[str, Any] = {}
     per_video: dict[str, Any] = {}
     for variant in VARIANTS:

@@ -5,25 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-import av
 import numpy as np
 import polars as pl
 
 from schemas.config import VideoConfig
 from schemas.tables import EVENTS, FRAMES, conform
-from tasks.errors import SampleError, as_sample_error
+from tasks.errors import SampleError
 from tasks.publish.writer import Sample, WrittenFile, write_shard
-from tasks.video.decoding.clips import clip_bytes, thumbnail_jpeg
-from tasks.video.decoding.timeline import Timeline
+from tasks.video.decoding.isolated import media_in_helper
 from tasks.video.events import clip_window, detect_events, smooth_valid
 from tasks.video.head import ensemble_proba, head_logit, zero_shot_logit
 from tasks.video.headfile import RunHead
 from tasks.video.ood import ood_cues
-from tasks.video.score import OOD_STATS, load_timeline
+from tasks.video.score import OOD_STATS
 from tasks.video.zero_shot import fuse, motion_cue, zero_shot_near_miss
 
 logger = logging.getLogger(__name__)
@@ -62,14 +60,17 @@ def frame_scores(
     logit_scale: float,
     video: VideoConfig,
     head: RunHead | None = None,
+    telemetry: Mapping[str, np.ndarray] | None = None,
 ) -> pl.DataFrame:
-    """Per-frame zero-shot and head probabilities, OOD score and flag, motion cue, fused and
-    smoothed score (FRAMES).
+    """Per-frame zero-shot and head probabilities, OOD score and flag, motion cue, telemetry,
+    fused and smoothed score (FRAMES).
 
     `p_head` is the head's own ensemble, sigmoid(alpha * GDA logit + (1 - alpha) * zero-shot
     logit) with its fitted alpha; the fused score weighs it with `fusion.head_weight`.
-    OOD-flagged frames keep their scores but are no part of the motion statistics, the
-    smoothing or the events (`tasks.video.events`).
+    `telemetry` holds the video's per-frame telemetry (`telemetry.cue.per_frame`: speed,
+    accelerations and the cue, NaN where it has none); the cue joins the fusion with
+    `fusion.telemetry_weight`. OOD-flagged frames keep their scores but are no part of the
+    motion statistics, the smoothing or the events (`tasks.video.events`).
     """
     e = emb.astype(np.float32)
     if frames.height == 0:
@@ -81,7 +82,8 @@ def frame_scores(
         p_head = ensemble_proba(head_logit(head.head, e), zs_lg, head.alpha)
     ood, flag, cue = ood_frames(frames, p, p_head, video)
     motion = motion_on_valid(e, ~flag)
-    score = fuse(p, motion, video.fusion, p_head)
+    tel = telemetry or {}
+    score = fuse(p, motion, video.fusion, p_head, tel.get("telemetry"))
     ev = video.events
     smoothed = smooth_valid(score, ~flag if flag.any() else None, ev.median_window, ev.ema_alpha)
     df = frames.with_columns(
@@ -94,8 +96,20 @@ def frame_scores(
         pl.Series("ood", ood),
         pl.Series("ood_flag", flag),
         pl.Series("ood_cue", cue, dtype=pl.String),
+        *(_nullable(name, tel.get(name)) for name in TELEMETRY_COLUMNS),
     )
     return conform(df, FRAMES)
+
+
+TELEMETRY_COLUMNS = ("speed", "accel_long", "accel_lat", "telemetry")
+
+
+def _nullable(name: str, values: np.ndarray | None) -> pl.Series | pl.Expr:
+    """A frames column from a float array, NaN as null; all null without one."""
+    if values is None:
+        return pl.lit(None, pl.Float32).alias(name)
+    x = np.asarray(values, np.float64)
+    return pl.Series(name, np.where(np.isfinite(x), x, np.nan)).fill_nan(None)
 
 
 def event_key(video_url: str, start_s: float) -> str:
@@ -150,11 +164,8 @@ def _event_json(row: dict[str, Any], lineage: dict[str, Any]) -> bytes:
     return json.dumps({**meta, **lineage}, sort_keys=True, default=str).encode()
 
 
-# Errors of PyAV and the clip cutter that mean "this clip cannot be cut from this file".
-CLIP_ERRORS = (av.FFmpegError, ValueError, IndexError, StopIteration)
-
-
-Clocks = dict[str, tuple[str, int]]  # video URL -> (its cached timeline's URL, rotation)
+# video URL -> (its cached timeline's URL, rotation, a recovered copy's URL or None)
+Clocks = dict[str, tuple[str, int, str | None]]
 
 
 def write_event_shard(
@@ -164,32 +175,32 @@ def write_event_shard(
     lineage: dict[str, Any],
     so: dict[str, Any],
     clocks: Clocks | None = None,
+    timeout_s: float = 300.0,
 ) -> tuple[list[WrittenFile], dict[str, tuple[str, str]]]:
     """One tar of event clips: `{key}.mp4`, `{key}.jpg` (peak frame), `{key}.json`.
 
-    `clocks` are the score stage's timelines and rotations (a video without one is read
-    for them). A clip that cannot be cut is left out of the shard and returned as
+    `clocks` are the score stage's timelines, rotations and recovered copies (a video
+    without one is read for them; a recovered one is cut from its copy). Clips are cut in a
+    decoding helper process (`tasks.isolation`). A clip that cannot be cut (its decoder
+    failed, crashed or hung for `timeout_s`) is left out of the shard and returned as
     `{event_id: (code, detail)}`: one bad clip never fails the run.
     """
     failed: dict[str, tuple[str, str]] = {}
-    loaded: dict[str, tuple[Timeline | None, int | None]] = {}
-
-    def clock(url: str) -> tuple[Timeline | None, int | None]:
-        if url not in loaded:
-            timeline_url, rotation = (clocks or {}).get(url, (None, None))
-            loaded[url] = (load_timeline(timeline_url, so), rotation)
-        return loaded[url]
 
     def members() -> Iterator[Sample]:
         for row in events.iter_rows(named=True):
+            timeline, rotation, media = (clocks or {}).get(row["video"], (None, None, None))
             try:
-                with as_sample_error("clip_error", *CLIP_ERRORS):
-                    timeline, rotation = clock(row["video"])
-                    start, end = row["clip_start_s"], row["clip_end_s"]
-                    clip, info = clip_bytes(row["video"], so, start, end, timeline, rotation)
-                    thumb = thumbnail_jpeg(
-                        row["video"], so, row["peak_s"], timeline=timeline, rotation=rotation
-                    )
+                clip, info, thumb = media_in_helper(
+                    timeout_s,
+                    url=media or row["video"],
+                    so=so,
+                    start_s=row["clip_start_s"],
+                    end_s=row["clip_end_s"],
+                    peak_s=row["peak_s"],
+                    timeline=timeline,
+                    rotation=rotation,
+                )
             except SampleError as err:
                 logger.warning("event %s: no clip (%s)", row["event_id"], err)
                 failed[row["event_id"]] = (err.code, err.detail)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from schemas.tables import SCORED_VIDEO
 from tasks.publish.report import (
     md_table,
     new_figure,
@@ -85,9 +86,11 @@ def plot_timeline(
     so: dict | None,
     title: str | None = None,
 ) -> str:
-    """Score and smoothed score vs time, thresholds as lines, events and OOD frames shaded."""
+    """Score and smoothed score vs time, thresholds as lines, events and OOD frames shaded;
+    the telemetry cue (robust z, right axis) where the video has telemetry."""
     fig, ax = new_figure()
     f = frames.sort("t_s")
+    _plot_telemetry(ax, f)
     for i, (s, e) in enumerate(ood_spans(f)):
         ax.axvspan(s, e, color="grey", alpha=0.3, label="OOD (ignored)" if i == 0 else None)
     ax.plot(f["t_s"].to_numpy(), f["score"].to_numpy(), linewidth=0.8, alpha=0.6, label="score")
@@ -105,6 +108,15 @@ def plot_timeline(
     return save_figure(fig, out_url, rel, so)
 
 
+def _plot_telemetry(ax: Any, frames: pl.DataFrame) -> None:
+    if "telemetry" not in frames.columns or frames["telemetry"].is_null().all():
+        return
+    right = ax.twinx()
+    z = frames["telemetry"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    right.plot(frames["t_s"].to_numpy(), z, color="purple", linewidth=0.8, alpha=0.7)
+    right.set_ylabel("telemetry cue (robust z)", color="purple", fontsize=8)
+
+
 def _timelines(
     videos: pl.DataFrame,
     frames: pl.DataFrame,
@@ -113,11 +125,11 @@ def _timelines(
     out_url: str,
     so: dict | None,
 ) -> dict[str, str]:
-    """One timeline per ok video, up to MAX_TIMELINES: {video: rel path}.
+    """One timeline per scored video (ok or recovered), up to MAX_TIMELINES: {video: rel path}.
 
     Past the cap the videos with the most events come first (what a reviewer checks), then
     the others in table order."""
-    ok = videos.filter(pl.col("status").cast(pl.String) == "ok")["video"].to_list()
+    ok = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO))["video"].to_list()
     per_video = _events_per_video(events)
     ok = sorted(ok, key=lambda v: -per_video.get(v, 0)) if len(ok) > MAX_TIMELINES else ok
     out: dict[str, str] = {}
@@ -159,7 +171,7 @@ def _events_table(events: pl.DataFrame) -> str:
 def _rate_line(stats: Mapping[str, Any], videos: pl.DataFrame, events: pl.DataFrame) -> str:
     hours = stats.get("video_hours")
     if hours is None:
-        ok = videos.filter(pl.col("status").cast(pl.String) == "ok")
+        ok = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO))
         hours = float(ok["duration_s"].fill_null(0).sum()) / 3600.0
     n = int(stats.get("events", events.height))
     cut = int(stats.get("clips", n))  # the rate counts published events: those with a clip
@@ -189,12 +201,12 @@ def _video_markdown(
     thresholds: Mapping[str, float],
     plots: dict[str, str],
 ) -> str:
-    n_ok = videos.filter(pl.col("status").cast(pl.String) == "ok").height
+    n_ok = videos.filter(pl.col("status").cast(pl.String).is_in(SCORED_VIDEO)).height
     capped = (
-        f"Timelines shown for {MAX_TIMELINES} of {n_ok} ok videos (capped; the videos "
+        f"Timelines shown for {MAX_TIMELINES} of {n_ok} scored videos (capped; the videos "
         "with the most events first)."
         if n_ok > MAX_TIMELINES
-        else f"Timelines for all {n_ok} ok videos."
+        else f"Timelines for all {n_ok} scored videos."
     )
     parts = [
         f"# Video report: {stats.get('dataset')} / {stats.get('partition')}",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,21 +33,23 @@ from tasks.io.cache import Attempt, Cache, Hit, per_input
 from tasks.io.prefetch import prefetch
 from tasks.model.clip import ClipModel, load_model, model_identity
 from tasks.parallel import cpu_count, score_sizing
-from tasks.video.decoding.decode import iter_source_chunks
-from tasks.video.decoding.gate import Source
+from tasks.video.decoding.decode import Chunk
+from tasks.video.decoding.isolated import FrameRequest, Probed, frames_in_helper
 from tasks.video.decoding.local import local_video
-from tasks.video.decoding.probe import open_video
+from tasks.video.decoding.probe import quarantine_row
 from tasks.video.decoding.remux import RemuxStore
 from tasks.video.decoding.timeline import Timeline
 from tasks.video.ood import frame_stats
+from tasks.video.recovery.copies import Candidate
 from tasks.video.zero_shot import prompt_set_embedding, prompt_set_hash
 
 logger = logging.getLogger(__name__)
 
 # 3: OOD picture statistics per frame, resolved model in the meta; 4: one clock (t_s is the
 # picture's presentation time, the picture shown at each target), upright frames in their
-# displayed aspect, decoders decord / decord_remux / pyav, the timeline cached
-VIDEO_SCORE_VERSION = 4
+# displayed aspect, decoders decord / decord_remux / pyav, the timeline cached; 5: cut files
+# recovered (a readable prefix, or rebuilt with `references`), `reference` in the probe
+VIDEO_SCORE_VERSION = 5
 PROMPT_VERSION = 1
 NAMESPACE = "video-scores"
 # the picture statistics of `tasks.video.ood.frame_stats`, one column each
@@ -76,17 +78,23 @@ class VideoScores:
     embeddings: str
     cached: bool
     timeline: str | None = None  # the frames' clock (`Timeline.to_array`), None if quarantined
+    media: str | None = None  # a recovered copy's URL: clips are cut from it instead
     # the identity of the model that embedded the frames, as resolved where it ran
     model: dict[str, Any] = field(default_factory=dict)
 
 
-def video_settings(video: VideoConfig, model_cfg: ModelConfig) -> dict[str, Any]:
-    return {
+def video_settings(
+    video: VideoConfig, model_cfg: ModelConfig, references: list[Candidate] | None = None
+) -> dict[str, Any]:
+    settings = {
         "version": VIDEO_SCORE_VERSION,
         "model": model_identity(model_cfg),
         "sample_fps": video.sample_fps,
         "max_duration_s": video.max_duration_s,
     }
+    if references:  # a moov-less file rebuilt with these (tried in order)
+        settings["references"] = [c.fingerprint for c in references]
+    return settings
 
 
 def _normalize_stats(model: ClipModel) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -116,31 +124,27 @@ def pixels(model: ClipModel, frames: np.ndarray) -> torch.Tensor:
     return model.stage(list(batch.contiguous())) if model.device == "cuda" else batch.contiguous()
 
 
-def _chunks(source: Source, video: VideoConfig, model: ClipModel) -> Iterator[tuple]:
+def _prepared(chunks: Iterator[Chunk], model: ClipModel) -> Iterator[tuple]:
     """(indices, times, model input, picture statistics) per chunk, in the decode thread.
 
     The previous chunk's last frame goes along, so a frozen picture is seen across chunks.
     """
-    size, prev = model.image_size, None
-    _, threads = score_sizing(cpu_count(), model.device)  # the model keeps the other cores
-    for idx, times, frames in iter_source_chunks(
-        source, video.sample_fps, size, video.chunk_frames, threads
-    ):
+    prev = None
+    for idx, times, frames in chunks:
         stats = frame_stats(frames, prev)
         prev = frames[-1].copy()
         yield idx, times, pixels(model, frames), stats
 
 
 def embed_frames(
-    source: Source, video: VideoConfig, model: ClipModel, run: str | None = None
+    chunks: Iterator[Chunk], model: ClipModel, run: str | None = None
 ) -> tuple[pl.DataFrame, np.ndarray]:
-    """Decode sampled frames of a probed video in bounded chunks (prefetched), embed them.
+    """Embed the sampled frames of a probed video, decoded in bounded chunks (prefetched).
 
     Raises `SampleError` when the file does not decode; checks for cancellation per chunk.
     """
     tables, embs, n = [], [], 0
-    chunks = prefetch(_chunks(source, video, model), 2, name="video-decode")
-    for idx, times, batch, stats in chunks:
+    for idx, times, batch, stats in prefetch(_prepared(chunks, model), 2, name="video-decode"):
         cancel.check(run)
         emb = model.encode_images(batch).astype(np.float16)
         rows = np.arange(n, n + len(idx), dtype=np.int64)
@@ -152,26 +156,62 @@ def embed_frames(
     return table.cast(FRAME_SCHEMA), emb
 
 
-Scored = tuple[dict[str, Any], pl.DataFrame, np.ndarray, Timeline | None]
+Scored = tuple[dict[str, Any], pl.DataFrame, np.ndarray, Probed | None]
+
+
+def frame_request(
+    path: str,
+    url: str,
+    video: VideoConfig,
+    model: ClipModel,
+    store: RemuxStore,
+    references: list[Candidate] | None = None,
+) -> FrameRequest:
+    """What the decoding helper needs to probe a local video and decode its samples."""
+    _, threads = score_sizing(cpu_count(), model.device)  # the model keeps the other cores
+    return FrameRequest(
+        path=path,
+        url=url,
+        max_duration_s=video.max_duration_s,
+        sample_fps=video.sample_fps,
+        size=model.image_size,
+        chunk_frames=video.chunk_frames,
+        threads=threads,
+        store=asdict(store),
+        references=[[c.url, c.fingerprint] for c in references or []],
+        storage_options=store.storage_options,
+    )
 
 
 def _probe_and_embed(
-    path: str, url: str, video: VideoConfig, model: ClipModel, run: str | None, store: RemuxStore
+    path: str,
+    url: str,
+    video: VideoConfig,
+    model: ClipModel,
+    run: str | None,
+    store: RemuxStore,
+    references: list[Candidate] | None = None,
 ) -> Scored:
-    """Probe a local video and, when usable, embed its sampled frames."""
+    """Probe a local video and, when usable, embed its sampled frames. The decoding runs in
+    a helper process (`tasks.isolation`): a crash or a hang there quarantines this video."""
     empty = pl.DataFrame(schema=FRAME_SCHEMA), np.zeros((0, 0), np.float16)
-    with open_video(path, url, video.max_duration_s, store) as (probe, source):
-        if source is None:
-            return probe, *empty, None
-        try:
-            table, emb = embed_frames(source, video, model, run)
-        except SampleError as err:
-            probe.update(status="quarantined", error=err.code, error_detail=err.detail)
-            return probe, *empty, None
+    req = frame_request(path, url, video, model, store, references)
+    try:
+        probed, chunks = frames_in_helper(req, video.decode_timeout_s)
+    except SampleError as err:  # the helper died or hung while probing
+        return quarantine_row(url, err.code, err.detail), *empty, None
+    probe = probed.row
+    if probed.timeline is None:
+        return probe, *empty, None
+    try:
+        table, emb = embed_frames(chunks, model, run)
+    except SampleError as err:
+        probe.update(status="quarantined", error=err.code, error_detail=err.detail)
+        return probe, *empty, None
     if table.height == 0:
         probe.update(status="quarantined", error="no_frames")
         return probe, *empty, None
-    return probe, table, emb, source.timeline
+    return probe, table, emb, probed
 
 
 def _compute(
@@ -182,16 +222,20 @@ def _compute(
     so: dict[str, Any] | None,
     run: str | None,
     attempt: Attempt,
+    references: list[Candidate] | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     model = load_model(model_cfg)  # a model that cannot load fails the task: nothing cached
     store = RemuxStore(cache_root, dict(so or {}), storage.fingerprint(url, so))
     with local_video(url, so) as path:  # a remote video is fetched once
-        probe, table, emb, timeline = _probe_and_embed(path, url, video, model, run, store)
+        probe, table, emb, source = _probe_and_embed(
+            path, url, video, model, run, store, references
+        )
     attempt.write_bytes("emb.npy", storage.npy_bytes(emb))
     attempt.write_parquet("frames.parquet", table)
-    if timeline is not None:
-        attempt.write_bytes("timeline.npy", storage.npy_bytes(timeline.to_array()))
+    if source is not None:
+        attempt.write_bytes("timeline.npy", storage.npy_bytes(source.timeline.to_array()))
+    media = source.media if source is not None else None
     seconds = time.perf_counter() - start
     duration = probe.get("duration_s") or 0.0
     logger.info(
@@ -204,7 +248,7 @@ def _compute(
         duration / seconds if seconds > 0 else 0.0,
     )
     identity = {k: v for k, v in model.info.items() if k != "logit_scale"}
-    return {"probe": probe, "seconds": round(seconds, 3), "model": identity}
+    return {"probe": probe, "seconds": round(seconds, 3), "model": identity, "media": media}
 
 
 def score_video(
@@ -215,15 +259,21 @@ def score_video(
     storage_options: dict[str, Any] | None = None,
     force: bool = False,
     run: str | None = None,
+    references: list[str] | None = None,
 ) -> VideoScores:
-    """Probe, decode and embed one video unless the cache holds it for this input and model."""
+    """Probe, decode and embed one video unless the cache holds it for this input and model.
+
+    `references` are healthy recordings to rebuild a moov-less file with (tried in order);
+    they are part of the key."""
+    so = storage_options
+    cands = [Candidate(u, storage.fingerprint(u, so)) for u in references or []]
     hit, fp = per_input(
         cache_root,
-        storage_options,
+        so,
         NAMESPACE,
         url,
-        video_settings(video, model_cfg),
-        lambda attempt: _compute(url, video, model_cfg, cache_root, storage_options, run, attempt),
+        video_settings(video, model_cfg, cands),
+        lambda attempt: _compute(url, video, model_cfg, cache_root, so, run, attempt, cands),
         force,
     )
     return _scores(url, hit, fp)
@@ -242,6 +292,7 @@ def _scores(url: str, hit: Hit, fp: dict[str, Any]) -> VideoScores:
         hit.cached,
         model=model,
         timeline=files.get("timeline.npy"),
+        media=hit.meta.get("media"),
     )
 
 

@@ -23,6 +23,7 @@ from tasks.errors import short
 from tasks.io import storage
 
 logger = logging.getLogger(__name__)
+TELEMETRY_EXTS = (".csv", ".gpx", ".nmea")  # telemetry files beside a video
 
 
 def _stem(url: str) -> str | None:
@@ -31,27 +32,30 @@ def _stem(url: str) -> str | None:
 
 
 def sidecar_url(
-    url: str, storage_options: dict | None = None, inputs: Collection[str] = ()
+    url: str, storage_options: dict | None = None, inputs: Collection[str] = (), ext: str = ".json"
 ) -> str | None:
-    """The URL of the video's sidecar (module docstring's rule), None when it has none.
+    """The URL of the video's sidecar of extension `ext` (module docstring's rule: telemetry
+    files `.csv`, `.gpx`, `.nmea` follow it too), None when it has none.
 
-    `inputs` are the partition's videos; without them `<stem>.json` is taken as it is."""
-    full = f"{url}.json"
+    `inputs` are the partition's videos; without them `<stem>{ext}` is taken as it is."""
+    full = f"{url}{ext}"
     if storage.exists(full, storage_options):
         return full
     stem = _stem(url)
-    if stem is None or not storage.exists(f"{stem}.json", storage_options):
+    if stem is None or not storage.exists(f"{stem}{ext}", storage_options):
         return None
     sharing = sorted(u for u in inputs if u != url and _stem(u) == stem)
     if sharing:
         logger.warning(
-            "ignoring sidecar %s.json: %s and %s share its name (use <file name>.json)",
+            "ignoring sidecar %s%s: %s and %s share its name (use <file name>%s)",
             stem,
+            ext,
             url,
             ", ".join(sharing),
+            ext,
         )
         return None
-    return f"{stem}.json"
+    return f"{stem}{ext}"
 
 
 def read_sidecar(
@@ -83,8 +87,16 @@ def read_sidecar(
 def video_fingerprint(
     url: str, storage_options: dict | None = None, inputs: Collection[str] = ()
 ) -> dict[str, Any]:
-    """The video's fingerprint plus its sidecar's (None when there is none)."""
+    """The video's fingerprint plus its sidecar's (None when there is none) and, when it
+    has telemetry files beside it, theirs (`tasks.video.telemetry`)."""
     fp = storage.fingerprint(url, storage_options)
     side = sidecar_url(url, storage_options, inputs)
     fp["sidecar"] = None if side is None else storage.fingerprint(side, storage_options)
+    files = {}
+    for ext in TELEMETRY_EXTS:
+        found = sidecar_url(url, storage_options, inputs, ext)
+        if found is not None:
+            files[ext] = storage.fingerprint(found, storage_options)
+    if files:  # absent otherwise: run keys of videos without telemetry stay as they were
+        fp["telemetry"] = files
     return fp

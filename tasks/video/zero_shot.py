@@ -122,24 +122,39 @@ def fuse(
     motion_z: np.ndarray,
     fusion: FusionConfig,
     p_head: np.ndarray | None = None,
+    telemetry_z: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Weighted mean of P(near miss), sigmoid(motion_z / motion_scale) and, when a head is
-    given, the head's probability (`fusion.head_weight`), in [0, 1].
+    """Weighted mean of P(near miss), sigmoid(motion_z / motion_scale), when a head is
+    given the head's probability (`fusion.head_weight`), and where `telemetry_z` is finite
+    sigmoid((telemetry_z - telemetry_offset) / telemetry_scale) (`fusion.telemetry_weight`),
+    in [0, 1].
 
     Every term lies in [0, 1], so their weighted mean does too; a frame with typical motion
-    (z = 0) contributes 0.5 from the motion term. With all weights 0, P(near miss) is
-    returned unchanged. Without `p_head` the head weight plays no part.
+    (z = 0) contributes 0.5 from the motion term. The telemetry term is a danger
+    probability: calm driving gives little (0.12 at the defaults), a harsh brake much (0.88
+    at z 4), so it pulls a calm stretch below the stop threshold as well as a hard brake
+    above the start one. With all weights 0, P(near miss) is returned unchanged. Without
+    `p_head` the head weight plays no part; without `telemetry_z` (a video without
+    telemetry) neither does the telemetry weight: such a video scores as before the cue.
     """
     p = np.asarray(p_near, dtype=np.float64)
     head_w = fusion.head_weight if p_head is not None else 0.0
     total = fusion.zero_shot_weight + fusion.motion_weight + head_w
-    if total <= 0:
+    tel_w = 0.0
+    if telemetry_z is not None and fusion.telemetry_weight > 0:
+        z = np.asarray(telemetry_z, dtype=np.float64)
+        tel_w = np.where(np.isfinite(z), fusion.telemetry_weight, 0.0)
+    if np.all(total + tel_w <= 0):
         return p.copy()
     motion = _sigmoid(np.asarray(motion_z, dtype=np.float64) / fusion.motion_scale)
     fused = fusion.zero_shot_weight * p + fusion.motion_weight * motion
     if p_head is not None:
         fused = fused + head_w * np.asarray(p_head, dtype=np.float64)
-    return fused / total
+    if telemetry_z is None or fusion.telemetry_weight <= 0:
+        return fused / total
+    cue = _sigmoid((np.nan_to_num(z) - fusion.telemetry_offset) / fusion.telemetry_scale)
+    weights = total + tel_w
+    return np.where(weights > 0, (fused + tel_w * cue) / np.maximum(weights, EPS), p)
 
 
 def prompt_set_hash(prompts: Sequence[str] | Mapping[str, Sequence[str]]) -> str:

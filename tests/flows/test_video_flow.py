@@ -74,7 +74,7 @@ def test_video_flow_end_to_end(tmp_path, tiny_model, videos, prefect_harness):
     assert status == {
         "cam_a.mp4": "ok",
         "cam_b.mp4": "ok",
-        "cut.mp4": "quarantined",
+        "cut.mp4": "recovered",  # its moov lost: rebuilt with cam_a's parameters
         "empty.mp4": "quarantined",
         "text.mp4": "quarantined",
     }
@@ -167,7 +167,13 @@ def test_byte_identical_videos_are_processed_once(tmp_path, tiny_model, prefect_
     assert rows["b_copy.mp4"]["error"] == "duplicate:exact"
     assert {rows[n]["status"] for n in ("a_first.mp4", "c_other.mp4")} == {"ok"}
     stats = json.loads((root / "stats.json").read_text())
-    assert stats["counts"] == {"input": 3, "ok": 2, "quarantined": 0, "duplicate": 1}
+    assert stats["counts"] == {
+        "input": 3,
+        "ok": 2,
+        "recovered": 0,
+        "quarantined": 0,
+        "duplicate": 1,
+    }
     assert stats["videos_scored"] == 2  # the copy was never decoded
     frames = pl.read_parquet(root / "frames.parquet")
     assert str(d / "b_copy.mp4") not in set(frames["video"])
@@ -199,14 +205,19 @@ def test_files_decord_indexes_wrongly_are_curated_with_the_pictures_at_their_tim
     for name, kw in HARD.items():
         make_video(d / name, 4.0, 30, (160, 120), **kw)
     seen: list[tuple[list[int], list[int]]] = []
-    real = score.iter_source_chunks
+    real = score.frames_in_helper
 
-    def spy(*a, **k):
-        for idx, t, frames in real(*a, **k):
-            seen.append((idx.tolist(), [frame_code(f) for f in frames]))
-            yield idx, t, frames
+    def spy(*a, **k):  # the frames the decoding helper sends to the model
+        probed, chunks = real(*a, **k)
 
-    monkeypatch.setattr(score, "iter_source_chunks", spy)
+        def seen_chunks():
+            for idx, t, frames in chunks:
+                seen.append((idx.tolist(), [frame_code(f) for f in frames]))
+                yield idx, t, frames
+
+        return probed, seen_chunks()
+
+    monkeypatch.setattr(score, "frames_in_helper", spy)
     cfg = video_config(tmp_path, tiny_model)
     cfg["video"]["input"] = str(d / "*")
     path = tmp_path / "config.yaml"
@@ -231,3 +242,25 @@ def test_files_decord_indexes_wrongly_are_curated_with_the_pictures_at_their_tim
         assert f["t_s"].to_list() == pytest.approx((f["frame_index"] / 30).to_list(), abs=1e-3)
     assert sum(len(i) for i, _ in seen) == frames.height == 5 * 16
     assert all(codes == [i % 256 for i in idx] for idx, codes in seen)
+
+
+def test_a_decoder_crash_costs_one_video_not_the_run(
+    tmp_path, tiny_model, prefect_harness, monkeypatch
+):
+    """Issue 20, part 4: decord and FFmpeg run in helper processes. A decoder that crashes
+    (here a planted SIGSEGV right after the probe of boom.mp4) quarantines that video
+    `decoder_crash`; the run goes on and publishes the others."""
+    d = tmp_path / "in"
+    d.mkdir()
+    make_video(d / "a.mp4", duration_s=2.0, fps=10, size=(64, 48))
+    make_video(d / "boom.mp4", duration_s=2.0, fps=10, size=(96, 64))
+    op = "tests.isolation_ops:frames_crashing_on_boom"
+    monkeypatch.setattr("tasks.video.decoding.isolated.FRAMES_OP", op)
+    result = run_video(parse_config(video_config(tmp_path, tiny_model)), PARTITION)
+    assert result["status"] == "published" and verify_partition(result["uri"]) == []
+    vids = pl.read_parquet(published_dir(result["uri"]) / "videos.parquet")
+    rows = {Path(r["video"]).name: r for r in vids.iter_rows(named=True)}
+    assert rows["a.mp4"]["status"] == "ok" and rows["a.mp4"]["sampled_frames"] == 8
+    boom = rows["boom.mp4"]
+    assert (boom["status"], boom["error"]) == ("quarantined", "decoder_crash")
+    assert boom["error_detail"] == "the decoder process died of SIGSEGV"

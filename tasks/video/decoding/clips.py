@@ -45,6 +45,8 @@ from tasks.video.decoding.timeline import Timeline, build_timeline
 
 logger = logging.getLogger(__name__)
 
+# What PyAV and the cutter raise when a clip cannot be cut from a file's bytes.
+CLIP_ERRORS = (av.FFmpegError, ValueError, IndexError, StopIteration)
 ENCODER = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 JPEG_QUALITY = 90
 # Codecs the mp4 muxer takes as they are (VP8, for one, cannot be stream-copied into mp4).

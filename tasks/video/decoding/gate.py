@@ -54,6 +54,7 @@ class Source:
     path: str
     timeline: Timeline
     orientation: Orientation
+    media: str | None = None  # a recovered copy's URL: clips are cut from it, not the input
 
 
 def container_problem(packets: Packets, timeline: Timeline, orientation: Orientation) -> str | None:

@@ -102,7 +102,7 @@ def test_video_report_tables_and_timelines(tmp_path: Path) -> None:
         and rows[2][6] == "[plot](plots/timeline_1.png)"
     )
     assert "1 events in 0.005 h of video: **200 events per hour**." in md
-    assert "Timelines for all 2 ok videos." in md
+    assert "Timelines for all 2 scored videos." in md
     counts = {r[0]: int(r[1]) for r in md_rows(md, "status")}
     assert counts["ok"] + counts["quarantined"] == counts["**input**"] == 3
 
@@ -117,7 +117,7 @@ def test_video_report_caps_timelines(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert [w for w in written if "timeline" in w] == ["plots/timeline_0.png"]
     md = (tmp_path / "report.md").read_text()
     assert (
-        "Timelines shown for 1 of 2 ok videos (capped; the videos with the most events first)."
+        "Timelines shown for 1 of 2 scored videos (capped; the videos with the most events first)."
         in md
     )
     assert "1 events in 0.005 h of video: **200 events per hour**." in md  # from the tables

@@ -10,6 +10,7 @@ import pytest
 from schemas.tables import VIDEOS
 from tasks.video.decoding.probe import probe_video
 from tests.video_factory import (
+    frame_code,
     make_audio_only,
     make_empty,
     make_no_frames,
@@ -45,6 +46,7 @@ def test_good_video_metadata(good: Path) -> None:
         "display_width": 64,
         "display_height": 48,
         "decoder": "decord",
+        "reference": None,
     }
     assert set(row) <= set(VIDEOS) and set(row) >= PROBE_KEYS
 
@@ -81,19 +83,48 @@ def test_truncated_before_moov(good: Path, tmp_path: Path) -> None:
     assert error.startswith("truncated: container unreadable")
 
 
+def recovered_prefix(path: Path) -> tuple[dict, list[int]]:
+    """The probe row of a cut file and the picture codes its readable prefix decodes to."""
+    from tasks.video.decoding.decode import iter_source_chunks
+    from tasks.video.decoding.probe import open_video
+
+    with open_video(str(path), str(path), 6 * 3600.0) as (row, source):
+        assert source is not None, row
+        chunks = list(iter_source_chunks(source, 10.0, (48, 64), 16))
+    codes = [frame_code(f) for _, _, frames in chunks for f in frames]
+    return row, codes
+
+
 @pytest.mark.parametrize("fraction", [0.3, 0.6, 0.95])
 def test_truncated_with_moov_first(tmp_path: Path, fraction: float) -> None:
-    # moov first: the header opens fine and promises frames the file no longer holds
+    """Issue 20: moov first, the header opens fine and promises frames the file no longer
+    holds; the frames before the cut are its readable prefix, published as `recovered`."""
     src = make_video(tmp_path / "fs.mp4", 10.0, 10, faststart=True, gop=10)
     assert probe_video(str(src))["status"] == "ok"
-    assert quarantined(make_truncated(src, tmp_path / "cut.mp4", fraction)).startswith("truncated:")
+    cut = make_truncated(src, tmp_path / "cut.mp4", fraction)
+    row, codes = recovered_prefix(cut)
+    assert (row["status"], row["error"], row["reference"]) == ("recovered", "truncated", None)
+    assert "frames in the file: the readable prefix" in row["error_detail"]
+    assert codes == list(range(row["n_frames"]))  # frame k is picture k, at k / 10 s
+    assert 10 * fraction - 2 <= row["n_frames"] <= 100 * fraction
+    assert row["duration_s"] == pytest.approx(row["n_frames"] / 10)
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.8])
 def test_truncated_matroska_ends_early(tmp_path: Path, fraction: float) -> None:
     src = make_video(tmp_path / "v.mkv", 10.0, 10, container="matroska", gop=10)
-    error = quarantined(make_truncated(src, tmp_path / "cut.mkv", fraction))
-    assert error.startswith("truncated:") and "header says 10.00s" in error
+    row, codes = recovered_prefix(make_truncated(src, tmp_path / "cut.mkv", fraction))
+    assert (row["status"], row["error"]) == ("recovered", "truncated")
+    assert "header says 10.00s: the readable prefix" in row["error_detail"]
+    assert codes == list(range(row["n_frames"])) and row["n_frames"] >= 10 * fraction
+
+
+def test_a_cut_file_without_a_whole_frame_stays_truncated(tmp_path: Path) -> None:
+    src = make_video(tmp_path / "fs.mp4", 10.0, 10, faststart=True, gop=10)
+    data = src.read_bytes()
+    header_only = tmp_path / "cut.mp4"
+    header_only.write_bytes(data[: data.index(b"mdat") + 20])  # the moov, 16 bytes of frame 0
+    assert quarantined(header_only).startswith("truncated:")
 
 
 def test_unsupported_codec(good: Path, tmp_path: Path) -> None:
