@@ -109,6 +109,10 @@ class DedupConfig(Strict):
     keep: Literal["best_score", "first"] = "best_score"
 
 
+# what a pool without a `dedup` section (or with `dedup: true`) removes: exact copies only
+DEFAULT_DEDUP: dict[str, Any] = {"exact": True, "perceptual": None, "semantic": None}
+
+
 class HeadConfig(Strict):
     path: str
     min: float | None = None
@@ -178,7 +182,10 @@ class PoolConfig(Strict):
     # words, >= 6 characters, short side >= 200 px, aspect ratio <= 3; it overrides those keys
     basic_filter: bool = False
     clip_filter: ClipFilterConfig = Field(default_factory=ClipFilterConfig)
-    dedup: DedupConfig | None = None
+    # on by default for exact copies (same image bytes in the partition), as users of
+    # img2dataset/DataComp pipelines expect; a `dedup:` section configures every method,
+    # `dedup: false` (or null) turns it off
+    dedup: DedupConfig | None = Field(default_factory=lambda: DedupConfig(**DEFAULT_DEDUP))
     heads: dict[str, HeadConfig] = Field(default_factory=dict)
     balance: BalanceConfig | None = None
     shard: ShardConfig = Field(default_factory=ShardConfig)
@@ -188,6 +195,13 @@ class PoolConfig(Strict):
     passthrough: list[str] = Field(
         default_factory=lambda: ["url", "original_width", "original_height", "sha256"]
     )
+
+    @field_validator("dedup", mode="before")
+    @classmethod
+    def _dedup_switch(cls, v: Any) -> Any:
+        if v is False:
+            return None
+        return dict(DEFAULT_DEDUP) if v is True else v
 
     @model_validator(mode="after")
     def _basic_filter(self) -> PoolConfig:
