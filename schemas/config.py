@@ -582,10 +582,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> CurateC
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"config: {p} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {p} must hold a mapping at the top level")
     return parse_config(apply_overrides(data, overrides or []))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's problem with where it is (1-based line and column, as editors count)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    context = getattr(err, "context", None)
+    return f"{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def config_hash(section: Any) -> str:
