@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data" / "images"
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import cores  # noqa: E402
+from harness import child_env, cores  # noqa: E402
 
 
 def source_images(n: int) -> list[tuple[bytes, str]]:
@@ -121,6 +121,7 @@ def score_rss(cfg_dict: dict, shards: list[str]) -> int:
         capture_output=True,
         text=True,
         check=True,
+        env=child_env(),  # ends with this process (its harness import ties it)
     )
     return int(out.stdout.strip().splitlines()[-1])
 

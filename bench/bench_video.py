@@ -294,7 +294,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="6 minutes of video (a few minutes)")
+    ap.add_argument("--quick", action="store_true", help="2 minutes of video (about a minute)")
     ap.add_argument("--minutes", type=float, default=30.0, help="the night's length")
     ap.add_argument("--videos", type=int, default=12, help="videos in the night")
     ap.add_argument("--width", type=int, default=640)
@@ -312,7 +312,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
-        args.minutes = min(args.minutes, 6.0)
+        args.minutes = min(args.minutes, 2.0)
     return args
 
 
