@@ -112,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = command(
         "verify",
-        "check published partitions (files, counts, checksums) and a dataset's catalogs "
-        "and dedup index",
+        "check published partitions (files, counts, checksums), a dataset's catalogs and index",
         browse.cmd_verify,
     )
     ver.add_argument("uri", metavar="URI", help=URI_HELP)
