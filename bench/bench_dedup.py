@@ -207,7 +207,7 @@ def run_part(part: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="50,000 hashes and embeddings")
+    ap.add_argument("--quick", action="store_true", help="100,000 hashes and embeddings")
     ap.add_argument("--hashes", type=int, default=None)
     ap.add_argument("--embeddings", type=int, default=None)
     ap.add_argument("--max-distance", type=int, default=4)
@@ -223,7 +223,7 @@ def main() -> None:
     if args.child:
         emit(child(args.child, args.n, args))
         return
-    default = 50_000 if args.quick else 1_000_000
+    default = 100_000 if args.quick else 1_000_000
     sizes = {"perceptual": args.hashes or default, "semantic": args.embeddings or default}
     parts = {p: run_part(p, n, args) for p, n in sizes.items() if args.only in (None, p)}
     main_part = parts.get("semantic") or parts["perceptual"]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 from harness import child_env, cores, scaling  # noqa: E402
 
 # scripts without a --quick flag: the arguments that make them quick
-QUICK_ARGS = {"bench_pool.py": ["--images", "64"], "bench_balance.py": ["--captions", "20000"]}
+QUICK_ARGS = {"bench_balance.py": ["--captions", "20000"]}
 # scripts that do not measure 1x -> 4x themselves: (size flag, 1x quick, 1x full, seconds key)
 SCALE_BY_RERUN = {"bench_balance.py": ("--captions", 20000, 100000, "end_to_end_s")}
 COMMON = ("workload", "throughput", "unit", "bound", "bound_throughput", "ratio", "target_ratio")
