@@ -138,9 +138,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     loc = _target(args.uri, "verify")
     many = loc.kind != "partition"
-    if many and getattr(args, "repair", False):
+    if many and args.repair:
         _repair_catalogs(loc)
-    uris = [p.uri for p in _published(args.uri, "verify")] if many else [loc.uri]
+    shared = verify_dataset(loc.dataset) if many else []
+    try:
+        uris = [p.uri for p in _published(args.uri, "verify")] if many else [loc.uri]
+    except NothingPublished:
+        if not shared:  # a catalog that lost its entries is a problem to show, not "nothing"
+            raise
+        uris = []
     bad = 0
     for uri in uris:
         problems = verify_partition(uri)
@@ -149,19 +155,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not problems:
             print(f"OK {uri}")
         bad += bool(problems)
-    shared = verify_dataset(loc.dataset) if many else []
     for p in shared:
         print(f"FAIL {loc.dataset}: {p}")
     if bad or shared:
-        print(
-            f"curate: {bad} of {len(uris)} partition(s) failed verification"
-            + (
-                f"; {len(shared)} problem(s) in the dataset's catalogs or dedup index"
-                if shared
-                else ""
-            ),
-            file=sys.stderr,
-        )
+        where = f"; {len(shared)} in the dataset's catalogs or dedup index" if shared else ""
+        print(f"curate: {bad} of {len(uris)} partition(s) failed{where}", file=sys.stderr)
         return FAILED
     return OK
 

@@ -77,6 +77,31 @@ def test_verify_and_report_of_each_kind_of_folder(demo: Path, capsys) -> None:
     assert f"e.g. `curate report {partition}`" in result.line
 
 
+def test_verify_of_a_dataset_checks_its_catalog_and_repair_rebuilds_it(
+    demo: Path, tmp_path: Path, capsys
+) -> None:
+    """`verify DATASET` checks every partition and the dataset's catalogs (main's
+    `verify_dataset`); a catalog that lost its entry is reported (exit 1), not taken for
+    "nothing published", and `--repair` rebuilds it from the manifests."""
+    import json
+
+    dataset = tmp_path / "demo"
+    shutil.copytree(demo / "curated" / "demo", dataset)
+    catalog = dataset / "pool" / "_catalog.json"
+    doc = json.loads(catalog.read_text())
+    assert PARTITION in doc["partitions"]
+    del doc["partitions"][PARTITION]
+    catalog.write_text(json.dumps(doc))
+    result = run_cli(capsys, "verify", dataset)
+    assert result.status == 1
+    assert f"FAIL {dataset}: pool catalog: {PARTITION} is not published" in result.out
+    assert "--repair" in result.out
+    result = run_cli(capsys, "verify", dataset, "--repair")
+    assert result.status == 0
+    assert f"OK {dataset / 'pool' / PARTITION}" in result.out.splitlines()
+    assert PARTITION in json.loads(catalog.read_text())["partitions"]
+
+
 def test_report_names_the_precision_and_device_that_ran(demo: Path, capsys) -> None:
     """Defect: `report` showed `(fp32, auto)`, the configured device, not the one used."""
     result = run_cli(capsys, "report", demo / "curated" / "demo" / "pool" / PARTITION)
