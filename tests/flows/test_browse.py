@@ -38,8 +38,9 @@ def test_ls_of_each_kind_of_folder(demo: Path, capsys) -> None:
     empty table and exited 0."""
     root = demo / "curated"
     dataset = root / "demo"
-    result = run_cli(capsys, "ls", dataset)
-    assert result.status == 0 and [r[:2] for r in rows(result.out)] == [["pool", PARTITION]]
+    result = run_cli(capsys, "ls", dataset)  # (the first-hour test may add a video row)
+    assert result.status == 0
+    assert [r[:2] for r in rows(result.out) if r[0] == "pool"] == [["pool", PARTITION]]
     for narrower in (dataset / "pool", dataset / "pool" / PARTITION):
         result = run_cli(capsys, "ls", narrower)
         assert result.status == 0 and [r[:2] for r in rows(result.out)] == [["pool", PARTITION]]
@@ -74,7 +75,10 @@ def test_verify_and_report_of_each_kind_of_folder(demo: Path, capsys) -> None:
         assert result.line.startswith(f"curate: {version} is a version folder: pass its partition")
     result = run_cli(capsys, "report", dataset)
     assert result.status == 2
-    assert f"e.g. `curate report {partition}`" in result.line
+    # the example is the latest published partition: the video one once the first-hour test ran
+    assert any(
+        f"e.g. `curate report {dataset / f / PARTITION}`" in result.line for f in ("pool", "video")
+    )
 
 
 def test_verify_of_a_dataset_checks_its_catalog_and_repair_rebuilds_it(
