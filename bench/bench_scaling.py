@@ -95,7 +95,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="64 and 256 images")
+    ap.add_argument("--quick", action="store_true", help="16 and 64 images")
     ap.add_argument("--images", type=int, default=256, help="the 1x input")
     ap.add_argument("--per-shard", type=int, default=64)
     ap.add_argument("--model", default="ViT-B-32")
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
-        args.images, args.per_shard = min(args.images, 64), min(args.per_shard, 16)
+        args.images, args.per_shard = min(args.images, 16), min(args.per_shard, 4)
     quiet()
     emit(child_run(args) if args.child else measure(args))
 

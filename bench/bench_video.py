@@ -308,21 +308,45 @@ def measure_real(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
+def single_videos(args: argparse.Namespace) -> dict:
+    """One video of the night's length (4x) against one of a quarter of it (1x): the
+    single-video ratios and how time and memory grow with a video's length."""
+    full = video_path(args.minutes, args.width, args.height, args.fps)
+    quarter = video_path(args.minutes / 4, args.width, args.height, args.fps)
+    single_decode = decode_only(args, [full], args.minutes)
+    four = paired(args, [full], args.minutes, single_decode)
+    ones = [paired(args, [quarter], args.minutes / 4, single_decode) for _ in range(args.pairs)]
+    flow4 = four["flow"]
+    t1x = min(p["flow"]["seconds"] for p in ones)
+    rss1x = max(p["flow"]["peak_rss_bytes"] for p in ones)
+    return {
+        "single_video_ratios": {
+            f"{args.minutes:g} min": round(four["ratio"], 3),
+            f"{args.minutes / 4:g} min": [round(p["ratio"], 3) for p in ones],
+        },
+        "scaling": scaling(t1x, flow4["seconds"], rss1x, flow4["peak_rss_bytes"]),
+        "scaling_note": f"one {args.minutes / 4:g} min video (1x) against one "
+        f"{args.minutes:g} min video (4x)",
+        "single_video": {
+            "decode_only_video_s_per_s": round(single_decode, 3),
+            "flow_timings_s": flow4["timings"],
+            "rss_max_by_fifth_bytes": flow4["rss_max_by_fifth_bytes"],
+        },
+        "load_1m_after_single": [flow4["load_1m"], four["model"]["load_1m"]],
+        "load_1m_after_quarter": [[p["flow"]["load_1m"], p["model"]["load_1m"]] for p in ones],
+    }
+
+
 def measure(args: argparse.Namespace) -> dict:
     night = night_paths(args)
     minutes = sum(night_minutes(args.minutes, args.videos))
-    full = video_path(args.minutes, args.width, args.height, args.fps)
-    quarter = video_path(args.minutes / 4, args.width, args.height, args.fps)
     video_path(0.1, args.width, args.height, args.fps)  # the children's warm-up video
     night_decode = decode_only(args, night, minutes)
-    single_decode = decode_only(args, [full], args.minutes)
     with prefect_api():
         main = paired(args, night, minutes, night_decode)
-        four = paired(args, [full], args.minutes, single_decode)
-        ones = [paired(args, [quarter], args.minutes / 4, single_decode) for _ in range(args.pairs)]
-    flow, model, flow4 = main["flow"], main["model"], four["flow"]
-    t1x = min(p["flow"]["seconds"] for p in ones)
-    rss1x = max(p["flow"]["peak_rss_bytes"] for p in ones)
+        # --quick: the night only (single videos and scaling need the full run's minutes)
+        single = {"scaling": None} if args.quick else single_videos(args)
+    flow, model = main["flow"], main["model"]
     sizes = ", ".join(f"{m * 60:g}" for m in night_minutes(args.minutes, args.videos))
     return {
         "benchmark": "video_flow",
@@ -338,14 +362,7 @@ def measure(args: argparse.Namespace) -> dict:
         "ratio_note": "the night's videos in one run, against model-only on as many frames "
         "measured right after it",
         "target_ratio": 0.85,
-        "single_video_ratios": {
-            f"{args.minutes:g} min": round(four["ratio"], 3),
-            f"{args.minutes / 4:g} min": [round(p["ratio"], 3) for p in ones],
-        },
         "peak_rss_bytes": flow["peak_rss_bytes"],
-        "scaling": scaling(t1x, flow4["seconds"], rss1x, flow4["peak_rss_bytes"]),
-        "scaling_note": f"one {args.minutes / 4:g} min video (1x) against one "
-        f"{args.minutes:g} min video (4x)",
         "flow_frames_per_s": round(flow["frames"] / flow["seconds"], 2),
         "decode_only_video_s_per_s": round(night_decode, 3),
         "model_only_video_s_per_s": round(main["model_vs"], 3),
@@ -354,23 +371,15 @@ def measure(args: argparse.Namespace) -> dict:
         "frames": flow["frames"],
         "events": flow["events"],
         "flow_timings_s": flow["timings"],
-        "single_video": {
-            "decode_only_video_s_per_s": round(single_decode, 3),
-            "flow_timings_s": flow4["timings"],
-            "rss_max_by_fifth_bytes": flow4["rss_max_by_fifth_bytes"],
-        },
         "model_only_peak_rss_bytes": model["peak_rss_bytes"],
-        "load_1m_after": {
-            "night": [flow["load_1m"], model["load_1m"]],
-            "single": [flow4["load_1m"], four["model"]["load_1m"]],
-            "quarter": [[p["flow"]["load_1m"], p["model"]["load_1m"]] for p in ones],
-        },
+        "load_1m_after_night": [flow["load_1m"], model["load_1m"]],
+        **single,
     }
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="6 minutes of video (a few minutes)")
+    ap.add_argument("--quick", action="store_true", help="2 minutes of video, no single-video runs")
     ap.add_argument("--minutes", type=float, default=30.0, help="the night's length")
     ap.add_argument("--videos", type=int, default=12, help="videos in the night")
     ap.add_argument("--width", type=int, default=640)
@@ -389,7 +398,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
-        args.minutes = min(args.minutes, 6.0)
+        args.minutes = min(args.minutes, 2.0)
     return args
 
 

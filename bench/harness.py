@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +22,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+PARENT_ENV = "CURATE_BENCH_PARENT"  # the pid of the bench process that started this one
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """End this process when the benchmark that started it ends, however it ends (Ctrl-C,
+    a timeout, SIGKILL): a measurement child must never outlive its run (Linux prctl)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it ended before the line above
+        os._exit(1)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process that `die_with_parent` ties to this one."""
+    return {**os.environ, PARENT_ENV: str(os.getpid())}
+
+
+die_with_parent()  # every bench script imports this module first
 
 
 def quiet() -> None:
@@ -102,6 +127,7 @@ def run_child(script: Path, args: list[str], timeout: float = 3600) -> dict[str,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env=child_env(),
     )
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])

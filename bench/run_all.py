@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -23,10 +24,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from harness import cores, scaling  # noqa: E402
+from harness import child_env, cores, scaling  # noqa: E402
 
 # scripts without a --quick flag: the arguments that make them quick
-QUICK_ARGS = {"bench_pool.py": ["--images", "128"], "bench_balance.py": ["--captions", "20000"]}
+QUICK_ARGS = {"bench_balance.py": ["--captions", "20000"]}
 # scripts that do not measure 1x -> 4x themselves: (size flag, 1x quick, 1x full, seconds key)
 SCALE_BY_RERUN = {"bench_balance.py": ("--captions", 20000, 100000, "end_to_end_s")}
 COMMON = ("workload", "throughput", "unit", "bound", "bound_throughput", "ratio", "target_ratio")
@@ -56,6 +57,7 @@ def run_script(path: Path, args: list[str], timeout: float) -> tuple[dict[str, A
             text=True,
             timeout=timeout,
             cwd=HERE.parent,
+            env=child_env(),
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}, time.perf_counter() - t0
@@ -183,6 +185,7 @@ def main() -> int:
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     records = previous(Path(args.out), args.quick) if only else {}
+    t0, load_before = time.perf_counter(), round(os.getloadavg()[0], 2)
     for path in scripts(only):
         name = path.stem.removeprefix("bench_")
         print(f"running {path.name} ...", file=sys.stderr, flush=True)
@@ -197,6 +200,9 @@ def main() -> int:
         "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "machine": machine(),
+        # a shared machine's neighbours show here (and in every timing): 1-minute load average
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "load_1m": {"start": load_before, "end": round(os.getloadavg()[0], 2)},
         "benchmarks": records,
         "targets": targets(records),
     }
@@ -225,6 +231,8 @@ def print_summary(result: dict[str, Any], out: str) -> None:
         print(
             f"target {t['benchmark']}.{t['metric']}: {t['value']} met={t['met']}", file=sys.stderr
         )
+    load = result["load_1m"]
+    print(f"{result['wall_s']} s in all, load {load['start']} -> {load['end']}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -8,17 +8,25 @@ torch or open_clip (`torch_dataset` imports torch when called).
 
 from __future__ import annotations
 
-import datetime as dt
 from functools import cached_property
 from typing import Any
 
 import polars as pl
 
+from schemas.partition import check_optional_date
+from schemas.tables import EVENTS, FRAMES, SAMPLES, VIDEOS
 from tasks.io import storage
 from tasks.publish.catalog import Catalog, read_catalog
 from tasks.publish.manifest import Published, read_published
 
 FLOWS = ("pool", "video")
+# the columns of a table when no partition in a range has published one
+EMPTY = {
+    "samples.parquet": SAMPLES,
+    "frames.parquet": FRAMES,
+    "videos.parquet": VIDEOS,
+    "events.parquet": EVENTS,
+}
 
 
 class Partition:
@@ -86,15 +94,6 @@ class Partition:
         return bool(self.entry.get("held"))
 
 
-def _check_date(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(str(value)).isoformat()
-    except ValueError:
-        raise ValueError(f"{what}: expected YYYY-MM-DD, got {value!r}") from None
-
-
 class Dataset:
     """`{output}/{dataset}` on any fsspec store (local path, s3://...)."""
 
@@ -116,7 +115,7 @@ class Dataset:
         flow's catalog: `catalog` when the caller has read it already)."""
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, not {flow!r}")
-        lo, hi = _check_date(start, "start"), _check_date(end, "end")
+        lo, hi = check_optional_date(start, "start"), check_optional_date(end, "end")
         folder = storage.join(self.uri, flow)
         out = []
         for name, entry in sorted((catalog or self.catalog(flow)).entries.items()):
@@ -132,8 +131,9 @@ class Dataset:
 
     def _frame(self, flow: str, table: str, start: str | None, end: str | None) -> pl.LazyFrame:
         frames = [_plain_enums(p.table(table)) for p in self.partitions(flow, start, end)]
-        if not frames:
-            return pl.LazyFrame()
+        if not frames:  # nothing published in the range: no rows, but the table's columns
+            schema = {**EMPTY.get(table, {}), "partition": pl.String}
+            return _plain_enums(pl.DataFrame(schema=schema)).lazy()
         return pl.concat(frames, how="diagonal_relaxed").lazy()
 
     def samples(

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from flows.backfill_remote import remote_runner, use_deployment
-from flows.dates import Mode, Row, counts_detail, date_range, format_table, one_line
+from flows.dates import Mode, Row, counts_detail, date_range, format_table
+from flows.exits import FAILED, combined_status, exit_status, failure_text
 from flows.plan import HISTORY_SETTINGS, already_published, history_kinds, plan_run
 from schemas.config import ConfigError, CurateConfig
 
@@ -34,10 +36,17 @@ def run_backfill(
     force_range: bool = False,
     timeout: float | None = None,
 ) -> int:
-    """CLI entry: run the range, print the table, return 1 if any date failed."""
+    """CLI entry: run the range, print the table, return the failed dates' exit status (the
+    one they share, e.g. 4 when the gate held them all; else 1), 0 when none failed."""
     rows = backfill(cfg, flow, start, end, force, max_parallel, mode, force_range, timeout)
     print(format_table(rows))
-    return 1 if any(r.status == "failed" for r in rows) else 0
+    failed = [r for r in rows if r.status == "failed"]
+    if failed:  # the command's one line on stderr, as every failing command ends
+        first = f"{failed[0].date}: {failed[0].detail}"
+        print(
+            f"curate: backfill: {len(failed)} of {len(rows)} dates failed, {first}", file=sys.stderr
+        )
+    return combined_status([r.exit_status or FAILED for r in failed])
 
 
 def backfill(
@@ -88,7 +97,7 @@ def run_dates(dates: list[str], one: Callable[[str], Row], max_parallel: int) ->
             return one(date)
         except Exception as err:
             logger.warning("%s failed: %s", date, err)
-            return Row(date, "failed", f"{type(err).__name__}: {one_line(err)}")
+            return Row(date, "failed", failure_text(err), exit_status(err))
 
     pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="backfill")
     try:  # each date runs in a copy of this context: Prefect's settings live in contextvars

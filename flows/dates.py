@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from schemas.config import ConfigError, CurateConfig
+from schemas.partition import check_date
 from tasks.io import storage
 from tasks.publish.manifest import partition_url, read_published
 
@@ -21,14 +22,13 @@ class Row:
     date: str
     status: str
     detail: str = ""
+    exit_status: int | None = None  # a failed date's README exit status (None: 1)
 
 
 def date_range(start: str, end: str, force_range: bool = False) -> list[str]:
     """Every date in [start, end]; bad dates and oversized ranges are one-line errors."""
-    try:
-        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
-    except ValueError as err:
-        raise ConfigError(f"backfill: dates must be YYYY-MM-DD ({err})") from None
+    first = dt.date.fromisoformat(check_date(start, "--start"))
+    last = dt.date.fromisoformat(check_date(end, "--end"))
     if last < first:
         raise ConfigError(f"backfill: --end {end} is before --start {start}")
     days = (last - first).days + 1

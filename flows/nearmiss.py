@@ -19,7 +19,7 @@ from flows.common import cache_root, execution, model_runs_here
 from flows.plan import InputError, config_files, list_inputs, resolve_partition
 from flows.progress import Progress
 from flows.video import Prompts, check_head, detect, run_head, score_stage
-from schemas.config import CurateConfig, parse_config
+from schemas.config import ConfigError, CurateConfig, parse_config
 from schemas.tables import SCORED_VIDEO
 from tasks import cancel
 from tasks.io import storage
@@ -86,7 +86,7 @@ def nearmiss_scores_flow(config: dict[str, Any], urls: list[str]) -> tuple[list,
 def score_labelled(cfg: CurateConfig, labels_path: str, partition: str | None) -> Labelled:
     """Read the labels, find their videos, take their scores from the cache or score them."""
     if cfg.video is None:
-        raise InputError("config: nearmiss needs a 'video' section")
+        raise ConfigError("config: nearmiss needs a 'video' section")
     labels = read_labels(labels_path)
     partition = resolve_partition(partition, cfg.schedule.timezone)
     urls, unknown, inputs = labelled_inputs(cfg, labels, partition)

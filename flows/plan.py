@@ -16,6 +16,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from schemas.config import ConfigError, CurateConfig, config_hash, history_kinds_of, redacted
+from schemas.partition import check_date
+from tasks.errors import InputError, short
 from tasks.io import storage
 from tasks.metaclip.folder import planned_files
 from tasks.model.files import planned_identity
@@ -26,10 +28,6 @@ from tasks.publish.manifest import partition_url, read_manifest, read_published
 from tasks.video.sidecar import video_fingerprint
 
 PUBLISH_VERSION = 3  # bump when what a published partition holds changes meaning (3: raw captions)
-
-
-class InputError(RuntimeError):
-    """Input root unreadable or empty: the run stops with one clear line."""
 
 
 @dataclass
@@ -65,7 +63,7 @@ def resolve_partition(partition: str | None, tz: str) -> str:
     Prefect (Prefect not even imported) there is no scheduled run to ask.
     """
     if partition:
-        return partition
+        return check_date(partition)
     if "prefect" in sys.modules:
         from prefect.runtime import flow_run
 
@@ -90,10 +88,27 @@ def list_inputs(
     try:
         urls = storage.expand_inputs(pattern, so)
     except Exception as err:
-        raise InputError(f"{key}: cannot list {pattern}: {type(err).__name__}: {err}") from None
+        raise InputError(f"{key}: cannot list {pattern}: {short(err)}") from None
     if not urls:
-        raise InputError(f"{key}: no input files match {pattern}")
+        raise InputError(f"{key}: no input files match {pattern}{_glob_hint(pattern, key, so)}")
     return urls
+
+
+def _glob_hint(pattern: str | list[str], key: str, so: dict[str, Any]) -> str:
+    """What to write instead when the pattern names a folder rather than the files in it."""
+    folders = [p for p in ([pattern] if isinstance(pattern, str) else pattern) if _is_dir(p, so)]
+    if not folders:
+        return ""
+    folder, files = folders[0].rstrip("/"), "*.mp4" if key.startswith("video") else "*.tar"
+    return f" ({folder} is a folder: add a glob for its files, e.g. {folder}/{files})"
+
+
+def _is_dir(url: str, so: dict[str, Any]) -> bool:
+    try:
+        fs, path = storage.get_fs(url, so)
+        return bool(fs.isdir(path))
+    except Exception:  # an unreachable store: the listing's own error says enough
+        return False
 
 
 def output_config(cfg: CurateConfig, flow: str) -> dict[str, Any]:
@@ -211,7 +226,7 @@ def plan_run(cfg: CurateConfig, flow: str, partition: str | None) -> RunPlan:
     """
     section = getattr(cfg, flow)
     if section is None:
-        raise InputError(f"config: the {flow} flow needs a '{flow}' section")
+        raise ConfigError(f"config: the {flow} flow needs a '{flow}' section")
     partition = resolve_partition(partition, cfg.schedule.timezone)
     so = cfg.storage_options
     urls = list_inputs(section.input, partition, so, f"{flow}.input")

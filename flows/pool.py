@@ -13,7 +13,6 @@ from prefect import flow, get_run_logger, task
 
 from flows.common import (
     IO_RETRIES,
-    InputError,
     cache_root,
     execution,
     model_runs_here,
@@ -29,6 +28,7 @@ from flows.run import (
     gather,
     plan_run,
     report_url,
+    resolved_model,
     run_partition,
     skipped,
     total_time,
@@ -368,6 +368,7 @@ def partition_stats(
         timings=timings,
     )
     stats["stages"] = {"score": Counts.total(r.stats["counts"] for r in results).sorted()}
+    stats["model"] = resolved_model(r.stats.get("model") for r in results if r.stats["samples"])
     stats["unreadable_shards"] = {
         r.url: r.stats["shard_error"] for r in results if r.stats.get("shard_error")
     }
@@ -379,7 +380,7 @@ def pool_flow(config: dict[str, Any], partition: str | None = None, force: bool 
     """Score every pair with CLIP, drop bad captions and poor matches, publish shards."""
     cfg = parse_config(config)
     if cfg.pool is None:
-        raise InputError("config: the pool flow needs a 'pool' section")
+        raise ConfigError("config: the pool flow needs a 'pool' section")
     return run_partition(cfg, "pool", partition, force, _pool_run, get_run_logger())
 
 
@@ -424,7 +425,7 @@ def run_pool(cfg: CurateConfig, partition: str | None = None, force: bool = Fals
     and config is skipped, before any task runner or API starts.
     """
     if cfg.pool is None:
-        raise InputError("config: the pool flow needs a 'pool' section")
+        raise ConfigError("config: the pool flow needs a 'pool' section")
     plan = plan_run(cfg, "pool", partition)
     if not force and already_published(plan, cfg.storage_options):
         return skipped(plan, cfg.storage_options)

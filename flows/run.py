@@ -175,6 +175,15 @@ def finish(
     publish_cards(plan.final, card, cfg.output, cfg.dataset, so)
 
 
+def resolved_model(identities: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The model as the score stage resolved it where it ran (`auto` device and precision
+    made concrete), for stats.json and `curate report`; None when nothing was scored."""
+    for identity in identities:
+        if identity:
+            return {k: v for k, v in identity.items() if k != "logit_scale"}
+    return None
+
+
 def total_time(timings: dict[str, float]) -> dict[str, float]:
     timings["total_s"] = sum(v for k, v in timings.items() if k != "total_s")
     return timings

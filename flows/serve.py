@@ -178,9 +178,29 @@ def serve(
             logger.info("serving %s: %s", spec.full_name, spec.description)
         logger.info("runs are executed here; Prefect API at %s; Ctrl-C stops", api)
         try:
-            asyncio.run(runner.start())
+            asyncio.run(_serve(runner, api))
         except (KeyboardInterrupt, TerminationSignal):
             logger.info("stopped serving (schedules paused)")
+
+
+STOP_WAIT_S = 10.0
+
+
+async def _serve(runner: Any, api: str) -> None:
+    """The runner until it stops, or until its API stops answering: then it is cancelled
+    without pausing the schedules (that would need the API) and the command fails at once."""
+    from infra.server import ApiGone, watch_api
+
+    serving = asyncio.create_task(runner.start())
+    watching = asyncio.create_task(watch_api(api))
+    await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():
+        watching.cancel()
+        return serving.result()
+    runner.pause_on_shutdown = False
+    serving.cancel()
+    await asyncio.wait({serving}, timeout=STOP_WAIT_S)
+    raise ApiGone(watching.result())
 
 
 def _add(runner: Any, spec: DeploymentSpec, task_runner: Any, config_path: str | None) -> None:

@@ -12,7 +12,6 @@ from prefect import flow, get_run_logger, task
 
 from flows.common import (
     IO_RETRIES,
-    InputError,
     cache_root,
     execution,
     model_runs_here,
@@ -29,12 +28,13 @@ from flows.run import (
     gather,
     plan_run,
     report_url,
+    resolved_model,
     run_partition,
     skipped,
     total_time,
     versioned,
 )
-from schemas.config import CurateConfig, ModelConfig, VideoConfig, parse_config
+from schemas.config import ConfigError, CurateConfig, ModelConfig, VideoConfig, parse_config
 from schemas.tables import EVENTS, FRAMES, SCORED_VIDEO, VIDEOS, conform
 from tasks import cancel
 from tasks.publish.commit import Version
@@ -259,6 +259,7 @@ def video_stats(
         "videos_scored": sum(not r.cached for r in results),
         "videos_cached": sum(r.cached for r in results),
         "stages": {"clips": clips.sorted()},
+        "model": resolved_model(r.model for r in results),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
 
@@ -326,7 +327,7 @@ def video_flow(config: dict[str, Any], partition: str | None = None, force: bool
     """Find near-miss moments in driving-recorder video and publish them as clips."""
     cfg = parse_config(config)
     if cfg.video is None:
-        raise InputError("config: the video flow needs a 'video' section")
+        raise ConfigError("config: the video flow needs a 'video' section")
     return run_partition(cfg, "video", partition, force, _video_run, get_run_logger())
 
 
@@ -363,7 +364,7 @@ def run_video(cfg: CurateConfig, partition: str | None = None, force: bool = Fal
     """Run the video flow with the config's task runner (inputs and model checked first;
     a partition already published with the same inputs and config is skipped at once)."""
     if cfg.video is None:
-        raise InputError("config: the video flow needs a 'video' section")
+        raise ConfigError("config: the video flow needs a 'video' section")
     plan = plan_run(cfg, "video", partition)
     if not force and already_published(plan, cfg.storage_options):
         return skipped(plan, cfg.storage_options)

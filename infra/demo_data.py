@@ -7,6 +7,7 @@ the model is a tiny open_clip architecture with a random-init checkpoint written
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -25,21 +26,33 @@ COLORS = {
     "yellow": (240, 210, 20),
 }
 SHAPES = ("circle", "square", "triangle")
+REPOSTS = 3  # photos of shard 0 that shard 1 posts again: exact dedup has work to do
+
+
+def _subject(seed: int) -> tuple[str, str]:
+    """The colour and shape drawn for picture `seed`."""
+    rng = random.Random(seed)
+    return rng.choice(list(COLORS)), rng.choice(SHAPES)
 
 
 def draw(color: str, shape: str, size: int = 96, seed: int = 0) -> bytes:
-    """A JPEG of one coloured shape on a white background."""
+    """A JPEG of one coloured shape on a white background, a different picture per seed
+    (16 faint marks in a corner spell the seed: no two seeds below 65536 share bytes)."""
     rng = random.Random(seed)
     img = Image.new("RGB", (size, size), (255, 255, 255))
     d = ImageDraw.Draw(img)
-    m = rng.randint(8, 20)
-    box = (m, m, size - m, size - m)
+    for bit in range(16):
+        if seed >> bit & 1:
+            d.point((bit, 0), fill=(235, 235, 235))
+    m, dx, dy = rng.randint(8, 20), rng.randint(-4, 4), rng.randint(-4, 4)
+    box = (m + dx, m + dy, size - m + dx, size - m + dy)
     if shape == "circle":
         d.ellipse(box, fill=COLORS[color])
     elif shape == "square":
         d.rectangle(box, fill=COLORS[color])
     else:
-        d.polygon([(size // 2, m), (m, size - m), (size - m, size - m)], fill=COLORS[color])
+        top, bottom = (size // 2 + dx, m + dy), size - m + dy
+        d.polygon([top, (m + dx, bottom), (size - m + dx, bottom)], fill=COLORS[color])
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -64,17 +77,20 @@ def pool_samples(n: int, shard: int, mismatch_every: int = 3) -> list[dict]:
     """`n` samples; every `mismatch_every`-th caption describes a different picture."""
     out = []
     for i in range(n):
-        rng = random.Random(shard * 10_000 + i)
-        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        # a few photos of the first shard are posted again in the second (exact copies)
+        picture = i if shard == 1 and i < REPOSTS else shard * 10_000 + i
+        rng = random.Random(picture)
+        color, shape = _subject(picture)
         cap_color, cap_shape = color, shape
         if i % mismatch_every == mismatch_every - 1:
             cap_color = rng.choice([c for c in COLORS if c != color])
             cap_shape = rng.choice([s for s in SHAPES if s != shape])
-        uid = f"{shard:03d}{i:05d}"
+        # 128-bit hex, as DataComp's and img2dataset's uids (`export datacomp-subset` needs it)
+        uid = hashlib.md5(f"demo-{shard}-{i}".encode()).hexdigest()
         out.append(
             {
                 "key": f"{i:06d}",
-                "jpg": draw(color, shape, seed=shard * 10_000 + i),
+                "jpg": draw(*_subject(picture), seed=picture),
                 "txt": f"a {cap_color} {cap_shape} on a white background".encode(),
                 "json": json.dumps({"uid": uid, "url": f"https://example.com/{uid}.jpg"}).encode(),
             }
@@ -99,9 +115,10 @@ def broken_samples() -> list[dict]:
     ]
 
 
-def make_pool(root: Path, shards: int = 3, per_shard: int = 40) -> Path:
-    """Write the demo pool under `root/pool/` and return that folder."""
-    pool = root / "pool"
+def make_pool(root: Path, partition: str, shards: int = 3, per_shard: int = 40) -> Path:
+    """Write the demo pool of `partition` under `root/pool/{partition}/`, as a nightly pool
+    lands in a folder per day, and return `root/pool`."""
+    pool = root / "pool" / partition
     pool.mkdir(parents=True, exist_ok=True)
     for s in range(shards):
         samples = pool_samples(per_shard, s)
@@ -109,7 +126,26 @@ def make_pool(root: Path, shards: int = 3, per_shard: int = 40) -> Path:
             samples += broken_samples()
         write_shard(pool / f"{s:05d}.tar", samples)
     (pool / f"{shards:05d}.tar").write_bytes(b"")  # an empty shard is counted, not fatal
-    return pool
+    return root / "pool"
+
+
+def make_balance_inputs(root: Path) -> tuple[Path, Path]:
+    """A MetaCLIP-style metadata list (the demo's words) and a captions table of the demo
+    captions, for `curate balance`; returns (metadata.json, captions.parquet)."""
+    import polars as pl
+
+    meta = root / "metadata.json"
+    meta.write_text(json.dumps([*COLORS, *SHAPES, "white background"]))
+    rows = [s for shard in range(3) for s in pool_samples(40, shard)]
+    captions = pl.DataFrame(
+        {
+            "uid": [json.loads(s["json"])["uid"] for s in rows],
+            "caption": [s["txt"].decode() for s in rows],
+        }
+    )
+    out = root / "captions.parquet"
+    captions.write_parquet(out)
+    return meta, out
 
 
 def train_on_shapes(

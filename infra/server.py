@@ -41,6 +41,10 @@ class ServerError(RuntimeError):
     """The server did not come up (the message carries the tail of its log)."""
 
 
+class ApiGone(RuntimeError):
+    """The Prefect API a long-running process (`curate serve`) relies on stopped answering."""
+
+
 @dataclass
 class PrefectServer:
     """A running `prefect server start` process and where to reach it."""
@@ -104,6 +108,24 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
             return resp.status == 200
     except OSError:
         return False
+
+
+WATCH_INTERVAL_S = 2.0  # a serving process notices a dead API within about 3 intervals
+WATCH_MISSES = 3
+
+
+async def watch_api(
+    api_url: str, interval: float = WATCH_INTERVAL_S, misses: int = WATCH_MISSES
+) -> str:
+    """Return, with a sentence saying so, once `api_url` failed `misses` health checks in a
+    row: Prefect's own client retries each call for about a minute before it gives up."""
+    import asyncio
+
+    failed = 0
+    while failed < misses:
+        await asyncio.sleep(interval)
+        failed = 0 if await asyncio.to_thread(healthy, api_url, interval) else failed + 1
+    return f"the Prefect API at {api_url} stopped answering ({misses} health checks failed)"
 
 
 def wait_healthy(server: PrefectServer, timeout: float = START_TIMEOUT_S) -> None:

@@ -109,6 +109,10 @@ class DedupConfig(Strict):
     keep: Literal["best_score", "first"] = "best_score"
 
 
+# what a pool without a `dedup` section (or with `dedup: true`) removes: exact copies only
+DEFAULT_DEDUP: dict[str, Any] = {"exact": True, "perceptual": None, "semantic": None}
+
+
 class HeadConfig(Strict):
     path: str
     min: float | None = None
@@ -178,7 +182,10 @@ class PoolConfig(Strict):
     # words, >= 6 characters, short side >= 200 px, aspect ratio <= 3; it overrides those keys
     basic_filter: bool = False
     clip_filter: ClipFilterConfig = Field(default_factory=ClipFilterConfig)
-    dedup: DedupConfig | None = None
+    # on by default for exact copies (same image bytes in the partition), as users of
+    # img2dataset/DataComp pipelines expect; a `dedup:` section configures every method,
+    # `dedup: false` (or null) turns it off
+    dedup: DedupConfig | None = Field(default_factory=lambda: DedupConfig(**DEFAULT_DEDUP))
     heads: dict[str, HeadConfig] = Field(default_factory=dict)
     balance: BalanceConfig | None = None
     shard: ShardConfig = Field(default_factory=ShardConfig)
@@ -188,6 +195,13 @@ class PoolConfig(Strict):
     passthrough: list[str] = Field(
         default_factory=lambda: ["url", "original_width", "original_height", "sha256"]
     )
+
+    @field_validator("dedup", mode="before")
+    @classmethod
+    def _dedup_switch(cls, v: Any) -> Any:
+        if v is False:
+            return None
+        return dict(DEFAULT_DEDUP) if v is True else v
 
     @model_validator(mode="after")
     def _basic_filter(self) -> PoolConfig:
@@ -577,10 +591,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> CurateC
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"config: {p} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {p} must hold a mapping at the top level")
     return parse_config(apply_overrides(data, overrides or []))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's problem with where it is (1-based line and column, as editors count)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    context = getattr(err, "context", None)
+    return f"{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def config_hash(section: Any) -> str:

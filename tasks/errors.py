@@ -53,6 +53,11 @@ class Cancelled(InfraError):
     """The run was asked to stop (SIGTERM, Ctrl-C) and gave up its in-flight work."""
 
 
+class InputError(RuntimeError):
+    """The run's input (files, a table, a published dataset) is missing, unreadable or empty:
+    the command stops with one line naming it (exit status 3)."""
+
+
 class SampleError(Exception):
     """One item is unusable: recorded as a row with `code` and `detail`, never raised further."""
 

@@ -361,7 +361,7 @@ def summarize_partition(uri: str, storage_options: dict | None = None) -> str:
         stats = storage.read_json(published.url("stats.json"), storage_options)
     except Exception as err:
         return f"cannot read {MANIFEST}/stats.json at {uri}: {type(err).__name__}: {err}"
-    m = manifest.get("model") or {}
+    m = {**(manifest.get("model") or {}), **(stats.get("model") or {})}  # as resolved
     lines = [
         f"{manifest.get('flow')} partition {manifest.get('dataset')}/{manifest.get('partition')}"
         f" at {uri}",

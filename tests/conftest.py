@@ -46,3 +46,14 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, prefect_harness):
+    """`curate demo`'s folder (pool published, videos, labels, metadata), made once: the
+    README's quick start and synopsis run against it, and so do the CLI's error checks."""
+    from flows.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    assert run_demo(str(root), train_steps=30) == 0
+    return root

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,3 +27,28 @@ def published_dir(uri: str | Path) -> Path:
     published = read_published(str(uri))
     assert published is not None, f"{uri} is not published"
     return Path(published.base)
+
+
+@dataclass
+class Cli:
+    """What one `curate` command did: exit status, stdout, stderr and its last line."""
+
+    status: int
+    out: str
+    err: str
+
+    @property
+    def line(self) -> str:
+        lines = self.err.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: Any) -> Cli:
+    """`curate ARGS` in this process (no traceback may reach stderr)."""
+    from flows.cli import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err, captured.err
+    return Cli(status, captured.out, captured.err)

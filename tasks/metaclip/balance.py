@@ -21,6 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.errors import InputError, is_infrastructure, short
 from tasks.io import storage
 from tasks.metaclip.matcher import PARALLEL_MIN_ROWS, entry_ids_series, get_matcher
 from tasks.metaclip.metadata import MetadataError, load_metadata
@@ -197,18 +198,37 @@ def save_running_counts(
     storage.write_bytes(url, buf.getvalue(), storage_options)
 
 
+def _read_captions(url: str, storage_options: dict[str, Any] | None) -> pl.DataFrame:
+    """The captions table; a missing or unreadable file is the input's fault (one line)."""
+    try:
+        return storage.read_parquet(url, storage_options)
+    except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as err:
+        if is_infrastructure(err):
+            raise
+        raise InputError(f"balance: cannot read --input {url} as parquet: {short(err)}") from None
+
+
 def _captions(df: pl.DataFrame, column: str, url: str) -> pl.Series:
     if column not in df.columns:
-        raise ValueError(f"balance: {url} has no caption column {column!r} (has {df.columns})")
+        raise InputError(
+            f"balance: {url} has no caption column {column!r} (its columns: "
+            f"{', '.join(df.columns)}; name the captions with --caption-column)"
+        )
     col = df[column]
     if col.dtype not in (pl.String, pl.Categorical, pl.Null) and not isinstance(col.dtype, pl.Enum):
-        raise ValueError(f"balance: caption column {column!r} is {col.dtype}, not text")
+        raise InputError(
+            f"balance: caption column {column!r} of {url} is {col.dtype}, not text "
+            "(name the captions with --caption-column)"
+        )
     return col.cast(pl.String)
 
 
 def _uid_column(df: pl.DataFrame, uid_column: str | None, url: str) -> str | None:
     if uid_column is not None and uid_column not in df.columns:
-        raise ValueError(f"balance: {url} has no uid column {uid_column!r}")
+        raise InputError(
+            f"balance: {url} has no uid column {uid_column!r} (its columns: "
+            f"{', '.join(df.columns)}; leave --uid-column out to draw by caption)"
+        )
     if uid_column is None and "uid" in df.columns:
         return "uid"
     return uid_column
@@ -282,7 +302,7 @@ def balance_file(
         )
     clock = _Clock()
     md = load_metadata(metadata, storage_options)
-    df = storage.read_parquet(input, storage_options)
+    df = _read_captions(input, storage_options)
     captions = _captions(df, caption_column, input)
     uid_col = _uid_column(df, uid_column, input)
     clock.lap("read")

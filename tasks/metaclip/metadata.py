@@ -54,7 +54,7 @@ def load_metadata(url: str, storage_options: dict[str, Any] | None = None) -> Me
     try:
         raw = storage.read_bytes(url, storage_options)
     except OSError as e:
-        raise MetadataError(f"metadata: cannot read {url} ({type(e).__name__}: {e})") from None
+        raise MetadataError(f"metadata: cannot read {url} ({e.strerror or e})") from None
     return parse_metadata(raw, url)
 
 

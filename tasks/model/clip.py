@@ -163,24 +163,36 @@ def model_identity(cfg: ModelConfig) -> dict[str, Any]:
     return identity
 
 
+TAG_PREPROCESS = ("mean", "std", "interpolation", "resize_mode")  # what open_clip tags set
+
+
+def tag_preprocess(name: str, pretrained: str | None) -> dict[str, Any]:
+    """`create_model_and_transforms` arguments for the preprocessing an open_clip tag sets
+    (every tag sets exactly these four), as `pretrained=tag` would apply them."""
+    if not pretrained or is_checkpoint_ref(pretrained):
+        return {}
+    from open_clip.pretrained import get_pretrained_cfg
+
+    tag = get_pretrained_cfg(name, pretrained)
+    return {f"image_{k}": tag[k] for k in TAG_PREPROCESS if tag.get(k) is not None}
+
+
 def _build(cfg: ModelConfig) -> ClipModel:
     import open_clip
 
-    info = model_identity(cfg)
+    info = model_identity(cfg)  # resolves the weights file (a tag's from the hub cache)
     name, pretrained = info["architecture"], cfg.pretrained
+    if not pretrained:
+        logger.warning("model.pretrained is empty: RANDOM weights (benchmarks only)")
     try:
-        if pretrained and not is_checkpoint_ref(pretrained):
-            # a tag: open_clip also applies the tag's preprocessing settings
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, weights_only=True
-            )
-        else:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
-            if pretrained:
-                ckpt = checkpoint_file(name, pretrained)
-                open_clip.load_checkpoint(model, ckpt, weights_only=True)
-            else:
-                logger.warning("model.pretrained is empty: RANDOM weights (benchmarks only)")
+        # the weights as a file, loaded while the model is built: open_clip then neither asks
+        # the hub again nor warns that the model was "initialized randomly" before we load it
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name,
+            pretrained=checkpoint_file(name, pretrained),
+            weights_only=True,
+            **tag_preprocess(name, pretrained),
+        )
     except Exception as err:  # open_clip raises many kinds; the user needs one line
         raise ModelLoadError(f"model: cannot load {cfg.name} / {pretrained}: {err}") from err
     info["logit_scale"] = float(model.logit_scale.detach().float().exp())

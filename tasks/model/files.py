@@ -24,6 +24,7 @@ from schemas.config import ModelConfig, config_hash
 from tasks.errors import InfraError
 from tasks.io import storage
 from tasks.io.cache import Attempt, Cache
+from tasks.model import hub
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +182,16 @@ def checkpoint_file(name: str, pretrained: str | None) -> str | None:
             f"model.pretrained: '{pretrained}' is neither a checkpoint path nor an "
             f"open_clip tag of {name} (tags: {', '.join(tags) or 'none'})"
         )
-    try:
-        return open_clip.pretrained.download_pretrained(
-            open_clip.pretrained.get_pretrained_cfg(name, pretrained)
+    tag_cfg = open_clip.pretrained.get_pretrained_cfg(name, pretrained)
+    if cached := hub.cached_weights(tag_cfg):  # no network at all once downloaded
+        return cached
+    if why := hub.why_not_download(tag_cfg):  # offline or unreachable: say so in seconds
+        raise ModelLoadError(
+            f"model.pretrained: '{pretrained}' is not downloaded yet and {why}; point "
+            "model.pretrained at a checkpoint file instead (a path or URL of a "
+            ".pt/.bin/.safetensors, e.g. one downloaded where the hub is reachable)"
         )
+    try:
+        return open_clip.pretrained.download_pretrained(tag_cfg)
     except Exception as err:  # hub/network errors come in many types
         raise ModelLoadError(f"model.pretrained: cannot fetch '{pretrained}': {err}") from None

@@ -65,6 +65,23 @@ def _languages_section(stats: dict[str, Any]) -> list[str]:
     ]
 
 
+def _dedup_lines(manifest: dict[str, Any]) -> list[str]:
+    """What dedup removed (pool only): people reading a card ask whether copies are in."""
+    if manifest.get("flow") != "pool":
+        return []
+    dedup = ((manifest.get("config") or {}).get("pool") or {}).get("dedup")
+    if not dedup:
+        return ["- dedup: off (`pool.dedup: false`): copies of an image are all kept"]
+    methods = ["exact (same image bytes)"] if dedup.get("exact") else []
+    if perceptual := dedup.get("perceptual"):
+        methods.append(f"perceptual (pHash distance <= {perceptual['max_distance']})")
+    if semantic := dedup.get("semantic"):
+        methods.append(f"semantic (cosine >= {semantic['threshold']})")
+    scope = "this partition" if dedup.get("scope") == "partition" else "the dataset so far"
+    what = ", ".join(methods) or "no method enabled"
+    return [f"- dedup: {what} within {scope}; copies are `duplicate` in samples.parquet"]
+
+
 def partition_card(manifest: dict[str, Any], stats: dict[str, Any]) -> str:
     """The card of one published partition (paths relative to the partition folder)."""
     flow, version = manifest["flow"], manifest["version"]
@@ -91,6 +108,7 @@ def partition_card(manifest: dict[str, Any], stats: dict[str, Any]) -> str:
             f"`{model.get('checkpoint_sha256')}`",
             f"- config hash `{manifest.get('config_hash')}`, run key `{manifest.get('run_key')}`",
             f"- {len(manifest.get('inputs') or [])} input files (fingerprints in manifest.json)",
+            *_dedup_lines(manifest),
             f"- published {manifest.get('created')}",
             "",
             _counts_table(stats),

@@ -111,7 +111,13 @@ def parse_labels(text: str, source: str = "labels") -> list[LabelRow]:
 
 def read_labels(path: str | Path) -> list[LabelRow]:
     """`parse_labels` on a local file (UTF-8, a BOM allowed)."""
-    return parse_labels(Path(path).read_text(encoding="utf-8-sig"), source=str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise LabelError(
+            f"labels: cannot read {path}: {getattr(err, 'strerror', None) or err}"
+        ) from None
+    return parse_labels(text, source=str(path))
 
 
 def labelled_videos(rows: Iterable[LabelRow]) -> set[str]:

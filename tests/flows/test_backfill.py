@@ -13,6 +13,7 @@ import pytest
 
 from flows.backfill import Row, date_range, format_table, run_backfill, run_dates
 from schemas.config import ConfigError, parse_config
+from schemas.partition import PartitionError
 from tasks.publish.manifest import read_published
 from tests.pool_factory import make_samples, write_tar
 
@@ -33,13 +34,14 @@ def test_date_range_hand_examples():
     ("start", "end", "message"),
     [
         ("2026-01-05", "2026-01-04", "is before --start"),
-        ("2026-13-01", "2026-12-31", "YYYY-MM-DD"),
+        ("2026-13-01", "2026-12-31", "'2026-13-01' is not a calendar date"),
         ("yesterday", "2026-01-01", "YYYY-MM-DD"),
+        ("2026-01-01", "20260102", "--end '20260102' is not a date written YYYY-MM-DD"),
         ("2024-01-01", "2025-01-01", "more than 366"),
     ],
 )
 def test_date_range_rejects(start, end, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, PartitionError), match=message):
         date_range(start, end)
 
 
@@ -112,7 +114,13 @@ def test_run_dates_keeps_order_bounds_parallelism_and_turns_errors_into_rows():
     # the first two start together (in either order), then one more each time one finishes
     assert sorted(gate.started[:2]) == dates[:2] and gate.started[2:] == dates[2:]
     assert gate.peak == 2
-    assert rows[2] == Row("2026-01-03", "failed", "OSError: store unreachable")
+    assert rows[2] == Row(
+        "2026-01-03",
+        "failed",
+        "I/O failure: store unreachable (check the store or disk, then re-run; --verbose "
+        "shows where)",
+        1,
+    )
     assert [r.status for r in rows].count("ran") == 6
     one_at_a_time = Gate()
     assert one_at_a_time.drive(dates[:3], max_parallel=1)[0].status == "ran"
@@ -221,8 +229,9 @@ def test_backfill_force_reruns_and_missing_inputs_fail(
         "ran",
     ]
 
-    # 2026-04-02 has no inputs: its row fails with the reason, the others still run
-    assert run_backfill(cfg, "pool", DATES[-1], "2026-04-02", mode="local") == 1
+    # 2026-04-02 has no inputs: its row fails with the reason (exit 3, as `run` would), the
+    # others still run
+    assert run_backfill(cfg, "pool", DATES[-1], "2026-04-02", mode="local") == 3
     lines = capsys.readouterr().out.splitlines()
     assert table_rows("\n".join(lines)) == {DATES[-1]: "ran", "2026-04-02": "failed"}
     failed = next(line for line in lines if line.startswith("2026-04-02"))

@@ -144,3 +144,44 @@ def test_skipping_a_published_partition_imports_neither_torch_nor_prefect(
     out = proc.stdout.strip().splitlines()
     assert json.loads(out[-1]) == {"rc": 0, "heavy": []}, proc.stderr[-2000:]
     assert json.loads("\n".join(out[:-1]))["status"] == "skipped"
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound and released: connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "closed port"])
+def test_an_open_clip_tag_without_network_fails_at_once(
+    config: Path, tmp_path: Path, offline: str, prefect_harness
+) -> None:
+    """Defect: the default model without network spent a minute in hub retries (every file
+    open_clip tries, five times each) before an error that did not say what to do."""
+    env = {**api_env(), "HF_HOME": str(tmp_path / "hf")}  # an empty hub cache
+    if offline == "HF_HUB_OFFLINE":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:
+        env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    proc = curate(
+        "run", "pool", "-c", str(config), "--partition", PARTITION,
+        "--set", "model.name=ViT-B-32", "--set", "model.pretrained=laion2b_s34b_b79k", env=env,
+    )  # fmt: skip
+    line = one_line(
+        proc, 1, "curate: ModelLoadError: model.pretrained: 'laion2b_s34b_b79k' is not downloaded"
+    )
+    assert "HF_HUB_OFFLINE is set" in line if offline == "HF_HUB_OFFLINE" else "refused" in line
+    assert "point model.pretrained at a checkpoint file instead" in line
+    assert "Retrying" not in proc.stderr  # not one request retried
+
+
+def test_a_checkpoint_file_loads_without_open_clips_random_init_warning(
+    config: Path, prefect_harness
+) -> None:
+    """Defect: open_clip's "No pretrained weights loaded ... initialized randomly" came on
+    every run that loads a checkpoint file, right before our line saying it was loaded."""
+    proc = curate("run", "pool", "-c", str(config), "--partition", PARTITION, env=api_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "loaded model" in proc.stderr
+    assert "initialized randomly" not in proc.stderr and "No pretrained" not in proc.stderr

@@ -243,7 +243,8 @@ def test_a_head_for_another_model_is_refused_before_scoring(fleet, tiny_model, c
     (fleet / "other.safetensors").write_bytes(save_head(head, 0.5, other, "p"))
     out = fleet / "o3"
     overrides = ["--set", f"video.head={fleet / 'other.safetensors'}", "--set", f"output={out}"]
-    code = main(["run", "video", "-c", str(fleet / "c.yaml"), *overrides, "--partition", "x"])
+    day = ["--partition", "2026-03-05"]  # partitions are dates (this one is not published)
+    code = main(["run", "video", "-c", str(fleet / "c.yaml"), *overrides, *day])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("curate: config: invalid value for 'video.head'")

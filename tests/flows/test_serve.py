@@ -311,3 +311,38 @@ def test_server_env_defaults_to_sqlite_in_its_home_and_takes_a_database_url(tmp_
         server_env(tmp_path, "postgresql+asyncpg://other")[DB_ENV] == "postgresql+asyncpg://other"
     )
     assert database_kind(postgres) == "postgresql+asyncpg"  # what gets logged: no password
+
+
+@pytest.mark.server
+def test_serve_fails_with_one_line_soon_after_its_api_dies(tmp_path, tiny_model):
+    """Defect: `serve` after its Prefect server was gone hung (a minute and more of client
+    retries) and then ended with a ConnectError traceback."""
+    from infra.server import start_server, stop_server
+
+    server = start_server(tmp_path / "home", timeout=180)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(serve_config(tmp_path, tiny_model)))
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PREFECT_API_URL": server.api_url}
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", "serve", "-c", str(tmp_path / "config.yaml")],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while "Ctrl-C stops" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        stop_server(server)
+    try:
+        status = proc.wait(timeout=120)  # generous on a busy machine; it takes seconds
+    finally:
+        stop_process(proc)
+    lines = log.read_text().strip().splitlines()
+    assert status == 1 and "Traceback" not in log.read_text()
+    assert lines[-1] == (
+        f"curate: ApiGone: the Prefect API at {server.api_url} stopped answering (3 health "
+        "checks failed) (start the Prefect server again or point PREFECT_API_URL at one, "
+        "then re-run)"
+    )

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tasks.errors import InputError
 from tasks.metaclip import balance as balmod
 from tasks.metaclip import matcher as mdmod
 from tasks.metaclip.balance import (
@@ -281,12 +282,12 @@ def test_balance_file_forked_equals_single_process(
 
 def test_balance_file_bad_columns(tmp_path) -> None:
     meta, inp = write_inputs(tmp_path, ["a dog"])
-    with pytest.raises(ValueError, match="no caption column 'text'") as info:
+    with pytest.raises(InputError, match="no caption column 'text'") as info:
         balance_file(meta, inp, str(tmp_path / "o.parquet"), t=5, caption_column="text")
     assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="no uid column 'key'"):
+    with pytest.raises(InputError, match="no uid column 'key'"):
         balance_file(meta, inp, str(tmp_path / "o.parquet"), t=5, uid_column="key")
-    with pytest.raises(ValueError, match="not text"):
+    with pytest.raises(InputError, match="not text"):
         balance_file(meta, inp, str(tmp_path / "o.parquet"), t=5, caption_column="n")
     assert not (tmp_path / "o.parquet").exists()
 

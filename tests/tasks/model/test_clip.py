@@ -120,3 +120,31 @@ def test_bf16_slowdown_is_a_measured_ratio():
     else runs: 2384 was seen on a loaded 2-core machine, so no bound on it here)."""
     ratio = model_mod.bf16_slowdown(size=64, repeats=2)
     assert ratio > 0 and math.isfinite(ratio)
+
+
+def test_a_tags_preprocessing_survives_loading_its_weights_as_a_file(tiny_model, monkeypatch):
+    """The model is built from the tag's weights *file* (no second hub request, no random-init
+    warning); the preprocessing the tag sets must still be applied, as with pretrained=tag."""
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    from tasks.model.clip import tag_preprocess
+    from tasks.model.files import architecture_name
+
+    name = architecture_name(tiny_model["name"])
+    tag = {"hf_hub": "org/repo/", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
+           "interpolation": "bilinear", "resize_mode": "squash"}  # fmt: skip
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name, {"fake": tag})
+    model, _, _ = open_clip.create_model_and_transforms(
+        name, pretrained=None, **tag_preprocess(name, "fake")
+    )
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    expected = {**asdict(PreprocessCfg()), **{k: tag[k] for k in keys}}
+    expected["size"] = model.visual.image_size
+    got = dict(model.visual.preprocess_cfg)
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in got.items()} == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in expected.items()
+    }
+    assert tag_preprocess(name, tiny_model["pretrained"]) == {}  # a file: nothing to apply

@@ -1,0 +1,46 @@
+"""Benchmark processes never outlive the benchmark that started them (`bench/harness.py`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.helpers import ROOT
+
+CHILD = """
+import os, sys, time
+sys.path.insert(0, "bench")
+import harness  # what every bench script imports first
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(600)
+"""
+PARENT = """
+import sys
+sys.path.insert(0, "bench")
+from pathlib import Path
+from harness import run_child  # how bench_video.py starts its --child measurements
+run_child(Path(sys.argv[1]), [sys.argv[2]])
+"""
+
+
+def test_a_measurement_child_ends_when_its_benchmark_is_killed(tmp_path: Path) -> None:
+    """Defect: an interrupted `run_all.py --quick` left `bench_video.py --child` running."""
+    script, marker = tmp_path / "child.py", tmp_path / "pid"
+    script.write_text(CHILD)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(script), str(marker)], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not marker.exists() or not marker.read_text():  # the child is up, harness imported
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.1)
+    child = psutil.Process(int(marker.read_text()))
+    try:
+        parent.kill()  # SIGKILL: nothing in the parent gets to clean up
+        parent.wait()
+        child.wait(timeout=60)  # ends at once; the bound is for a loaded machine
+    finally:
+        if child.is_running():
+            child.kill()
