@@ -59,6 +59,15 @@ def _state_dict(path: Path, tiny_model: dict) -> Path:
     return path
 
 
+def _first_video_labels(labels: Path, tmp: Path) -> Path:
+    """The labels of the demo's first video only: `suggest` leaves labelled videos out."""
+    head, *rows = labels.read_text().splitlines()
+    first = rows[0].split(",")[0]
+    out = tmp / "labels-first.csv"
+    out.write_text("\n".join([head, *(r for r in rows if r.startswith(first + ","))]) + "\n")
+    return out
+
+
 def values(demo: Path, tmp: Path, tiny_model: dict) -> dict[str, str]:
     """What to type for each placeholder (by option, or by metavar for the rest)."""
     dataset = demo / "curated" / "demo"
@@ -92,6 +101,7 @@ def values(demo: Path, tmp: Path, tiny_model: dict) -> dict[str, str]:
         "convert HEAD.safetensors": str(tmp / "linear.safetensors"),
         "demo DIR": str(tmp / "demo-again"),
         "LABELS": str(demo / "labels.csv"),  # eval --rounds: one round
+        "suggest LABELS.csv": str(_first_video_labels(demo / "labels.csv", tmp)),
         "--window-s": "2",
         "REVIEW.parquet": str(tmp / "review.parquet"),  # suggest writes it, export reads it
         "--local-root": "/",
