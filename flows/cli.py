@@ -26,6 +26,7 @@ EXIT_CODES = {
     "HeadMismatch": EXIT_INPUT,
     "GateHeld": EXIT_HELD,
     "PartitionLocked": EXIT_LOCKED,
+    "StoreError": EXIT_INPUT,  # a store that kept failing after its retries: unreachable
 }
 # What to do about it, appended to the one line.
 FIXES = {
@@ -35,6 +36,7 @@ FIXES = {
     "PartitionLocked": "wait for that run; a dead run's lock is taken over after its lease",
     "LockLost": "another run took the partition over; re-run when it has finished",
     "LabelError": "the labels CSV needs video,start_s,end_s,label rows",
+    "StoreError": "re-run when the store answers again: finished work is reused from the cache",
 }
 VERBOSE = False
 
