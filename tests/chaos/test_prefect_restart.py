@@ -1,12 +1,13 @@
 """A Prefect API that restarts or goes away mid-run (issue 22, item 5).
 
-What Prefect guarantees (3.x): the flow and its tasks run in this process; task states reach the
-API as events through a background worker that drops what it cannot send, so an API that is
-down while tasks run costs run-page detail, not the run. The end of a flow run is reported by
-the client after the body returned, with the client's retries; when those run out the flow call
-raises although the body finished. What we promise: a run whose work is healthy publishes the
-same bytes as a run without the restart, and a run that published is reported as published
-(`flows.run.call_flow`), with a warning that its run page may show it unfinished.
+What Prefect guarantees (3.x): the flow and its tasks run in this process, and reporting
+their states to the API is best effort (task states go out as events from a background
+worker), so an API that is down while tasks run costs run-page detail, not the run. The end
+of a flow run is reported by the client after the body returned, with the client's retries;
+when those run out the flow call raises although the body finished. What we promise: a run
+whose work is healthy publishes the same bytes as a run without the restart, and a run that
+published is reported as published (`flows.run.call_flow`), with a warning that its run page
+may show it unfinished.
 """
 
 from __future__ import annotations
