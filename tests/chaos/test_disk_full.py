@@ -198,7 +198,7 @@ def test_cache_disk_fills_while_scoring(tmp_path, tiny_model, pool_inputs, refer
     assert stats["shards"]["cached"] == len(finished)  # the re-run resumed from the cache
 
 
-def test_disk_fills_during_compaction(tmp_path, tiny_model, pool_inputs):
+def test_disk_fills_during_compaction(tmp_path, tiny_model, pool_inputs, prefect_harness):
     """With `dedup.scope: dataset` a compaction follows the commit. The disk filling right
     then must not fail the run (the index is derived data) nor leave an index that is wrong:
     the pointer stays where it was, and the next compaction folds the partition in."""
@@ -233,7 +233,10 @@ def test_disk_fills_during_compaction(tmp_path, tiny_model, pool_inputs):
     assert verify_dataset(str(failed / "chaos")) == []
     runs = read_pointer(str(folder), None)[0].runs
     assert {p for r in runs for p in r.covers} == {EARLIER, PARTITION}
-    assert {p.name for p in (folder / "_dedup" / "runs").iterdir()} == {r.id for r in runs}
+    # the failed compaction's (empty) folder is named by no pointer; GC removes such folders
+    # once they are an hour old (`tasks.dedup_index.compact`), so it may still be there
+    left = {p.name for p in (folder / "_dedup" / "runs").iterdir()} - {r.id for r in runs}
+    assert left <= leftovers
     samples = storage.read_parquet(read_published(str(folder / PARTITION)).url("samples.parquet"))
     assert "duplicate:exact" in set(samples["error"].drop_nulls())  # copies of the earlier day
     shutil.rmtree(disk, ignore_errors=True)
