@@ -4,6 +4,7 @@ Planning (inputs, run keys, partition names) lives in `flows.plan`, which import
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Iterator
@@ -16,12 +17,18 @@ from flows.plan import InputError  # noqa: F401 (the flows raise it)
 from schemas.config import CurateConfig
 from tasks.io import storage
 
+# A full disk or quota, a read-only filesystem: no retry seconds later makes room.
+LASTING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
 
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O-looking failures (a flaky store); bugs and bad configs fail at once."""
+    """Retry I/O-looking failures (a flaky store); bugs, bad configs and a full disk fail at
+    once."""
     try:
         state.result()
-    except (OSError, TimeoutError, ConnectionError):
+    except OSError as err:
+        return err.errno not in LASTING_ERRNOS
+    except (TimeoutError, ConnectionError):
         return True
     except Exception:  # anything else is not worth a retry
         return False

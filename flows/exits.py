@@ -27,6 +27,7 @@ STATUS = {
     "FileNotFoundError": INPUT,
     "GateHeld": HELD,
     "PartitionLocked": LOCKED,
+    "StoreError": INPUT,  # a store that kept failing after its retries: unreachable
 }
 # what to do about it, appended to the line (the most specific class that has one)
 FIXES = {
@@ -38,6 +39,7 @@ FIXES = {
     "LockLost": "another run took the partition over; re-run when it has finished",
     "LabelError": "the labels CSV needs video,start_s,end_s,label rows",
     "FileNotFoundError": "check the path",
+    "StoreError": "re-run when the store answers again: finished work is reused from the cache",
     "ServerError": "see the server log above; set PREFECT_API_URL to use a running server",
     "ApiGone": "start the Prefect server again or point PREFECT_API_URL at one, then re-run",
 }

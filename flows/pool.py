@@ -24,6 +24,7 @@ from flows.progress import Progress
 from flows.run import (
     RunPlan,
     already_published,
+    call_flow,
     finish,
     gather,
     plan_run,
@@ -431,6 +432,10 @@ def run_pool(cfg: CurateConfig, partition: str | None = None, force: bool = Fals
         return skipped(plan, cfg.storage_options)
     check_pool_heads(cfg, plan)  # before a runner, a cluster or a Prefect server starts
     with execution(cfg) as runner:
-        return pool_flow.with_options(task_runner=runner)(
-            config=cfg.model_dump(mode="json"), partition=plan.partition, force=force
+        return call_flow(
+            pool_flow.with_options(task_runner=runner),
+            plan.final,
+            config=cfg.model_dump(mode="json"),
+            partition=plan.partition,
+            force=force,
         )

@@ -82,8 +82,10 @@ class Progress:
                 from prefect.artifacts import update_progress_artifact
 
                 update_progress_artifact(self.artifact_id, progress=self.percent)
-            except Exception as err:
-                logger.warning("could not update the progress artifact: %s", err)
+            except Exception as err:  # the API is down: each further try would wait out
+                # the client's retries (about a minute) on the thread that collects results
+                logger.warning("could not update the progress artifact (no more tries): %s", err)
+                self.artifact_id = None
         if self.bar is not None:
             rate = f"{self.rate():.1f} {self.unit}/s"
             self.bar.update(self.task, completed=self.done, rate=rate)

@@ -24,6 +24,7 @@ from flows.recover import recover_lost
 from flows.run import (
     RunPlan,
     already_published,
+    call_flow,
     finish,
     gather,
     plan_run,
@@ -370,6 +371,10 @@ def run_video(cfg: CurateConfig, partition: str | None = None, force: bool = Fal
         return skipped(plan, cfg.storage_options)
     check_head(cfg, plan.files)  # before a runner, a cluster or a Prefect server starts
     with execution(cfg) as runner:
-        return video_flow.with_options(task_runner=runner)(
-            config=cfg.model_dump(mode="json"), partition=plan.partition, force=force
+        return call_flow(
+            video_flow.with_options(task_runner=runner),
+            plan.final,
+            config=cfg.model_dump(mode="json"),
+            partition=plan.partition,
+            force=force,
         )

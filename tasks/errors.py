@@ -15,6 +15,11 @@ Two kinds of failure, decided here and nowhere else (webdataset's `handler=` ide
 `as_sample_error(code, *types)` is how a stage says which library exceptions are data
 problems; `is_infrastructure` overrides it for exceptions that are never about one sample
 (an `OSError` of a full disk raised while decoding is still a full disk).
+
+An object store that keeps failing after the client's retries (503 SlowDown, 500, reset or
+refused connections, timeouts) is infrastructure too: `is_store_failure` recognises what
+s3fs, botocore and aiohttp raise for it, and the storage layer re-raises it as one
+`StoreError` that names the store (`tasks.io.storage.named_store`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,26 @@ INFRA_ERRNOS = frozenset(
         errno.ECONNREFUSED,
         errno.EHOSTUNREACH,
         errno.ENETUNREACH,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.EBUSY,  # s3fs: 503 SlowDown / ServiceUnavailable
+        errno.EREMOTEIO,  # s3fs: 500 InternalError
+    }
+)
+# What botocore and aiohttp raise (they are not OSErrors) when a store cannot be reached or
+# stops answering mid-request, matched by class name: this module imports neither library.
+STORE_ERROR_TYPES = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "HTTPClientError",
+        "ResponseStreamingError",
+        "ClientConnectionError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
     }
 )
 DETAIL_CHARS = 200
@@ -58,6 +83,17 @@ class InputError(RuntimeError):
     the command stops with one line naming it (exit status 3)."""
 
 
+class StoreError(OSError):
+    """A store kept failing after every retry; the message names the store and the object.
+
+    An `OSError` (errno EIO) so that whatever treats I/O failures as such (Prefect's task
+    retries, best-effort clean-ups) keeps doing so.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class SampleError(Exception):
     """One item is unusable: recorded as a row with `code` and `detail`, never raised further."""
 
@@ -74,9 +110,21 @@ def short(err: BaseException) -> str:
     return text[:DETAIL_CHARS]
 
 
+def is_store_failure(err: BaseException) -> bool:
+    """True for what a remote store's client raises when the store failed (not the object):
+    throttling and 5xx answers after retries, lost connections, timeouts."""
+    if isinstance(err, StoreError | ConnectionError | TimeoutError):
+        return True
+    if any(t.__name__ in STORE_ERROR_TYPES for t in type(err).__mro__):
+        return True
+    return isinstance(err, OSError) and type(err) is OSError and err.errno in INFRA_ERRNOS
+
+
 def is_infrastructure(err: BaseException) -> bool:
     """True for failures of the machine, device, store or run, whatever raised them."""
     if isinstance(err, InfraError | MemoryError | ConnectionError | TimeoutError):
+        return True
+    if is_store_failure(err):
         return True
     if type(err).__name__ in ("OutOfMemoryError", "AcceleratorError"):  # torch, any device
         return True

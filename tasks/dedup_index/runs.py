@@ -178,12 +178,14 @@ class PointerMoved(RuntimeError):
 
 
 def swap_pointer(folder: str, seen: bytes | None, new: Pointer, so: dict[str, Any] | None) -> None:
-    """Replace the pointer with `new` if it still holds `seen` (compare-and-swap)."""
+    """Replace the pointer with `new` if it still holds `seen` (compare-and-swap). Finding
+    `new` there already is success: a retried write whose first attempt landed."""
+    target = new.to_bytes()
 
     def change(current: bytes | None) -> bytes:
-        if current != seen:
+        if current not in (seen, target):
             raise PointerMoved(f"{pointer_url(folder)} changed during compaction")
-        return new.to_bytes()
+        return target
 
     cas.update(pointer_url(folder), change, so)
 

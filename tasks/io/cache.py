@@ -9,7 +9,8 @@ fingerprints, settings, model identity, algorithm versions) and lives in its own
 Each computation writes into a fresh attempt folder and the marker names the attempt, so
 two processes computing the same key at once never mix their files: whichever marker lands
 last wins, and both are complete. A computation that raises leaves no marker, so nothing
-half-done is ever read back (the error policy: broken infrastructure caches nothing). Local
+half-done is ever read back (the error policy: broken infrastructure caches nothing), and its
+attempt folder is removed (best effort): a full disk gets back what the failed attempt took. Local
 roots can also take an inter-process lock so that a large download happens once.
 """
 
@@ -115,7 +116,11 @@ class Cache:
             if previous is not None and not force:
                 return previous
             attempt = Attempt(self._attempt_folder(namespace, key), self.so)
-            meta = compute(attempt)
+            try:
+                meta = compute(attempt)
+            except BaseException:  # nothing of it is read (no marker): give its space back
+                self._remove_folder(attempt.folder)
+                raise
             marker = {
                 "key": key,
                 "namespace": namespace,
@@ -138,10 +143,13 @@ class Cache:
     def _remove_attempts(self, hit: Hit, keep: str) -> None:
         folders = {url.rsplit("/", 1)[0] for url in hit.files.values()}
         for folder in folders - {keep.rstrip("/")}:
-            try:
-                storage.remove(folder, self.so, recursive=True)
-            except OSError as err:  # garbage left behind costs space, not correctness
-                logger.warning("could not remove superseded cache files %s: %s", folder, err)
+            self._remove_folder(folder)
+
+    def _remove_folder(self, folder: str) -> None:
+        try:
+            storage.remove(folder, self.so, recursive=True)
+        except Exception as err:  # garbage left behind costs space, not correctness
+            logger.warning("could not remove cache files %s: %s", folder, err)
 
     @contextlib.contextmanager
     def _locked(self, namespace: str, key: str, lock: bool) -> Iterator[None]:

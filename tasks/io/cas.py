@@ -9,7 +9,8 @@ commits dates in parallel). A plain read-modify-write loses whichever update lan
   the new content, never a torn one, and writers queue;
 - on S3, the write is a conditional PUT (`If-Match: <ETag read>`, or `If-None-Match: *` when
   the file did not exist); a writer that lost the race (412/409) reads again and re-applies
-  its change, so the change function must be a pure function of the content it is given;
+  its change, so the change function must be a pure function of the content it is given
+  (a retried PUT whose first attempt landed is recognised as landed: `tasks.io.conditional`);
 - other fsspec stores get a best-effort read-modify-write (no primitive to do better).
 """
 
@@ -22,8 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tasks.io import storage
-from tasks.io.lock_backends import _conflict
+from tasks.io import conditional, storage
 
 MAX_ATTEMPTS = 50  # S3 races: each lost race means another writer made progress
 
@@ -82,31 +82,14 @@ def _update_local(path: str, change: Callable[[bytes | None], bytes | None]) -> 
 
 
 def _update_s3(fs: Any, path: str, change: Callable[[bytes | None], bytes | None]) -> bytes | None:
-    from fsspec.asyn import sync
-
-    bucket, key = fs.split_path(path)[:2]
-
-    async def get() -> tuple[bytes, str] | None:
-        try:
-            resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-        except FileNotFoundError:
-            return None
-        return await resp["Body"].read(), str(resp["ETag"])
-
     for attempt in range(MAX_ATTEMPTS):
-        found = sync(fs.loop, get)
-        old, etag = found if found is not None else (None, None)
+        found = conditional.get(fs, path)
+        old, etag = (found[0], str(found[1]["ETag"])) if found is not None else (None, None)
         new = change(old)
         if new is None or new == old:
             return new
         cond = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
-        try:
-            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=new, **cond)
-        except OSError as err:
-            if not _conflict(err):
-                raise
-            time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))  # let the winner finish
-            continue
-        fs.invalidate_cache(path)
-        return new
+        if conditional.put_if(fs, path, new, **cond) is not None:
+            return new
+        time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))  # let the winner finish
     raise CasConflict(f"{path}: gave up after {MAX_ATTEMPTS} concurrent updates")

@@ -124,9 +124,16 @@ def _process_start(pid: int) -> float | None:
 
 
 def holder_alive(holder: Holder) -> bool | None:
-    """True/False when this host can tell (same host), None when the holder is elsewhere."""
+    """True/False when this host can tell (same host), None when the holder is elsewhere.
+
+    A lock of this very process is alive only while this process holds it: one left behind
+    by an earlier run here (its release failed, e.g. while the store was down) is dead.
+    """
     if holder.host != socket.gethostname():
         return None
+    if holder.pid == os.getpid():  # this process (or a dead one whose pid it reuses)
+        with _HELD_GUARD:
+            return holder.token in _LIVE_TOKENS
     try:
         proc = psutil.Process(holder.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -174,6 +181,7 @@ class _Held:
 
 
 _HELD: dict[str, _Held] = {}
+_LIVE_TOKENS: set[str] = set()  # tokens of locks this process holds or is taking right now
 _HELD_GUARD = threading.Lock()
 
 
@@ -234,7 +242,14 @@ def _take(final: str, so: dict[str, Any] | None, timeout_s: float, lease_s: floa
     me = Holder(
         _run_id(), uuid.uuid4().hex, socket.gethostname(), pid, _process_start(pid), _now(), lease_s
     )
-    version = _acquire(backend, me, final, timeout_s)
+    with _HELD_GUARD:  # live before the lock exists: no thread here may take it for dead
+        _LIVE_TOKENS.add(me.token)
+    try:
+        version = _acquire(backend, me, final, timeout_s)
+    except BaseException:
+        with _HELD_GUARD:
+            _LIVE_TOKENS.discard(me.token)
+        raise
     held = _Held(final, backend, me, version, threading.get_ident())
     with _HELD_GUARD:
         _HELD[final.rstrip("/")] = held
@@ -244,6 +259,7 @@ def _take(final: str, so: dict[str, Any] | None, timeout_s: float, lease_s: floa
 def _release(held: _Held) -> None:
     with _HELD_GUARD:
         _HELD.pop(held.final.rstrip("/"), None)
+        _LIVE_TOKENS.discard(held.holder.token)
     if held.lost:
         return
     try:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from tasks.io import storage
+from tasks.io import conditional, storage
 
 SETTLE_S = 0.2  # generic stores: wait before reading back a lock we wrote
 
@@ -99,55 +99,33 @@ class LocalBackend:
                 os.unlink(self.path)
 
 
-def _conflict(err: BaseException) -> bool:
-    """A failed precondition (someone else's lock) rather than a store error."""
-    if isinstance(err, FileExistsError):
-        return True
-    cause = err.__cause__ or err
-    code = (getattr(cause, "response", None) or {}).get("Error", {}).get("Code")
-    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
-
-
 class S3Backend:
     """A lock object created with If-None-Match: *, replaced and deleted with If-Match: ETag.
 
     Ages come from the store's own clock (the response Date minus LastModified), so clock
-    skew between hosts never makes a live lock look stale.
+    skew between hosts never makes a live lock look stale. The conditional writes go through
+    `tasks.io.conditional`, so a retried write whose first attempt landed stays ours.
     """
 
     def __init__(self, fs: Any, path: str) -> None:
         self.fs, self.path = fs, path
         self.bucket, self.key = fs.split_path(path)[:2]
-
-    def _put(self, data: bytes, **cond: str) -> str | None:
-        try:
-            out = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, **cond)
-        except OSError as err:
-            if _conflict(err):
-                return None
-            raise
-        return str(out["ETag"])
+        self.url = storage.unstrip(fs, path)
 
     def _replace(self, version: str, data: bytes) -> str | None:
         try:
-            return self._put(data, IfMatch=version)
+            return conditional.put_if(self.fs, self.path, data, IfMatch=version)
         except FileNotFoundError:  # the lock vanished: nothing to replace
             return None
 
     def create(self, data: bytes) -> str | None:
-        return self._put(data, IfNoneMatch="*")
+        return conditional.put_if(self.fs, self.path, data, IfNoneMatch="*")
 
     def read(self) -> tuple[bytes, float, str] | None:
-        async def get() -> tuple[dict, bytes]:
-            resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key)
-            return resp, await resp["Body"].read()
-
-        from fsspec.asyn import sync
-
-        try:
-            resp, data = sync(self.fs.loop, get)
-        except FileNotFoundError:
+        found = conditional.get(self.fs, self.path)
+        if found is None:
             return None
+        data, resp = found
         date = resp["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
         now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
         return data, now - resp["LastModified"].timestamp(), str(resp["ETag"])
@@ -159,21 +137,23 @@ class S3Backend:
         return self._replace(version, data)
 
     def holds(self, version: str) -> bool:
-        try:
-            head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self.key)
-        except FileNotFoundError:
-            return False
+        with storage.named_store(self.url, self.fs.storage_options):
+            try:
+                head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self.key)
+            except FileNotFoundError:
+                return False
         return str(head["ETag"]) == version
 
     def release(self, version: str) -> None:
-        try:
-            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=version)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            # a store without conditional deletes: check, then delete
-            if not _conflict(err) and self.holds(version):
-                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
+        with storage.named_store(self.url, self.fs.storage_options):
+            try:
+                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=version)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                # a store without conditional deletes: check, then delete
+                if not conditional.conflict(err) and self.holds(version):
+                    self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
 
 
 class GenericBackend:

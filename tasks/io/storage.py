@@ -7,6 +7,7 @@ leave a half-written file under the final name, and checksums for lineage.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -18,6 +19,8 @@ from typing import IO, Any
 
 import fsspec
 from fsspec.core import split_protocol, url_to_fs
+
+from tasks.errors import StoreError, is_store_failure, short
 
 HASH_CHUNK = 4 << 20
 
@@ -37,6 +40,39 @@ def with_defaults(url: str, storage_options: dict[str, Any] | None = None) -> di
     config.setdefault("retries", dict(S3_RETRIES))
     so["config_kwargs"] = config
     return so
+
+
+def store_name(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """`s3://bucket at ENDPOINT`: the store a URL lives in, as a person would look it up
+    (the endpoint from the options or the environment; never a credential)."""
+    protocol, path = split_protocol(url)
+    name = f"{protocol}://{path.split('/', 1)[0]}"
+    so = storage_options or {}
+    endpoint = (
+        (so.get("client_kwargs") or {}).get("endpoint_url")
+        or so.get("endpoint_url")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    return f"{name} at {endpoint}" if endpoint and protocol in ("s3", "s3a") else name
+
+
+@contextmanager
+def named_store(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
+    """Re-raise a remote store's failure (after its client's retries) as one `StoreError`
+    naming the store and the object; anything else (a missing file, a bad request, a local
+    disk's own error) passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, StoreError) or not is_store_failure(err):
+            raise
+        if split_protocol(url)[0] in (None, "file", "local"):
+            raise
+        where = split_protocol(url)[1]
+        why = err.strerror if isinstance(err, OSError) and err.strerror else short(err)
+        msg = f"store {store_name(url, storage_options)} kept failing on {where}: {why}"
+        raise StoreError(errno.EIO, msg) from err
 
 
 def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
@@ -81,11 +117,12 @@ def expand_inputs(
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         fs, path = get_fs(pattern, storage_options)
         _fresh(fs)
-        if any(ch in path for ch in "*?["):
-            matches = fs.glob(path)
-        else:
-            matches = [path] if fs.exists(path) else []
-        found.update(unstrip(fs, m) for m in matches if not fs.isdir(m))
+        with named_store(pattern, storage_options):
+            if any(ch in path for ch in "*?["):
+                matches = fs.glob(path)
+            else:
+                matches = [path] if fs.exists(path) else []
+            found.update(unstrip(fs, m) for m in matches if not fs.isdir(m))
     return sorted(found)
 
 
@@ -95,7 +132,8 @@ def fingerprint(url: str, storage_options: dict[str, Any] | None = None) -> dict
     Used in cache keys: a changed file gets a new key, an unchanged one is never re-scored.
     """
     fs, path = get_fs(url, storage_options)
-    info = fs.info(path)
+    with named_store(url, storage_options):
+        info = fs.info(path)
     fp: dict[str, Any] = {"url": url, "size": int(info.get("size") or 0)}
     for field in ("ETag", "etag", "md5", "checksum", "crc32c"):
         if info.get(field):
@@ -114,7 +152,7 @@ def fingerprint_key(fp: dict[str, Any]) -> str:
 def sha256_file(url: str, storage_options: dict[str, Any] | None = None) -> str:
     fs, path = get_fs(url, storage_options)
     h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
+    with named_store(url, storage_options), fs.open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -123,13 +161,14 @@ def sha256_file(url: str, storage_options: dict[str, Any] | None = None) -> str:
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = get_fs(url, storage_options)
     _fresh(fs, path)
-    return bool(fs.exists(path))
+    with named_store(url, storage_options):
+        return bool(fs.exists(path))
 
 
 @contextmanager
 def open_read(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[IO[bytes]]:
     fs, path = get_fs(url, storage_options)
-    with fs.open(path, "rb") as f:
+    with named_store(url, storage_options), fs.open(path, "rb") as f:
         yield f
 
 
@@ -157,13 +196,14 @@ def open_write(url: str, storage_options: dict[str, Any] | None = None) -> Itera
             if os.path.exists(tmp):
                 os.remove(tmp)
     else:
-        f = fs.open(path, "wb")
-        try:
-            yield f
-        except BaseException:
-            _discard(f)
-            raise
-        f.close()
+        with named_store(url, storage_options):
+            f = fs.open(path, "wb")
+            try:
+                yield f
+            except BaseException:
+                _discard(f)
+                raise
+            f.close()
 
 
 def _discard(f: Any) -> None:
@@ -232,6 +272,13 @@ def read_npy_rows(url: str, rows: Any, storage_options: dict[str, Any] | None = 
     if is_local(fs):
         data = np.load(path, mmap_mode="r", allow_pickle=False)
         return np.asarray(data[rows])
+    with named_store(url, storage_options):
+        return _remote_npy_rows(fs, path, url, rows)
+
+
+def _remote_npy_rows(fs: Any, path: str, url: str, rows: Any) -> Any:
+    import numpy as np
+
     with fs.open(path, "rb", block_size=1 << 16) as f:
         version = np.lib.format.read_magic(f)
         read_header = (
@@ -270,16 +317,18 @@ def remove(
 ) -> None:
     fs, path = get_fs(url, storage_options)
     _fresh(fs, path)
-    if fs.exists(path):
-        fs.rm(path, recursive=recursive)
+    with named_store(url, storage_options):
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
 
 
 def listdir(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     fs, path = get_fs(url, storage_options)
     _fresh(fs, path)
-    if not fs.exists(path):
-        return []
-    return sorted(unstrip(fs, p) for p in fs.ls(path, detail=False))
+    with named_store(url, storage_options):
+        if not fs.exists(path):
+            return []
+        return sorted(unstrip(fs, p) for p in fs.ls(path, detail=False))
 
 
 def fsspec_open(url: str, mode: str = "rb", storage_options: dict[str, Any] | None = None) -> Any:

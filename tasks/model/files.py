@@ -60,10 +60,10 @@ def file_sha256(path: str) -> str:
     return local_cache().get_or_compute("file-sha256", parts, compute).meta["sha256"]
 
 
-def _download(url: str, fs: Any, path: str, attempt: Attempt) -> dict[str, Any]:
+def _download(url: str, path: str, attempt: Attempt) -> dict[str, Any]:
     """Copy a remote file into the attempt folder, hashing it on the way."""
     sha, name = hashlib.sha256(), Path(path).name
-    with fs.open(path, "rb") as src, storage.open_write(attempt.url(name)) as dst:
+    with storage.open_write(attempt.url(name)) as dst, storage.open_read(url) as src:
         while chunk := src.read(storage.HASH_CHUNK):
             sha.update(chunk)
             dst.write(chunk)
@@ -85,7 +85,7 @@ def local_checkpoint(url: str) -> Path:
     hit = local_cache().get_or_compute(
         "checkpoints",
         {"url": url, "fingerprint": fp},
-        lambda attempt: _download(url, fs, path, attempt),
+        lambda attempt: _download(url, path, attempt),
         lock=True,
     )
     return Path(hit.files[hit.meta["name"]])

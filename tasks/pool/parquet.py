@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 from typing import IO, Any
 
+from tasks.errors import is_infrastructure
 from tasks.pool.sample import (
     PARQUET_BATCH_ROWS,
     RawSample,
@@ -33,6 +34,8 @@ def iter_parquet(
     try:
         pf = pq.ParquetFile(f)
     except (pa.ArrowException, OSError) as err:
+        if is_infrastructure(err):  # the store or the disk failed, not the file
+            raise
         raise ShardReadError(url, f"not a readable parquet file ({err})") from None
     names = _parquet_columns(pf.schema_arrow, url, columns)
     start = 0
@@ -65,8 +68,10 @@ def _parquet_row_group(
                     yield _parquet_sample(row, key, index, columns[0], columns[1])
                 index += 1
     except (pa.ArrowException, OSError) as err:
-        if not isinstance(err, pa.ArrowException) and type(err) is not OSError:
-            raise  # FileNotFoundError, ConnectionError...: the store failed, not the file
+        if is_infrastructure(err) or (
+            not isinstance(err, pa.ArrowException) and type(err) is not OSError
+        ):
+            raise  # FileNotFoundError, a store that kept failing...: not the file
         logger.warning("%s: row group %d unreadable from row %d: %s", url, group, index, err)
         for i in range(index, rows.stop):
             if select is None or select(f"{i:09d}", i):

@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from tasks.io.storage import exists, fingerprint, get_fs
+from tasks.io.storage import exists, fingerprint, get_fs, named_store
 from tasks.pool.parquet import iter_parquet
 from tasks.pool.sample import (
     CAPTION_EXT,
@@ -226,12 +226,13 @@ def _open_shard(url: str, storage_options: dict[str, Any] | None) -> Iterator[IO
     """Open through fsspec, turning "cannot be opened" into a `ShardReadError`."""
     fs, path = get_fs(url, storage_options)
     try:
-        f = fs.open(path, "rb")
+        with named_store(url, storage_options):
+            f = fs.open(path, "rb")
     except FileNotFoundError:
         raise ShardReadError(url, "not found") from None
     except IsADirectoryError:
         raise ShardReadError(url, "is a directory") from None
     except PermissionError:
         raise ShardReadError(url, "permission denied") from None
-    with f:
+    with named_store(url, storage_options), f:
         yield f

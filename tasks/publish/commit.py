@@ -127,15 +127,16 @@ def abort(version: Version) -> None:
     """Remove an uncommitted version's files (best effort: the next commit prunes them).
 
     A version the manifest already points at is never removed: a failure after the commit
-    point (while writing `_SUCCESS` or pruning) leaves it published.
+    point (while writing `_SUCCESS` or pruning) leaves it published. Nothing here raises: it
+    runs while a failure (often the store's own) is on its way out, and must not replace it.
     """
-    published = read_published(version.final, version.storage_options)
-    if published is not None and published.version == version.id:
-        logger.warning("version %s was committed before the failure: kept", version.id)
-        return
     try:
+        published = read_published(version.final, version.storage_options)
+        if published is not None and published.version == version.id:
+            logger.warning("version %s was committed before the failure: kept", version.id)
+            return
         storage.remove(version.root, version.storage_options, recursive=True)
-    except OSError as err:
+    except Exception as err:  # the store may be what failed: keep the run's own error
         logger.warning("could not remove unpublished version %s: %s", version.root, err)
 
 

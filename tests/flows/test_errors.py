@@ -3,6 +3,7 @@ sample (here a clip that cannot be cut) is a row with its reason and never fails
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -101,3 +102,26 @@ def test_a_clip_that_cannot_be_cut_is_a_row_not_a_failed_run(inputs, prefect_har
     scored = pl.col("status").cast(pl.String).is_in(["ok", "recovered"])
     hours = videos.filter(scored)["duration_s"].sum() / 3600.0
     assert stats["events_per_hour"] == round(good.height / hours, 6)
+
+
+class _Failed:
+    """A Prefect state whose result raises `err` (what `retry_condition_fn` is given)."""
+
+    def __init__(self, err: BaseException) -> None:
+        self.err = err
+
+    def result(self) -> None:
+        raise self.err
+
+
+def test_a_full_disk_is_not_retried_but_a_flaky_store_is():
+    """Defect: every OSError was worth a task retry, so a full disk made each failing task
+    wait 2 s and 10 s and fail twice more before the run could end."""
+    from flows.common import is_transient
+    from tasks.errors import StoreError
+
+    assert not is_transient(None, None, _Failed(OSError(errno.ENOSPC, "No space left")))
+    assert not is_transient(None, None, _Failed(OSError(errno.EDQUOT, "Disk quota exceeded")))
+    assert is_transient(None, None, _Failed(StoreError(errno.EIO, "store s3://b kept failing")))
+    assert is_transient(None, None, _Failed(ConnectionResetError()))
+    assert not is_transient(None, None, _Failed(ValueError("a bug")))

@@ -31,7 +31,11 @@ def local_video(url: str, storage_options: dict[str, Any] | None = None) -> Iter
     suffix = os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(prefix="clip-curate-", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as dst, fs.open(path, "rb") as src:
+        with (
+            os.fdopen(fd, "wb") as dst,
+            storage.named_store(url, storage_options),
+            fs.open(path, "rb") as src,
+        ):
             shutil.copyfileobj(src, dst, SPOOL_CHUNK)
         yield tmp
     finally:

@@ -40,6 +40,8 @@ def test_a_failed_computation_caches_nothing(tmp_path: Path) -> None:
         cache.get_or_compute("ns", {"input": "a"}, broken)
     assert cache.lookup("ns", {"input": "a"}) is None
     assert list(tmp_path.rglob(MARKER)) == []
+    # defect: the failed attempt's files stayed, so a full disk stayed full after the failure
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
 def test_force_recomputes_and_drops_the_superseded_attempt(tmp_path: Path) -> None:

@@ -245,13 +245,37 @@ def test_lease_expiry_on_s3_uses_the_store_clock(s3, bucket):
 def test_reused_pid_is_stale_but_a_live_holder_is_not(tmp_path):
     final = str(tmp_path / "p" / "2026-01-02")
     me = {"host": socket.gethostname(), "pid": os.getpid()}
-    started = psutil.Process().create_time()
-    write_lock(final, {}, other_holder(**me, pid_start=started))  # alive: another run in here
-    with pytest.raises(PartitionLocked), partition_lock(final, timeout_s=0):
-        pass
+    entered, leave = threading.Event(), threading.Event()
+
+    def other_run_in_here() -> None:  # alive: another run of this process holds it
+        with partition_lock(final):
+            entered.set()
+            leave.wait(120)
+
+    thread = threading.Thread(target=other_run_in_here)
+    thread.start()
+    try:
+        assert entered.wait(120)
+        with pytest.raises(PartitionLocked), partition_lock(final, timeout_s=0):
+            pass
+    finally:
+        leave.set()
+        thread.join()
     write_lock(final, {}, other_holder(**me, pid_start=12345.0))  # same pid, other process
     with partition_lock(final, timeout_s=0):
         assert read_holder(final, {}).pid == os.getpid()
+
+
+def test_a_lock_this_process_left_behind_is_taken_over_at_once(tmp_path):
+    """Defect: a run whose release failed (the store was down) left its lock; the re-run in
+    the same process (`curate serve`, a backfill, a notebook) judged it alive, waited
+    CURATE_LOCK_TIMEOUT_S and failed with "being written by" naming itself."""
+    final = str(tmp_path / "p" / "2026-01-02")
+    started = psutil.Process().create_time()
+    left = other_holder(host=socket.gethostname(), pid=os.getpid(), pid_start=started)
+    write_lock(final, {}, left)  # this pid and start time, but no live run of it holds it
+    with partition_lock(final, timeout_s=0):
+        assert read_holder(final, {}).token != left.token
 
 
 def test_stale_rule_by_age():
