@@ -137,11 +137,13 @@ def walk_held(demo, work, capsys) -> None:
 
 def walk_locked(demo, work, capsys, monkeypatch) -> None:
     final = work["out"] / "demo" / "pool" / "2026-01-02"
-    me = psutil.Process()
+    other = psutil.Process().parent()  # a live process on this host that is not this one
+    assert other is not None
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     holder = Holder(
-        "other-run", uuid.uuid4().hex, socket.gethostname(), me.pid, me.create_time(), now, 600.0
-    )  # fmt: skip  (a live holder: this process)
+        "other-run", uuid.uuid4().hex, socket.gethostname(), other.pid, other.create_time(), now,
+        600.0,
+    )  # fmt: skip  (a live holder; one of this very process would be one it left behind)
     storage.write_bytes(lock_url(str(final)), holder.to_bytes())
     monkeypatch.setenv("CURATE_LOCK_TIMEOUT_S", "0")
     args = ["run", "pool", *cfg_args(demo, work, "pool.clip_filter.threshold=0.2")]
