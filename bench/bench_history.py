@@ -232,6 +232,7 @@ def child(work: Path, night: int) -> dict[str, Any]:
     t_plan = time.perf_counter() - t0
     sel = select(scores, cfg.pool, matches, bal, embeddings, prior_of(cfg, plan), {})
     t_select = time.perf_counter() - t0 - t_plan
+    rss_select = peak_rss_bytes()
     with versioned(plan, so) as version:
         outputs = [write_table(sel.samples, version.url("samples.parquet"), "samples.parquet", so)]
         for name in save_counts(save_partition_counts, version, bal, sel.pool_counts, so):
@@ -266,6 +267,7 @@ def child(work: Path, night: int) -> dict[str, Any]:
     return {"night": night, "wall_s": round(t_night, 3), "cpu_s": round(c_night, 3),
             "plan_s": round(t_plan, 3),
             "select_s": round(t_select, 3), "peak_rss_bytes": rss_night,
+            "peak_rss_select_bytes": rss_select,
             "compact_s": round(time.perf_counter() - t1, 3),
             "read": sel.extra.get("dedup_read", {})}  # fmt: skip
 

@@ -66,8 +66,11 @@ def n_lists(rows: int, sample: int) -> int:
 
 
 def codebook_spec(dim: int, nlist: int) -> str:
-    quantizer = f"IVF{nlist}_HNSW32" if nlist > 1024 else f"IVF{nlist}"
-    return f"{quantizer},PQ{dim // 4}x4fs"
+    """Always an exact (flat) coarse quantizer: an HNSW one assigns about 3% of rows to a
+    list that is not their nearest (efSearch 16, measured at 3,452 lists), and their
+    near-copies then probe other lists and are never found. A flat assignment of a night's
+    queries is one matrix product (100k queries x 3,452 lists: about 4 s on 2 cores)."""
+    return f"IVF{nlist},PQ{dim // 4}x4fs"
 
 
 def train_codebook(sample: np.ndarray, nlist: int, seed: int = 0) -> tuple[bytes, list]:

@@ -200,17 +200,26 @@ def write_rows(url: str, rows: pl.DataFrame, so: dict[str, Any] | None) -> None:
 
 
 def read_rows(url: str, rows: np.ndarray, so: dict[str, Any] | None) -> pl.DataFrame:
-    """The given run rows of `rows.parquet` (reading only their row groups), in that order."""
+    """The given run rows of `rows.parquet`, in that order, reading their row groups one
+    at a time (matches spread over a long history touch most groups: holding them all at
+    once grew a night's memory with the history)."""
     import io
 
     rows = np.asarray(rows, dtype=np.int64)
-    groups = np.unique(rows // ROW_GROUP).tolist()
+    order = np.argsort(rows, kind="stable")
+    group_of = rows[order] // ROW_GROUP
+    pieces = []
     with storage.open_read(url, so) as f:
         table = pq.ParquetFile(io.BytesIO(f.read()) if not hasattr(f, "seek") else f)
-        parts = table.read_row_groups(groups) if groups else table.schema_arrow.empty_table()
-    df = pl.from_arrow(parts)
-    assert isinstance(df, pl.DataFrame)
-    # positions within the groups read: each group holds ROW_GROUP rows but the last
-    first = {g: i * ROW_GROUP for i, g in enumerate(groups)}
-    at = np.array([first[int(r // ROW_GROUP)] + int(r % ROW_GROUP) for r in rows], dtype=np.int64)
-    return df[at] if len(at) else df.clear()
+        empty = pl.from_arrow(table.schema_arrow.empty_table())
+        assert isinstance(empty, pl.DataFrame)
+        bounds = np.flatnonzero(np.diff(group_of)) + 1
+        for at in np.split(np.arange(len(rows)), bounds) if len(rows) else []:
+            group = int(group_of[at[0]])
+            df = pl.from_arrow(table.read_row_group(group))
+            assert isinstance(df, pl.DataFrame)
+            pieces.append(df[rows[order[at]] - group * ROW_GROUP])
+    if not pieces:
+        return empty
+    out = pl.concat(pieces)
+    return out[np.argsort(order, kind="stable")]

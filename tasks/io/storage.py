@@ -263,20 +263,33 @@ def read_npy(url: str, storage_options: dict[str, Any] | None = None) -> Any:
 
 
 def read_npy_rows(url: str, rows: Any, storage_options: dict[str, Any] | None = None) -> Any:
-    """Rows `rows` (ascending or not) of a 2-D .npy file, reading only their bytes: a memory
-    map locally, ranged reads elsewhere. Pickled content is refused."""
+    """Rows `rows` (ascending or not) of a 2-D .npy file, reading only their bytes (ranged
+    reads; locally `pread`, not a memory map: the kernel maps pages around every touched
+    row into the process, so a few rows from each of many files would grow its resident
+    memory with the files' size). Pickled content is refused."""
     import numpy as np
 
     rows = np.asarray(rows, dtype=np.int64)
     fs, path = get_fs(url, storage_options)
     if is_local(fs):
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
-        return np.asarray(data[rows])
+        return _npy_rows(fs, path, url, rows, _local_ranges)
     with named_store(url, storage_options):
-        return _remote_npy_rows(fs, path, url, rows)
+        return _npy_rows(fs, path, url, rows, _remote_ranges)
 
 
-def _remote_npy_rows(fs: Any, path: str, url: str, rows: Any) -> Any:
+def _local_ranges(fs: Any, path: str, starts: list[int], width: int) -> list[bytes]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [os.pread(fd, width, start) for start in starts]
+    finally:
+        os.close(fd)
+
+
+def _remote_ranges(fs: Any, path: str, starts: list[int], width: int) -> list[Any]:
+    return fs.cat_ranges([path] * len(starts), starts, [s + width for s in starts])
+
+
+def _npy_rows(fs: Any, path: str, url: str, rows: Any, ranges: Any) -> Any:
     import numpy as np
 
     with fs.open(path, "rb", block_size=1 << 16) as f:
@@ -297,10 +310,11 @@ def _remote_npy_rows(fs: Any, path: str, url: str, rows: Any) -> Any:
     if rows.min() < 0 or rows.max() >= shape[0]:
         raise IndexError(f"{url}: rows out of range 0..{shape[0] - 1}")
     starts = (offset + rows * width).tolist()
-    chunks = fs.cat_ranges([path] * len(rows), starts, [s + width for s in starts])
-    for i, chunk in enumerate(chunks):
+    for i, chunk in enumerate(ranges(fs, path, starts, width)):
         if isinstance(chunk, Exception):
             raise chunk
+        if len(chunk) != width:
+            raise ValueError(f"{url}: row {int(rows[i])} is cut short")
         out[i] = np.frombuffer(chunk, dtype=dtype)
     return out
 

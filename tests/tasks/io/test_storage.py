@@ -31,3 +31,23 @@ def test_a_local_writer_that_raises_leaves_nothing(tmp_path):
         f.write(b"partial")
         raise RuntimeError("writer died")
     assert list((tmp_path / "a").iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_npy_rows_are_the_arrays_rows(where, tmp_path, request):
+    """Rows in any order, repeated, read by byte ranges: the same as indexing the array."""
+    import numpy as np
+
+    so = None
+    base = str(tmp_path)
+    if where == "s3":
+        so = request.getfixturevalue("s3").storage_options
+        base = request.getfixturevalue("bucket")
+    arr = np.arange(37 * 8, dtype=np.float16).reshape(37, 8)
+    url = storage.join(base, "emb.npy")
+    storage.write_bytes(url, storage.npy_bytes(arr), so)
+    rows = np.array([36, 0, 5, 5, 17])
+    assert np.array_equal(storage.read_npy_rows(url, rows, so), arr[rows])
+    assert storage.read_npy_rows(url, np.zeros(0, np.int64), so).shape == (0, 8)
+    with pytest.raises(IndexError):
+        storage.read_npy_rows(url, np.array([37]), so)
