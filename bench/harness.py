@@ -56,8 +56,18 @@ def quiet() -> None:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process so far: the kernel's high-water mark of its
+    own memory (VmHWM). Not ru_maxrss: on Linux a child started by a process inherits that
+    process's ru_maxrss across exec, so a measurement child of a large parent reported the
+    parent's size (bench_history's nights grew with the parent's, not their own)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 class RssSampler:

@@ -44,3 +44,35 @@ def test_a_measurement_child_ends_when_its_benchmark_is_killed(tmp_path: Path) -
     finally:
         if child.is_running():
             child.kill()
+
+
+MEASURE = """
+import json, sys
+sys.path.insert(0, "bench")
+from harness import peak_rss_bytes
+print(json.dumps({"peak": peak_rss_bytes()}))
+"""
+BIG_PARENT = """
+import json, sys
+sys.path.insert(0, "bench")
+from pathlib import Path
+from harness import peak_rss_bytes, run_child
+held = bytearray(400 << 20)
+held[:: 4096] = b"x" * len(held[:: 4096])  # resident, not just reserved
+print(json.dumps({"parent": peak_rss_bytes(), **run_child(Path(sys.argv[1]), [])}))
+"""
+
+
+def test_a_measurement_childs_peak_is_its_own(tmp_path: Path) -> None:
+    """Defect: Linux carries ru_maxrss across exec, so every child of a large benchmark
+    process reported at least the parent's size (bench_history's nights looked like they
+    grew ~30 MB a night because the parent did)."""
+    import json
+
+    script = tmp_path / "measure.py"
+    script.write_text(MEASURE)
+    out = subprocess.run([sys.executable, "-c", BIG_PARENT, str(script)], cwd=ROOT,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["parent"] > 400 << 20
+    assert got["peak"] < 200 << 20  # an interpreter that imported nothing much
