@@ -359,7 +359,7 @@ def main() -> None:
     ap.add_argument("--nights", type=int, default=60)
     ap.add_argument("--per-night", type=int, default=100_000)
     ap.add_argument("--partitions", type=int, default=1000, help="for the plan/ls timing")
-    ap.add_argument("--quick", action="store_true", help="12 nights of 20,000 samples")
+    ap.add_argument("--quick", action="store_true", help="12 nights of 10,000 samples")
     ap.add_argument("--work", help="keep the data here (default: a temporary folder)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -367,7 +367,7 @@ def main() -> None:
         emit(child(Path(args.work), args.child))
         return
     if args.quick:
-        args.nights, args.per_night, args.partitions = 12, 20_000, 1000
+        args.nights, args.per_night, args.partitions = 12, 10_000, 300
     quiet()
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
         work = Path(args.work or tmp)
