@@ -30,6 +30,7 @@ FIXED = {
     "pool": {
         "input": "/data/pool/{date}/*.tar",
         "balance": {"metadata": "/data/metadata.json.gz", "t": 20000, "running_counts": True},
+        "dedup": False,  # what main had then (exact dedup became the default later, issue 28)
     },
 }
 
@@ -80,6 +81,7 @@ def english_only_outputs(tmp: Path, tiny_model: dict[str, str]) -> dict[str, Any
             "input": str(tmp / "in" / "*.tar"),
             "balance": {"metadata": str(meta), "t": 5, "seed": 3, "running_counts": True},
             "shard": {"max_samples": 16},
+            "dedup": False,  # as FIXED
         },
     }
     cfg = parse_config(raw)
