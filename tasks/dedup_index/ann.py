@@ -40,7 +40,6 @@ MARGIN = 1e-4  # float32 cosine error bound; closer pairs are settled in float64
 EPS64 = 1e-12
 QUERY_CHUNK = 2048  # exact search: queries x rows similarities at a time
 SEARCH_CHUNK = 512  # IVF search: queries at a time (its lookup tables: queries x probes x 8 KB)
-GROUP_ROWS = 2_000_000  # runs of one codebook merged in memory and scanned at once (72 B/row)
 
 
 def _faiss():  # imported when first needed: seconds of start-up a planning step never pays
@@ -156,58 +155,18 @@ class Searcher:
         qs, rs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         if not index.ntotal:
             return qs[0], rs[0]
-        if math.isfinite(floor):
-            return self._scan(index, floor)
         for i in range(0, len(self.q), SEARCH_CHUNK):
-            _, found = index.search(self.q[i : i + SEARCH_CHUNK], min(K, index.ntotal))
-            qi, kk = np.nonzero(found >= 0)
-            qs.append(qi.astype(np.int64) + i)
-            rs.append(found[qi, kk].astype(np.int64))
-        return np.concatenate(qs), np.concatenate(rs)
-
-    def candidates_in(self, runs: Iterable[bytes], floor: float) -> list[tuple[np.ndarray, ...]]:
-        """`candidates` of each of `runs` (encoded with one codebook, read lazily), found by
-        merging them in memory into groups of up to GROUP_ROWS rows, each scanned once: the
-        per-query cost of a scan (coarse assignment, lookup tables per probed list) is then
-        paid per group, not per run, so a night's cost does not grow with the number of runs.
-        With a range search the candidates are the same as run by run."""
-        faiss = _faiss()
-        out: list[tuple[np.ndarray, ...]] = []
-        group: list[int] = []  # positions in `out` of the runs merged into `merged`
-        merged = None
-
-        def scan() -> None:
-            if merged is None:
-                return
-            qi, ids = self._scan(merged, floor)
-            which, row = ids >> 32, ids & 0xFFFFFFFF
-            for k, at in enumerate(group):
-                mine = which == k
-                out[at] = (qi[mine], row[mine])
-
-        for data in runs:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-            out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
-            if merged is not None and merged.ntotal + index.ntotal > GROUP_ROWS:
-                scan()
-                merged, group = None, []
-            if merged is None:
-                merged = index
+            chunk = self.q[i : i + SEARCH_CHUNK]
+            if math.isfinite(floor):
+                lims, _, found = index.range_search(chunk, floor)
+                counts = np.diff(lims.astype(np.int64))
+                qs.append(np.repeat(np.arange(len(chunk), dtype=np.int64), counts) + i)
+                rs.append(found.astype(np.int64))
             else:
-                merged.merge_from(index, len(group) << 32)
-            group.append(len(out) - 1)
-        scan()
-        return out
-
-    def _scan(self, index: object, floor: float) -> tuple[np.ndarray, np.ndarray]:
-        """(query, id) of every row of `index` whose PQ estimate clears `floor`."""
-        _faiss().extract_index_ivf(index).nprobe = self.nprobe
-        qs, rs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-        for i in range(0, len(self.q) if index.ntotal else 0, SEARCH_CHUNK):
-            lims, _, found = index.range_search(self.q[i : i + SEARCH_CHUNK], floor)
-            counts = np.diff(lims.astype(np.int64))
-            qs.append(np.repeat(np.arange(len(counts), dtype=np.int64), counts) + i)
-            rs.append(found.astype(np.int64))
+                _, found = index.search(chunk, min(K, index.ntotal))
+                qi, kk = np.nonzero(found >= 0)
+                qs.append(qi.astype(np.int64) + i)
+                rs.append(found[qi, kk].astype(np.int64))
         return np.concatenate(qs), np.concatenate(rs)
 
     def confirm(self, qi: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -124,16 +124,13 @@ def query_history(
     job = _Job(folder, so, cand, cfg, versions, comparable if semantic else set(), emb)
     covered: set[str] = set()
     read = {"runs": 0, "segments": 0, "rows": 0}
-    runs = [
-        (run, {p for p, v in run.covers.items() if versions.get(p) == v}) for run in pointer.runs
-    ]
-    runs = [(run, live) for run, live in runs if live]
-    job.prescan(runs, book)
-    for run, live in runs:
-        covered |= live
-        job.run(run, live, book)
-        read["runs"] += 1
-        read["rows"] += run.rows
+    for run in pointer.runs:
+        live = {p for p, v in run.covers.items() if versions.get(p) == v}
+        if live:
+            covered |= live
+            job.run(run, live, book)
+            read["runs"] += 1
+            read["rows"] += run.rows
     for p, v in versions.items():  # published since the last compaction, or re-published
         if p not in covered:
             read["rows"] += job.segment(Segment(folder, p, v), book)
@@ -172,7 +169,6 @@ class _Job:
             ann.Searcher(emb, cfg.semantic.threshold, cfg.semantic.nprobe) if comparable else None
         )
         self.found = _Found()
-        self.pre: dict[str, tuple[np.ndarray, ...]] = {}
 
     def _keys(self, table: KeyTable) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
         """(method, candidate, table row, value) of the exact and perceptual links."""
@@ -186,20 +182,6 @@ class _Job:
             )
             out.append(("perceptual", ci, rr, dist.astype(np.float64)))
         return out
-
-    def prescan(self, runs: list[tuple[RunInfo, set[str]]], book: Codebook | None) -> None:
-        """Semantic candidates of every run encoded with the model's calibrated codebook, in
-        one scan per group of runs (`ann.Searcher.candidates_in`) rather than one per run."""
-        self.pre = {}
-        if self.searcher is None or book is None or not book.calibration:
-            return
-        mine = [r for r, live in runs if r.ivf == book.id and live & self.comparable]
-        floor = ann.floor_for(book.calibration, self.searcher.threshold)
-        if not mine or not np.isfinite(floor):
-            return
-        data = (storage.read_bytes(run_url(self.folder, r.id, "ivf.faiss"), self.so) for r in mine)
-        for r, found in zip(mine, self.searcher.candidates_in(data, floor), strict=True):
-            self.pre[r.id] = found
 
     def run(self, run: RunInfo, live: set[str], book: Codebook | None) -> None:
         data = storage.read_bytes(run_url(self.folder, run.id, "keys.npz"), self.so)
@@ -224,13 +206,9 @@ class _Job:
         assert searcher is not None
         names = run.partitions()
         if book is not None and run.ivf == book.id:
-            if run.id in self.pre:
-                qi, rr = self.pre.pop(run.id)
-            else:
-                data = storage.read_bytes(run_url(self.folder, run.id, "ivf.faiss"), self.so)
-                qi, rr = searcher.candidates(
-                    data, ann.floor_for(book.calibration, searcher.threshold)
-                )
+            data = storage.read_bytes(run_url(self.folder, run.id, "ivf.faiss"), self.so)
+            floor = ann.floor_for(book.calibration, searcher.threshold)
+            qi, rr = searcher.candidates(data, floor)
             part, seg_row = run.locate(rr)
             use = np.array([names[p] in live and names[p] in self.comparable for p in part], bool)
             qi, rr, part, seg_row = qi[use], rr[use], part[use], seg_row[use]

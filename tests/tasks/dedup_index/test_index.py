@@ -315,35 +315,6 @@ def test_semantic_candidates_do_not_depend_on_how_runs_were_formed(tmp_path, sma
     assert query(one, history, cand, emb)[0] == query(many, history, cand, emb)[0]
 
 
-def test_runs_scanned_together_find_what_each_run_finds_alone(tmp_path, small_index, monkeypatch):
-    """Runs of one codebook are merged in memory and scanned once per group: each run gets
-    exactly the candidates a scan of that run alone gives, in one group or in several."""
-    folder = str(tmp_path / "ds" / "pool")
-    history = {}
-    for i, name in enumerate(NIGHTS):
-        history[name] = night_rows(400, i + 1)
-        publish(folder, name, *history[name])
-        compact(folder, None, semantic=True, max_distance=3, seal_rows=450, merge_at=99)
-    pointer, _ = read_pointer(folder, None)
-    [book] = pointer.codebooks.values()
-    runs = [r for r in pointer.runs if r.ivf == book.id]
-    assert len(runs) >= 4
-    _, emb, _ = candidates(history)
-    searcher = ann.Searcher(emb, 0.95, 8)
-    floor = ann.floor_for(book.calibration, 0.95)
-    data = [storage.read_bytes(run_url(folder, r.id, "ivf.faiss")) for r in runs]
-
-    def pairs(found):
-        return sorted(zip(found[0].tolist(), found[1].tolist(), strict=True))
-
-    alone = [pairs(searcher.candidates(d, floor)) for d in data]
-    assert sum(map(len, alone)) > 0
-    for group_rows in (10**9, 900, 1):  # one group, groups of two runs, a run per group
-        monkeypatch.setattr(ann, "GROUP_ROWS", group_rows)
-        together = searcher.candidates_in(iter(data), floor)
-        assert [pairs(f) for f in together] == alone
-
-
 def test_garbage_collection_keeps_what_a_newer_pointer_names(tmp_path, small_index, monkeypatch):
     """Compaction A swaps, B swaps after it, then A collects garbage with its older view:
     B's runs must survive (A re-reads the pointer), and so must folders younger than the
