@@ -141,7 +141,12 @@ def walk_locked(demo, work, capsys, monkeypatch) -> None:
     assert other is not None
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     holder = Holder(
-        "other-run", uuid.uuid4().hex, socket.gethostname(), other.pid, other.create_time(), now,
+        "other-run",
+        uuid.uuid4().hex,
+        socket.gethostname(),
+        other.pid,
+        other.create_time(),
+        now,
         600.0,
     )  # fmt: skip  (a live holder; one of this very process would be one it left behind)
     storage.write_bytes(lock_url(str(final)), holder.to_bytes())
@@ -157,9 +162,15 @@ def walk_signals(capsys, monkeypatch) -> None:
 
     # SIGTERM cancels every run of the process: keep that away from later tests' runs
     monkeypatch.setattr(tasks.cancel, "_all", threading.Event())
-    for sig, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        monkeypatch.setattr(flows.cli, "cmd_demo", lambda args, s=sig: os.kill(os.getpid(), s))
-        land(capsys, status, "demo")
+    # as in a terminal: a process started in the background (nohup, `cmd &`, some CI
+    # runners) inherits SIGINT ignored, and Ctrl-C could not reach it at all
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for sig, status in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            monkeypatch.setattr(flows.cli, "cmd_demo", lambda args, s=sig: os.kill(os.getpid(), s))
+            land(capsys, status, "demo")
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_every_exit_path_lands_on_a_row_of_the_readme_table(

@@ -136,7 +136,7 @@ def build(folder: str, so=None, compact_each: bool = True):
     return history
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: 2 min
 def where(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "ds" / "pool"), None
