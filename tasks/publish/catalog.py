@@ -152,11 +152,11 @@ def entry_of(published: Published, so: dict[str, Any] | None = None) -> dict[str
             counts = {}
     model, shas = m.get("model") or {}, _shas(published)
     history = m.get("history")
-    flow = m.get("flow") or ""
-    if history is None and history_kinds_of(m.get("config"), flow):
+    kinds = history_kinds_of(m.get("config"), m.get("flow") or "") if history is None else []
+    if kinds:
         # published before history was recorded: it is taken to match the history as it is
         # when the catalog first lists it (`baseline`), so later changes make it stale
-        history = {"kinds": history_kinds_of(m.get("config"), flow), "state": None}
+        history = {"kinds": kinds, "state": None}
     return {
         "version": published.version,
         "created": m.get("created"),
