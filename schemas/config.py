@@ -239,7 +239,7 @@ class PromptsConfig(Strict):
 
 
 class EventsConfig(Strict):
-    """Event detector defaults (documented in the README)."""
+    """Event detector defaults (documented in docs/video.md)."""
 
     median_window: int = Field(3, ge=1)
     ema_alpha: float = Field(0.5, gt=0.0, le=1.0)
@@ -280,7 +280,7 @@ class OodConfig(Strict):
     `uncertainty_weight` adds the prediction-entropy cue (COOkeD) to the picture statistics;
     it is off by default because it flags every frame whose (ensemble) probability lies in
     0.27-0.73 at weight 0.6, which is most frames of an uncertain zero-shot detector and the
-    near misses a head finds where zero-shot disagrees (README "Near-miss heads").
+    near misses a head finds where zero-shot disagrees (docs/nearmiss.md).
     """
 
     threshold: float | None = Field(0.5, ge=0.0, le=1.0)
@@ -523,7 +523,7 @@ def _format_error(err: ValidationError) -> str:
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
     kind = first["type"]
     if kind == "extra_forbidden":
-        return f"config: unknown key '{key}' (check the spelling; see README 'Configuration')"
+        return f"config: unknown key '{key}' (check the spelling; see docs/configuration.md)"
     if kind == "missing":
         return f"config: missing required key '{key}'"
     msg = first["msg"].removeprefix("Value error, ")

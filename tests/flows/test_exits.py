@@ -1,4 +1,4 @@
-"""One error taxonomy: every exit path of `curate` lands on a row of the README's table
+"""One error taxonomy: every exit path of `curate` lands on a row of the manual's table
 "Exit status", with one line that names the cause and what to do, and no exception name of a
 library or of Python. The walk below runs, for each row, commands that must land there."""
 
@@ -30,9 +30,9 @@ FOREIGN = re.compile(
 
 
 def readme_statuses() -> dict[int, str]:
-    """{status: meaning} from the README's exit-status table."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Exit status", 1)[1].split("\n#", 1)[0]
+    """{status: meaning} from the exit-status table of the manual (docs/cli.md)."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    section = text.split("## Exit status", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", section, re.M)
     return {int(code): meaning.strip() for code, meaning in rows}
 

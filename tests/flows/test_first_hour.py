@@ -1,5 +1,6 @@
 """A newcomer's first hour, as the README tells it: the synopsis is the parser's, and every
-command of the quick start and of the synopsis works on the demo (exit 0)."""
+command of the quick start and of the synopsis works on the demo (exit 0). The manual's
+pages (docs/) repeat both blocks: they must say the same."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from tests.helpers import ROOT, run_cli
 PARTITION = "2026-01-01"
 
 
-def readme_block(heading: str, fence: str) -> str:
-    """The first fenced block after `heading` in the README."""
-    text = (ROOT / "README.md").read_text()
+def readme_block(heading: str, fence: str, page: str = "README.md") -> str:
+    """The first fenced block after `heading` in the README (or a page of the manual)."""
+    text = "\n" + (ROOT / page).read_text()
     after = text.split(f"\n{heading}\n", 1)[1]
     return after.split(f"```{fence}\n", 1)[1].split("```", 1)[0]
 
@@ -40,6 +41,12 @@ def test_the_readme_synopsis_is_the_parsers() -> None:
     from flows.synopsis import synopsis
 
     assert readme_block("## The CLI", "") == synopsis(build_parser())
+    assert readme_block("# The CLI", "", "docs/cli.md") == synopsis(build_parser())
+
+
+def test_the_manual_repeats_the_readmes_first_hour() -> None:
+    block = readme_block("## First hour", "bash")
+    assert readme_block("## First hour", "bash", "docs/index.md") == block
 
 
 def test_the_first_hour_commands_run_on_the_demo(demo: Path, capsys) -> None:
