@@ -48,16 +48,16 @@ def candidates(
 
     `rows` are the night's probe rows by URL, `vehicles` every video's sidecar vehicle_id."""
     vehicle = vehicles.get(url)
-    healthy = [
-        u
-        for u, row in rows.items()
-        if u != url and row.get("status") == "ok" and row.get("codec") in REFERENCE_CODECS
-    ]
+    ok = [u for u, row in rows.items() if u != url and row.get("status") == "ok"]
     if vehicle is not None:
-        healthy = [u for u in healthy if vehicles.get(u) == vehicle]
+        ok = [u for u in ok if vehicles.get(u) == vehicle]
         wanted = f"healthy H.264 recording of vehicle {vehicle}"
     else:
         wanted = "healthy H.264 recording of the same size"
+    healthy = [u for u in ok if rows[u].get("codec") in REFERENCE_CODECS]
+    others = sorted({str(rows[u].get("codec")) for u in ok} - set(REFERENCE_CODECS))
+    if not healthy and others:  # an HEVC camera, say: its siblings cannot serve
+        wanted += f" (its healthy recordings are {', '.join(others)}; only H.264 is rebuilt)"
     folder = posixpath.dirname(url)
     healthy.sort(key=lambda u: (posixpath.dirname(u) != folder, u))
     return healthy[:MAX_CANDIDATES], wanted
