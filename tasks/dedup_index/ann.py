@@ -10,13 +10,14 @@ PQ's inner products are biased (a true 0.97 reads about 0.6 here), so they are n
 with the threshold itself. Each codebook is *calibrated* when it is trained: near-copies of
 its training vectors at known cosines are searched, and for each cosine the lowest estimate a
 true pair received (less a margin) is kept. A query takes every row of the probed lists whose
-estimate clears the calibrated floor for the configured threshold (a range search, so the
+estimate clears the calibrated floor for the configured threshold (all of them, so the
 candidates do not depend on how rows are grouped into runs), and the float64 cosine of the
 stored fp16 vectors decides, exactly as within a partition.
 
 One codebook (coarse quantizer + PQ tables) per dataset encodes every run, so a query probes
-the same lists in every run. It is trained from the first `TRAIN_MIN` embeddings (before that
-every pair is compared exactly), with about 4 sqrt(rows) lists, and trained again, with every
+the same lists in every run: a night assigns its queries to lists once per codebook and scans
+each run with that assignment. It is trained from the first `TRAIN_MIN` embeddings (before that
+every pair is compared exactly), with about 2 sqrt(rows) lists, and trained again, with every
 run re-encoded, once the history holds `RETRAIN_FACTOR` times the rows it was trained for, so
 lists stay short as the history grows.
 """
@@ -24,7 +25,7 @@ lists stay short as the history grows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -60,8 +61,13 @@ def unit32(x: np.ndarray) -> np.ndarray:
 
 def n_lists(rows: int, sample: int) -> int:
     """Coarse lists for a codebook trained when `rows` embeddings exist, on `sample` of them:
-    about 4 sqrt(rows), and at least 39 training vectors per list (FAISS's minimum)."""
-    return int(max(16, min(4 * round(math.sqrt(rows)), sample // 39, 16384)))
+    about 2 sqrt(rows), and at least 39 training vectors per list (FAISS's minimum).
+
+    A night pays nlist dot products per query to assign it (once per codebook) and scans
+    nprobe * rows / nlist 4-bit codes per query (about 1/30 of a 512-d dot product each):
+    4 sqrt(rows) lists spent ~4 of a night's ~20 CPU seconds assigning at 1.1M rows; half as
+    many halve that for a scan still under a second."""
+    return int(max(16, min(2 * round(math.sqrt(rows)), sample // 39, 16384)))
 
 
 def codebook_spec(dim: int, nlist: int) -> str:
@@ -136,38 +142,125 @@ def encode(codebook: bytes, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> 
     return faiss.serialize_index(index).tobytes()
 
 
+Remap = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def merge_encoded(codebook: bytes, sources: list[tuple[bytes, Remap]]) -> bytes:
+    """One index holding the codes of `sources` (indexes encoded with `codebook`), without
+    encoding anything again: each source's `remap(ids)` says which of its rows to keep and
+    their new ids. Within a list the rows are ordered by id, so the result is the index that
+    encoding the rows in id order would give, byte for byte (a test checks).
+
+    Why not FAISS's own `merge_from`: for fast-scan lists it appends packed blocks with
+    `add_entries`, which (faiss 1.15) copies every block of the grown list, not only the
+    new ones, once a list already holds a non-zero multiple of its block size in rows (2,048
+    at 512-d): a buffer overrun. Here every list is packed whole, in our own buffer, and
+    added to an empty list (the path that copies exactly its blocks)."""
+    faiss = _faiss()
+    out = faiss.deserialize_index(np.frombuffer(codebook, dtype=np.uint8))
+    ivf = faiss.extract_index_ivf(out)
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    packer = lists.packer
+    size, per, block = packer.code_size, packer.nvec, packer.block_size
+    held = [faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)) for data, _ in sources]
+    inputs = [faiss.downcast_InvertedLists(faiss.extract_index_ivf(i).invlists) for i in held]
+    total = 0
+    for lst in range(ivf.nlist):
+        codes, ids = [], []
+        for inv, (_, remap) in zip(inputs, sources, strict=True):
+            n = inv.list_size(lst)
+            if not n:
+                continue
+            keep, new_ids = remap(faiss.rev_swig_ptr(inv.get_ids(lst), n).astype(np.int64))
+            if not keep.any():
+                continue
+            blocks = -(-n // per)
+            packed = faiss.rev_swig_ptr(inv.get_codes(lst), blocks * block)
+            flat = np.empty((blocks * per, size), np.uint8)
+            for b in range(blocks):
+                packer.unpack_all(faiss.swig_ptr(packed[b * block : (b + 1) * block]),
+                                  faiss.swig_ptr(flat[b * per : (b + 1) * per]))  # fmt: skip
+            codes.append(flat[:n][keep])
+            ids.append(new_ids[keep])
+        if not codes:
+            continue
+        row_ids = np.concatenate(ids)
+        order = np.argsort(row_ids, kind="stable")
+        n = len(order)
+        blocks = -(-n // per)
+        flat = np.zeros((blocks * per, size), np.uint8)
+        flat[:n] = np.concatenate(codes)[order]
+        packed = np.zeros(blocks * block, np.uint8)
+        for b in range(blocks):
+            packer.pack_all(faiss.swig_ptr(flat[b * per : (b + 1) * per]),
+                            faiss.swig_ptr(packed[b * block : (b + 1) * block]))  # fmt: skip
+        row_ids = np.ascontiguousarray(row_ids[order])
+        lists.add_entries(lst, n, faiss.swig_ptr(row_ids), faiss.swig_ptr(packed))
+        total += n
+    out.ntotal = total
+    return faiss.serialize_index(out).tobytes()
+
+
 class Searcher:
-    """The night's queries, normalised once, searched against run after run."""
+    """The night's queries, normalised once, searched against run after run.
+
+    Which coarse lists a query probes depends on the codebook alone, so it is computed once
+    per codebook (`assign`) and every run encoded with it is scanned with that assignment:
+    the assignment (queries x lists dot products, ~4 s for 100k queries at 3,452 lists on
+    2 cores) was the bulk of a run's scan, and a night paid it once per run.
+    """
 
     def __init__(self, queries: np.ndarray, threshold: float, nprobe: int) -> None:
         self.raw, self.q = queries, unit32(queries)
         self.threshold, self.nprobe = threshold, nprobe
+        self._assigned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def candidates(self, run_index: bytes, floor: float = -math.inf) -> tuple[np.ndarray, ...]:
+    def assign(self, book_id: str, book: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """(lists, distances) each query probes under codebook `book_id`, computed once."""
+        if book_id not in self._assigned:
+            index = _faiss().deserialize_index(np.frombuffer(book, dtype=np.uint8))
+            ivf = _faiss().extract_index_ivf(index)  # a view: `index` must outlive it
+            dis, lists = ivf.quantizer.search(self.q, min(self.nprobe, ivf.nlist))
+            self._assigned[book_id] = (lists, dis)
+        return self._assigned[book_id]
+
+    def candidates(
+        self, run_index: bytes, assigned: tuple[np.ndarray, np.ndarray], floor: float = -math.inf
+    ) -> tuple[np.ndarray, ...]:
         """(query, run row) of the rows of an encoded run worth confirming: in the probed
-        lists, with a PQ estimate above `floor` (the codebook's calibrated floor for the
-        threshold). Every such row, not a top k: which rows are candidates then depends on
-        the codebook alone, not on how rows were grouped into runs. Without a calibration,
-        each query's K nearest. Queries go in chunks: the scan's tables grow with them."""
-        faiss = _faiss()
-        index = faiss.deserialize_index(np.frombuffer(run_index, dtype=np.uint8))
-        faiss.extract_index_ivf(index).nprobe = self.nprobe
+        lists (`assigned`, from `assign` with the run's codebook), with a PQ estimate above
+        `floor` (the codebook's calibrated floor for the threshold). Every such row, not a
+        top k: which rows are candidates then depends on the codebook alone, not on how rows
+        were grouped into runs. (A fast-scan index has no range search over a given
+        assignment, so the top K are searched, and a query whose K-th estimate still clears
+        the floor is searched again with 4 K, until the floor cuts its list.) Without a
+        calibration, each query's K nearest. Queries go in chunks: the scan's tables grow
+        with them."""
+        index = _faiss().deserialize_index(np.frombuffer(run_index, dtype=np.uint8))
+        lists, dis = assigned
+        _faiss().extract_index_ivf(index).nprobe = lists.shape[1]
         qs, rs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         if not index.ntotal:
             return qs[0], rs[0]
         for i in range(0, len(self.q), SEARCH_CHUNK):
-            chunk = self.q[i : i + SEARCH_CHUNK]
-            if math.isfinite(floor):
-                lims, _, found = index.range_search(chunk, floor)
-                counts = np.diff(lims.astype(np.int64))
-                qs.append(np.repeat(np.arange(len(chunk), dtype=np.int64), counts) + i)
-                rs.append(found.astype(np.int64))
-            else:
-                _, found = index.search(chunk, min(K, index.ntotal))
-                qi, kk = np.nonzero(found >= 0)
-                qs.append(qi.astype(np.int64) + i)
+            todo = np.arange(i, min(i + SEARCH_CHUNK, len(self.q)))
+            k = K
+            while len(todo):
+                k = min(k, index.ntotal)
+                est, found = index.search_preassigned(self.q[todo], k, lists[todo], dis[todo])
+                more = np.zeros(len(todo), bool)
+                if math.isfinite(floor) and k < index.ntotal:
+                    more = (found[:, -1] >= 0) & (est[:, -1] > floor)
+                take = (found >= 0) & ~more[:, None]
+                if math.isfinite(floor):
+                    take &= est > floor
+                qi, kk = np.nonzero(take)
+                qs.append(todo[qi])
                 rs.append(found[qi, kk].astype(np.int64))
-        return np.concatenate(qs), np.concatenate(rs)
+                todo, k = todo[more], 4 * k
+        q, r = np.concatenate(qs), np.concatenate(rs)
+        order = np.lexsort((r, q))  # by query, then row: the same whatever re-searches ran
+        return q[order], r[order]
 
     def confirm(self, qi: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Of the pairs (query qi[j], earlier vector rows[j]), those with cosine >= threshold,

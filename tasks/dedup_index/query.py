@@ -169,6 +169,7 @@ class _Job:
             ann.Searcher(emb, cfg.semantic.threshold, cfg.semantic.nprobe) if comparable else None
         )
         self.found = _Found()
+        self._books: dict[str, bytes] = {}  # codebook id -> its bytes, read once
 
     def _keys(self, table: KeyTable) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
         """(method, candidate, table row, value) of the exact and perceptual links."""
@@ -208,7 +209,7 @@ class _Job:
         if book is not None and run.ivf == book.id:
             data = storage.read_bytes(run_url(self.folder, run.id, "ivf.faiss"), self.so)
             floor = ann.floor_for(book.calibration, searcher.threshold)
-            qi, rr = searcher.candidates(data, floor)
+            qi, rr = searcher.candidates(data, self._assigned(book), floor)
             part, seg_row = run.locate(rr)
             use = np.array([names[p] in live and names[p] in self.comparable for p in part], bool)
             qi, rr, part, seg_row = qi[use], rr[use], part[use], seg_row[use]
@@ -254,28 +255,35 @@ class _Job:
         vectors = seg.embeddings(self.so) if use_emb else None
         if vectors is not None and not len(vectors):  # a night that kept nothing
             vectors = None
-        data, floor = None, -np.inf
-        if vectors is not None and book is not None and len(vectors) > ann.FLAT_MAX:
-            data = storage.read_bytes(codebook_url(self.folder, book.id), self.so)
-            floor = ann.floor_for(book.calibration, self.cfg.semantic.threshold)
+        use_book = vectors is not None and book is not None and len(vectors) > ann.FLAT_MAX
         parts = pl.Series([seg.partition] * keys.height, dtype=pl.String)
-        self.frame(keys.with_columns(parts.alias("partition")), vectors, data, floor)
+        self.frame(keys.with_columns(parts.alias("partition")), vectors,
+                   book if use_book else None)  # fmt: skip
         return keys.height
+
+    def _assigned(self, book: Codebook) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates' probed lists under `book` (read and assigned once a night)."""
+        assert self.searcher is not None
+        if book.id not in self._books:
+            self._books[book.id] = storage.read_bytes(codebook_url(self.folder, book.id), self.so)
+        return self.searcher.assign(book.id, self._books[book.id])
 
     def frame(
         self,
         rows: pl.DataFrame,
         vectors: np.ndarray | None,
-        book: bytes | None,
-        floor: float = -np.inf,
+        book: Codebook | None,
     ) -> None:
         """Look the candidates up in earlier rows held in memory (uid, sha256, phash,
-        partition; `vectors` row i = rows row i); a row's key is (partition, its index)."""
+        partition; `vectors` row i = rows row i), encoded with `book` when given, else
+        compared pair by pair; a row's key is (partition, its index)."""
         found = self._keys(KeyTable.build(rows["sha256"], rows["phash"]))
         if vectors is not None and self.searcher is not None:
             if book is not None:
-                index = ann.encode(book, [(vectors, np.arange(len(vectors)))])
-                qi, rr = self.searcher.candidates(index, floor)
+                assigned = self._assigned(book)
+                index = ann.encode(self._books[book.id], [(vectors, np.arange(len(vectors)))])
+                floor = ann.floor_for(book.calibration, self.searcher.threshold)
+                qi, rr = self.searcher.candidates(index, assigned, floor)
                 ok, cos = self.searcher.confirm(qi, vectors[rr])
                 found.append(("semantic", qi[ok], rr[ok], cos[ok]))
             else:

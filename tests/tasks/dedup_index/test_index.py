@@ -344,3 +344,98 @@ def test_codebooks_assign_rows_to_their_nearest_list_exactly():
         index = faiss.index_factory(64, ann.codebook_spec(64, nlist), faiss.METRIC_INNER_PRODUCT)
         quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
         assert isinstance(quantizer, faiss.IndexFlat), (nlist, type(quantizer))
+
+
+def test_run_candidates_are_every_row_above_the_floor_as_faiss_range_search_finds_them():
+    """A night assigns its queries to lists once per codebook and scans each run with that
+    assignment (top-K, widened while the K-th estimate still clears the floor). The pairs
+    must be exactly those FAISS's own range search of the run returns, including queries
+    with many more than K rows above the floor, and the same whether the rows sit in one run
+    or in several."""
+    import faiss
+
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((40, 64)).astype(np.float32)
+    rows = np.repeat(centres, 60, axis=0) + 0.25 * rng.standard_normal((2400, 64)).astype(
+        np.float32
+    )  # 40 tight clusters of 60: a query near a centre has dozens of rows above the floor
+    queries = centres[:20] + 0.2 * rng.standard_normal((20, 64)).astype(np.float32)
+    queries = np.concatenate([queries, rng.standard_normal((30, 64)).astype(np.float32)])
+    book, _ = ann.train_codebook(rows, 16)
+    floor = 0.55
+    searcher = ann.Searcher(queries, 0.9, nprobe=4)
+    assigned = searcher.assign("cb", book)
+    whole = ann.encode(book, [(rows, np.arange(len(rows)))])
+    qi, ri = searcher.candidates(whole, assigned, floor)
+
+    index = faiss.deserialize_index(np.frombuffer(whole, dtype=np.uint8))
+    faiss.extract_index_ivf(index).nprobe = 4
+    lims, _, found = index.range_search(ann.unit32(queries), floor)
+    expect = {(q, int(r)) for q in range(len(queries)) for r in found[lims[q] : lims[q + 1]]}
+    got = {(int(q), int(r)) for q, r in zip(qi, ri, strict=True)}
+    assert got == expect
+    per_query = np.bincount(qi, minlength=len(queries))
+    assert per_query.max() > 4 * ann.K  # the widening was exercised, not only the first K
+
+    halves = set()  # the same rows split into two runs: the same pairs
+    for lo, hi in ((0, 1300), (1300, 2400)):
+        part = ann.encode(book, [(rows[lo:hi], np.arange(lo, hi))])
+        q2, r2 = searcher.candidates(part, assigned, floor)
+        halves |= {(int(q), int(r)) for q, r in zip(q2, r2, strict=True)}
+    assert halves == got
+
+
+def test_merging_encoded_runs_equals_encoding_their_rows_byte_for_byte():
+    """`ann.merge_encoded` copies codes (no encoding): the result must be the index that
+    encoding the kept rows in id order gives, byte for byte, including lists whose rows
+    span several 32-row blocks and rows dropped or moved by the remap. 512-d, as CLIP's:
+    a list holding a multiple of 2,048 rows is where FAISS's own merge_from overran."""
+    rng = np.random.default_rng(3)
+    x = unit(
+        rng.standard_normal((6000, 512)).astype(np.float32) + 2 * (np.arange(6000) % 2)[:, None]
+    )
+    book, _ = ann.train_codebook(x[:2000], 2)  # 2 lists: ~3,000 rows each, past 2,048
+    a = ann.encode(book, [(x[:2500], np.arange(2500))])
+    b = ann.encode(book, [(x[2500:], np.arange(3500))])  # ids start at 0 in its own run
+    keep_all = lambda ids: (ids >= 0, ids)  # noqa: E731
+    shift = lambda ids: (ids >= 0, ids + 2500)  # noqa: E731
+    whole = ann.encode(book, [(x, np.arange(6000))])
+    assert ann.merge_encoded(book, [(a, keep_all), (b, shift)]) == whole
+    assert ann.merge_encoded(book, [(b, shift), (a, keep_all)]) == whole  # sources any order
+
+    # drop rows 1000-1999 of `a` and close the gap, as a re-published partition does
+    gap = lambda ids: ((ids < 1000) | (ids >= 2000), np.where(ids < 1000, ids, ids - 1000))  # noqa: E731
+    shift_gap = lambda ids: (ids >= 0, ids + 1500)  # noqa: E731
+    kept = np.concatenate([x[:1000], x[2000:]])
+    expect = ann.encode(book, [(kept, np.arange(len(kept)))])
+    assert ann.merge_encoded(book, [(a, gap), (b, shift_gap)]) == expect
+
+
+def test_a_compaction_that_merges_runs_copies_their_codes_exactly(
+    tmp_path, small_index, monkeypatch
+):
+    """Merging small runs copies their PQ codes rather than encoding the embeddings again:
+    every run's `ivf.faiss` must still be exactly the encoding of its partitions' embeddings
+    (in run-row order) with the codebook, and the copy must have been used."""
+    folder = str(tmp_path / "ds" / "pool")
+    build(folder)  # merge_at=3: merges happened along the way
+    merged = []
+    real = ann.merge_encoded
+    monkeypatch.setattr(ann, "merge_encoded", lambda *a: merged.append(1) or real(*a))
+    publish(folder, "2026-07-11", *night_rows(400, 11))
+    publish(folder, "2026-07-12", *night_rows(400, 12))
+    compact(folder, None, semantic=True, max_distance=3, seal_rows=100_000, merge_at=3)
+    assert merged, "the compaction merged no runs"
+    pointer, _ = read_pointer(folder, None)
+    book = pointer.codebooks[next(iter(pointer.codebooks))]
+    data = storage.read_bytes(f"{folder}/_dedup/codebooks/{book.id}.faiss")
+    cat = read_catalog(folder, None)
+    for run in pointer.runs:
+        assert run.ivf == book.id
+        chunks = []
+        for name in run.partitions():
+            emb = storage.read_npy(
+                f"{folder}/{name}/{cat.entries[name]['version']}/{DEDUP_EMB_FILE}"
+            )
+            chunks.append((emb, np.arange(len(emb)) + run.starts[name]))
+        assert storage.read_bytes(run_url(folder, run.id, "ivf.faiss")) == ann.encode(data, chunks)
