@@ -219,6 +219,20 @@ def child(work: Path, night: int) -> dict[str, Any]:
     so, date = cfg.storage_options, date_of(night)
     folder = work / "nights" / f"{night:03d}"
     source = str(work / "in" / date / "00000.tar")
+    import flows.pool
+
+    lookup_s = [0.0, 0.0]  # wall, CPU of the history lookup (query_history)
+    query = flows.pool.query_history
+
+    def timed_query(*a: Any, **kw: Any) -> Any:
+        w, c = time.perf_counter(), cpu_seconds()
+        try:
+            return query(*a, **kw)
+        finally:
+            lookup_s[0] += time.perf_counter() - w
+            lookup_s[1] += cpu_seconds() - c
+
+    flows.pool.query_history = timed_query
     t0, c0 = time.perf_counter(), cpu_seconds()
     from flows.plan import plan_run
 
@@ -266,7 +280,8 @@ def child(work: Path, night: int) -> dict[str, Any]:
         compact_index(cfg, Log())
     return {"night": night, "wall_s": round(t_night, 3), "cpu_s": round(c_night, 3),
             "plan_s": round(t_plan, 3),
-            "select_s": round(t_select, 3), "peak_rss_bytes": rss_night,
+            "select_s": round(t_select, 3), "lookup_s": round(lookup_s[0], 3),
+            "lookup_cpu_s": round(lookup_s[1], 3), "peak_rss_bytes": rss_night,
             "peak_rss_select_bytes": rss_select,
             "compact_s": round(time.perf_counter() - t1, 3),
             "read": sel.extra.get("dedup_read", {})}  # fmt: skip

@@ -9,9 +9,13 @@ value, so this costs little.
 
 - exact: sha256 as five 60-bit words (polars parses 15 hex digits into an int64); a sorted
   first word finds the hits, all five words confirm them;
-- perceptual: multi-index hashing with d + 1 blocks of the 64 bits: a pair within Hamming
-  distance d agrees exactly on at least one block (pigeonhole), so probing each block's
-  sorted values finds every such pair, and a popcount confirms it. Exact, no pair missed.
+- perceptual: multi-index hashing with m blocks of the 64 bits: a pair within Hamming
+  distance d is within d // m bits on at least one block (pigeonhole), so probing each
+  block's sorted values at every value within that radius finds every such pair, and a
+  popcount confirms it. Exact, no pair missed. m is chosen per table by its size
+  (`mih_plan`): d + 1 blocks probe one value each but hit about rows / 2^13 rows per block
+  at d = 4, a cost that grows with the history (610 candidates a query at 1M rows); 3
+  blocks of 21-22 bits probe 23 values each and hit almost nothing.
 
 Both are vectorised numpy over chunks of candidates, so memory stays bounded however many
 rows share a block value.
@@ -44,9 +48,31 @@ def sha_words(sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(words), known.to_numpy()
 
 
-def mih_blocks(max_distance: int) -> list[tuple[int, int]]:
-    """(start bit, width) of d + 1 contiguous blocks covering the 64 bits."""
-    m = max_distance + 1
+SEARCH_NS = 200  # two binary searches of a probe in a sorted block (measured order)
+PAIR_NS = 40  # expanding and confirming one candidate pair
+
+
+def mih_plan(max_distance: int, rows: int) -> int:
+    """The number of blocks m (1..d+1) with the lowest estimated lookup cost per query over a
+    table of `rows` pHashes: probes (values within radius d // m of each block) cost a
+    search each, and each probe hits rows / 2^width rows, each a pair to confirm."""
+    from math import comb
+
+    best, best_cost = max_distance + 1, float("inf")
+    for m in range(max_distance + 1, 0, -1):
+        r = max_distance // m
+        probes = [sum(comb(w, k) for k in range(r + 1)) for _, w in mih_blocks(max_distance, m)]
+        hits = sum(p * rows / 2.0**w for p, (_, w) in zip(probes, mih_blocks(max_distance, m),
+                                                           strict=True))  # fmt: skip
+        cost = sum(probes) * SEARCH_NS + hits * PAIR_NS
+        if cost < best_cost:
+            best, best_cost = m, cost
+    return best
+
+
+def mih_blocks(max_distance: int, m: int | None = None) -> list[tuple[int, int]]:
+    """(start bit, width) of m (default d + 1) contiguous blocks covering the 64 bits."""
+    m = max_distance + 1 if m is None else m
     w, extra = divmod(64, m)
     widths = [w + 1 if i < extra else w for i in range(m)]
     starts = np.cumsum([0, *widths[:-1]]).tolist()
@@ -68,7 +94,8 @@ class KeyTable:
     sha_rows: np.ndarray  # their rows
     ph_values: np.ndarray  # pHashes of the rows with one, sorted
     ph_rows: np.ndarray  # their rows
-    blocks: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    # max distance -> (m, per block: sorted block values, their positions)
+    blocks: dict[int, tuple[int, list[tuple[np.ndarray, np.ndarray]]]] = field(default_factory=dict)
 
     @staticmethod
     def build(sha: pl.Series, phash: pl.Series) -> KeyTable:
@@ -82,15 +109,17 @@ class KeyTable:
         by_value = np.argsort(values, kind="stable")
         return KeyTable(w[order], rows[order], values[by_value], ph_rows[by_value])
 
-    def sorted_blocks(self, max_distance: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per MIH block: (the pHashes' block values sorted, their positions)."""
+    def sorted_blocks(self, max_distance: int) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
+        """(m, per MIH block: the pHashes' block values sorted, their positions), m chosen
+        for this table's size."""
         if max_distance not in self.blocks:
+            m = mih_plan(max_distance, len(self.ph_values))
             out = []
-            for start, width in mih_blocks(max_distance):
+            for start, width in mih_blocks(max_distance, m):
                 vals = _block(self.ph_values, start, width)
                 order = np.argsort(vals, kind="stable")
                 out.append((vals[order], order))
-            self.blocks[max_distance] = out
+            self.blocks[max_distance] = (m, out)
         return self.blocks[max_distance]
 
     def to_bytes(self, max_distance: int | None) -> bytes:
@@ -101,9 +130,11 @@ class KeyTable:
             "ph_rows": self.ph_rows,
         }
         if max_distance is not None:
-            for i, (vals, order) in enumerate(self.sorted_blocks(max_distance)):
+            m, blocks = self.sorted_blocks(max_distance)
+            for i, (vals, order) in enumerate(blocks):
                 arrays[f"block{i}_vals"], arrays[f"block{i}_order"] = vals, order
             arrays["max_distance"] = np.array([max_distance])
+            arrays["blocks"] = np.array([m])
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -114,8 +145,9 @@ class KeyTable:
             table = KeyTable(z["sha_words"], z["sha_rows"], z["ph_values"], z["ph_rows"])
             if "max_distance" in z:
                 d = int(z["max_distance"][0])
-                m = d + 1
-                table.blocks[d] = [(z[f"block{i}_vals"], z[f"block{i}_order"]) for i in range(m)]
+                m = int(z["blocks"][0]) if "blocks" in z else d + 1  # written before the plan
+                blocks = [(z[f"block{i}_vals"], z[f"block{i}_order"]) for i in range(m)]
+                table.blocks[d] = (m, blocks)
         return table
 
 
@@ -144,9 +176,7 @@ def _chunks(lo: np.ndarray, hi: np.ndarray) -> list[slice]:
 def exact_links(table: KeyTable, cand_sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """(candidate index, table row) for every earlier row with a candidate's sha256."""
     words, known = sha_words(cand_sha)
-    first = table.sha_words[:, 0]
-    lo = np.searchsorted(first, words[:, 0], side="left")
-    hi = np.searchsorted(first, words[:, 0], side="right")
+    lo, hi = _ranges(table.sha_words[:, 0], words[:, 0])
     hi[~known] = lo[~known]
     ci_all, ri_all = [], []
     for part in _chunks(lo, hi):
@@ -167,16 +197,17 @@ def perceptual_links(
     known = ph.is_not_null().to_numpy()
     values = ph.fill_null(0).to_numpy()
     ci_all, pi_all = [], []
-    for (start, width), (vals, order) in zip(
-        mih_blocks(max_distance), table.sorted_blocks(max_distance), strict=True
-    ):
-        key = _block(values, start, width)
-        lo = np.searchsorted(vals, key, side="left")
-        hi = np.searchsorted(vals, key, side="right")
-        hi[~known] = lo[~known]
+    m, blocks = table.sorted_blocks(max_distance)
+    radius = max_distance // m
+    for (start, width), (vals, order) in zip(mih_blocks(max_distance, m), blocks, strict=True):
+        masks = _masks(width, radius)
+        key = (_block(values, start, width)[:, None] ^ masks[None, :]).ravel()
+        lo, hi = _ranges(vals, key)
+        unknown = np.repeat(~known, len(masks))
+        hi[unknown] = lo[unknown]
         for part in _chunks(lo, hi):
-            q, pos = _expand(lo[part], hi[part])
-            q += part.start
+            probe, pos = _expand(lo[part], hi[part])
+            q = (probe + part.start) // len(masks)
             p = order[pos]
             dist = np.bitwise_count(values[q] ^ table.ph_values[p])
             ok = dist <= max_distance
@@ -188,6 +219,29 @@ def perceptual_links(
         ci, pi = pair[0], pair[1]
     dist = np.bitwise_count(values[ci] ^ table.ph_values[pi]).astype(np.int64)
     return ci, table.ph_rows[pi], dist
+
+
+def _ranges(sorted_values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) of each key's equal values in `sorted_values`. The keys are searched in
+    sorted order: each search then starts near the last one (3.8x faster for 2.3M keys
+    into 1M values than in arbitrary order)."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    lo, hi = np.empty(len(keys), np.int64), np.empty(len(keys), np.int64)
+    lo[order] = np.searchsorted(sorted_values, ordered, side="left")
+    hi[order] = np.searchsorted(sorted_values, ordered, side="right")
+    return lo, hi
+
+
+def _masks(width: int, radius: int) -> np.ndarray:
+    """Every `width`-bit value with at most `radius` bits set (0 first): a block key XOR each
+    is every value within that Hamming radius."""
+    from itertools import combinations
+
+    out = [0]
+    for k in range(1, radius + 1):
+        out += [sum(1 << b for b in bits) for bits in combinations(range(width), k)]
+    return np.array(out, dtype=np.uint64)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.dedup_index.keys import KeyTable, exact_links, mih_blocks, perceptual_links
+from tasks.dedup_index import keys
+from tasks.dedup_index.keys import KeyTable, exact_links, mih_blocks, mih_plan, perceptual_links
 
 
 def shas(n: int, seed: int) -> list[str]:
@@ -39,8 +40,14 @@ def brute(table: np.ndarray, cand: np.ndarray, d: int) -> set[tuple[int, int]]:
     return out
 
 
-@pytest.mark.parametrize("d", [0, 1, 4, 7])
-def test_perceptual_links_equal_all_pairs(d):
+PLANS = [(0, 1), (1, 1), (1, 2), (4, 2), (4, 3), (4, 4), (4, 5), (7, 3), (7, 4), (7, 8)]
+
+
+@pytest.mark.parametrize(("d", "m"), PLANS)
+def test_perceptual_links_equal_all_pairs(d, m, monkeypatch):
+    """Every block count m: d + 1 blocks probe one value each, fewer blocks probe every
+    value within d // m bits (what a large table uses)."""
+    monkeypatch.setattr(keys, "mih_plan", lambda _d, _rows: m)
     rng = np.random.default_rng(d)
     table = rng.integers(0, 2**64, 400, dtype=np.uint64)
     table[10] = table[2]  # repeated value
@@ -69,6 +76,27 @@ def test_blocks_cover_64_bits_and_round_trip():
     table = KeyTable.build(pl.Series(shas(20, 3)), pl.Series(np.arange(20, dtype=np.uint64)))
     again = KeyTable.from_bytes(table.to_bytes(4))
     assert np.array_equal(again.sha_words, table.sha_words)
-    assert 4 in again.blocks and len(again.blocks[4]) == 5
+    assert 4 in again.blocks and again.blocks[4][0] == 5 and len(again.blocks[4][1]) == 5
     _, ri, _ = perceptual_links(again, pl.Series([3], dtype=pl.UInt64), 1)
     assert sorted(ri.tolist()) == [1, 2, 3, 7, 11, 19]  # 3 and the values 1 bit away
+
+
+def test_a_large_table_uses_fewer_blocks_and_the_choice_travels_with_it(monkeypatch):
+    """Defect: d + 1 blocks of ~13 bits at d = 4 hit rows / 8,192 rows per block, so a
+    night's perceptual lookups grew with the history (610 candidate pairs a query at 1M
+    rows). Large tables take fewer, wider blocks searched within a radius; the block count
+    is written with the table (runs are read by later code)."""
+    assert mih_plan(4, 20_000) == 5
+    assert mih_plan(4, 1_000_000) == 3
+    assert mih_plan(4, 5_000_000) == 3
+    assert mih_plan(0, 10**9) == 1
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 2**64, 500, dtype=np.uint64)
+    table = KeyTable.build(pl.Series(shas(500, 4)), pl.Series(values))
+    monkeypatch.setattr(keys, "mih_plan", lambda _d, _rows: 3)
+    data = table.to_bytes(4)
+    monkeypatch.undo()
+    again = KeyTable.from_bytes(data)
+    assert again.blocks[4][0] == 3  # not re-planned for 500 rows on reading
+    probe = pl.Series([int(values[9]) ^ 0b1011], dtype=pl.UInt64)
+    assert perceptual_links(again, probe, 4)[1].tolist() == [9]
