@@ -42,9 +42,9 @@ def curate(*args: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dates", type=int, default=30)
-    ap.add_argument("--quick", action="store_true", help="10 dates")
+    ap.add_argument("--quick", action="store_true", help="4 dates")
     args = ap.parse_args()
-    n = 10 if args.quick else args.dates
+    n = 4 if args.quick else args.dates
 
     from infra.demo_data import make_tiny_model
     from tests.pool_factory import make_samples, write_tar

@@ -30,7 +30,8 @@ PR_SET_PDEATHSIG = 1
 def die_with_parent() -> None:
     """End this process when the benchmark that started it ends, however it ends (Ctrl-C,
     a timeout, SIGKILL): a measurement child must never outlive its run (Linux prctl)."""
-    parent = os.environ.get(PARENT_ENV)
+    parent = os.environ.pop(PARENT_ENV, None)  # not inherited: a grandchild (a Dask worker
+    # importing this module) has another parent and would end itself at once
     if not parent or not sys.platform.startswith("linux"):
         return
     import ctypes

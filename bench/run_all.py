@@ -24,7 +24,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from harness import child_env, cores, scaling  # noqa: E402
+from harness import child_env, cores, prefect_api, scaling  # noqa: E402
 
 # scripts without a --quick flag: the arguments that make them quick
 QUICK_ARGS = {"bench_balance.py": ["--captions", "20000"]}
@@ -186,14 +186,17 @@ def main() -> int:
     only = set(args.only.split(",")) if args.only else None
     records = previous(Path(args.out), args.quick) if only else {}
     t0, load_before = time.perf_counter(), round(os.getloadavg()[0], 2)
-    for path in scripts(only):
-        name = path.stem.removeprefix("bench_")
-        print(f"running {path.name} ...", file=sys.stderr, flush=True)
-        raw, wall = run_script(path, script_args(path, args.quick), args.timeout)
-        rec = {**adapt(raw), "wall_s": round(wall, 1), "details": raw}
-        if rec["scaling"] is None and "error" not in raw:
-            rec["scaling"] = rerun_scaling(path, args.quick, args.timeout)
-        records[name] = rec
+    # one Prefect server for every script (they use PREFECT_API_URL when set): each starting
+    # its own cost 5-10 s, a sixth of `--quick`
+    with prefect_api():
+        for path in scripts(only):
+            name = path.stem.removeprefix("bench_")
+            print(f"running {path.name} ...", file=sys.stderr, flush=True)
+            raw, wall = run_script(path, script_args(path, args.quick), args.timeout)
+            rec = {**adapt(raw), "wall_s": round(wall, 1), "details": raw}
+            if rec["scaling"] is None and "error" not in raw:
+                rec["scaling"] = rerun_scaling(path, args.quick, args.timeout)
+            records[name] = rec
     if "pool" in records and "scaling" in records and records["pool"]["scaling"] is None:
         records["pool"]["scaling"] = records["scaling"].get("scaling")  # bench_scaling.py
     result = {

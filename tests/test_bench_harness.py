@@ -76,3 +76,31 @@ def test_a_measurement_childs_peak_is_its_own(tmp_path: Path) -> None:
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["parent"] > 400 << 20
     assert got["peak"] < 200 << 20  # an interpreter that imported nothing much
+
+
+GRANDPARENT = """
+import subprocess, sys
+sys.path.insert(0, "bench")
+from harness import child_env
+out = subprocess.run([sys.executable, "-c", sys.argv[1]], env=child_env(), capture_output=True,
+                     text=True)
+print(out.returncode, out.stdout.strip())
+"""
+CHILD_SPAWNS = """
+import subprocess, sys
+sys.path.insert(0, "bench")
+import harness  # the measurement child: tied to its benchmark
+grand = "import sys; sys.path.insert(0, 'bench'); import harness; print('alive')"
+out = subprocess.run([sys.executable, "-c", grand], capture_output=True, text=True)
+print(out.returncode, out.stdout.strip())
+"""
+
+
+def test_a_grandchild_that_imports_the_harness_lives() -> None:
+    """Defect: the tie to the benchmark was inherited, so a process the measurement started
+    (a Dask nanny's worker, unpickling a function of a bench module) saw another parent and
+    ended itself at once: `run_all.py --quick` failed bench_overhead with "Nanny failed to
+    start"."""
+    out = subprocess.run([sys.executable, "-c", GRANDPARENT, CHILD_SPAWNS], cwd=ROOT,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == "0 0 alive"
