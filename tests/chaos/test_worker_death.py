@@ -1,10 +1,13 @@
-"""A Dask worker killed (SIGKILL: the OOM killer, a preempted node) while it scores a shard
-(issue 22, item 4).
+"""A Dask or Ray worker killed (SIGKILL: the OOM killer, a preempted node) while it scores a
+shard (issue 22, item 4).
 
-The run joins a local cluster the test holds (`runner.address`), so the test can see which
-worker is busy and kill exactly that one when the first shard's result comes back. Dask's
-scheduler gives the lost worker's tasks to another worker (its nanny also starts a new one);
-the run must publish the bytes of a run without the kill: no sample lost, none twice.
+Dask: the run joins a local cluster the test holds (`runner.address`), so the test can see
+which worker is busy and kill exactly that one when the first shard's result comes back.
+Dask's scheduler gives the lost worker's tasks to another worker (its nanny also starts a new
+one). Ray: the run's own local instance; a busy worker is the process whose title names a
+task (`ray::score-shard`, an idle one is `ray::IDLE`); Ray runs a task again when its worker
+died (3 retries by default). Either way the run must publish the bytes of a run without the
+kill: no sample lost, none twice.
 """
 
 from __future__ import annotations
@@ -44,6 +47,23 @@ def kill_a_busy_worker(client) -> str | None:
     return busy[0]
 
 
+def kill_a_busy_ray_worker() -> int | None:
+    """SIGKILL a Ray worker process scoring a shard of this run; its pid (None if none is).
+
+    Only this process's descendants (the local instance it started): never another's Ray."""
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:  # exited meanwhile
+            continue
+        if title.startswith("ray::score-shard"):  # Ray titles a worker by its task
+            proc.send_signal(signal.SIGKILL)
+            return proc.pid
+    return None
+
+
 def run(tiny_model, pool_inputs: Path, output: Path, **cfg) -> dict:
     config = pool_config(tiny_model, str(pool_inputs / "{date}" / "*.tar"), str(output))
     return run_pool(parse_config({**config, **cfg}), PARTITION)
@@ -67,5 +87,29 @@ def test_dask_worker_killed_while_scoring(
     runner = {"kind": "dask", "address": c.scheduler_address}
     result = run(tiny_model, pool_inputs, tmp_path / "faulty", runner=runner)
     assert killed, "no worker was busy when a shard's result came back"
+    assert result["status"] == "published"
+    assert published_digest(result["uri"]) == published_digest(clean["uri"])
+
+
+def test_ray_worker_killed_while_scoring(
+    tiny_model, pool_inputs, tmp_path, monkeypatch, prefect_harness
+):
+    pytest.importorskip("ray")
+    pytest.importorskip("prefect_ray")
+    pytest.importorskip("psutil")
+    clean = run(tiny_model, pool_inputs, tmp_path / "clean")
+    advance, killed = Progress.advance, []
+
+    def advance_and_kill(self: Progress, units: float = 0.0) -> None:
+        if not killed:
+            victim = kill_a_busy_ray_worker()
+            if victim is not None:
+                killed.append(victim)
+        advance(self, units)
+
+    monkeypatch.setattr(Progress, "advance", advance_and_kill)
+    runner = {"kind": "ray", "workers": 2}
+    result = run(tiny_model, pool_inputs, tmp_path / "faulty", runner=runner)
+    assert killed, "no Ray worker was busy when a shard's result came back"
     assert result["status"] == "published"
     assert published_digest(result["uri"]) == published_digest(clean["uri"])
