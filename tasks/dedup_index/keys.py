@@ -32,6 +32,7 @@ import polars as pl
 HEX_PER_WORD = 15  # 60 bits: a polars int64 holds it
 WORDS = 5  # 4 x 15 + 4 hex digits = 64
 CHUNK_PAIRS = 1 << 20  # candidate pairs expanded at a time (~40 MB of scratch)
+CHUNK_PROBES = 1 << 22  # block probes (queries x values within the radius) at a time (~170 MB)
 
 
 def sha_words(sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -201,18 +202,21 @@ def perceptual_links(
     radius = max_distance // m
     for (start, width), (vals, order) in zip(mih_blocks(max_distance, m), blocks, strict=True):
         masks = _masks(width, radius)
-        key = (_block(values, start, width)[:, None] ^ masks[None, :]).ravel()
-        lo, hi = _ranges(vals, key)
-        unknown = np.repeat(~known, len(masks))
-        hi[unknown] = lo[unknown]
-        for part in _chunks(lo, hi):
-            probe, pos = _expand(lo[part], hi[part])
-            q = (probe + part.start) // len(masks)
-            p = order[pos]
-            dist = np.bitwise_count(values[q] ^ table.ph_values[p])
-            ok = dist <= max_distance
-            ci_all.append(q[ok])
-            pi_all.append(p[ok])
+        step = max(1, CHUNK_PROBES // len(masks))  # probes (queries x masks) held at a time
+        for first in range(0, len(values), step):
+            at = slice(first, first + step)
+            key = (_block(values[at], start, width)[:, None] ^ masks[None, :]).ravel()
+            lo, hi = _ranges(vals, key)
+            unknown = np.repeat(~known[at], len(masks))
+            hi[unknown] = lo[unknown]
+            for part in _chunks(lo, hi):
+                probe, pos = _expand(lo[part], hi[part])
+                q = (probe + part.start) // len(masks) + first
+                p = order[pos]
+                dist = np.bitwise_count(values[q] ^ table.ph_values[p])
+                ok = dist <= max_distance
+                ci_all.append(q[ok])
+                pi_all.append(p[ok])
     ci, pi = _cat(ci_all), _cat(pi_all)
     if len(ci):  # a pair agreeing on several blocks was found once per block
         pair = np.unique(np.stack([ci, pi]), axis=1)

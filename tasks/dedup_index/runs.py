@@ -35,7 +35,8 @@ from tasks.io import cas, storage
 
 ROOT = "_dedup"
 POINTER = "CURRENT.json"
-FORMAT = 2
+FORMAT = 3  # 3: a run's keys.npz may hold fewer pHash blocks than d + 1 (`keys.mih_plan`)
+READS = (2, 3)  # layouts this code reads; an older reader takes a newer pointer for none
 ROW_GROUP = 1 << 16
 MODEL_KEYS = ("architecture_sha256", "pretrained", "checkpoint_sha256")  # what the weights are
 
@@ -144,7 +145,7 @@ class Pointer:
         if data is None:
             return Pointer()
         doc = json.loads(data)
-        if doc.get("format") != FORMAT:  # an older layout: the next compaction rebuilds it
+        if doc.get("format") not in READS:  # another layout: the next compaction rebuilds it
             return Pointer()
         runs = [RunInfo(**r) for r in doc.get("runs") or []]
         books = {m: Codebook(**c) for m, c in (doc.get("codebooks") or {}).items()}

@@ -388,8 +388,8 @@ def test_run_candidates_are_every_row_above_the_floor_as_faiss_range_search_find
 def test_merging_encoded_runs_equals_encoding_their_rows_byte_for_byte():
     """`ann.merge_encoded` copies codes (no encoding): the result must be the index that
     encoding the kept rows in id order gives, byte for byte, including lists whose rows
-    span several 32-row blocks and rows dropped or moved by the remap. 512-d, as CLIP's:
-    a list holding a multiple of 2,048 rows is where FAISS's own merge_from overran."""
+    span many 32-row blocks (past 2,048 rows, where FAISS's own merge_from overran) and
+    rows dropped or moved by the remap. 512-d, as CLIP's."""
     rng = np.random.default_rng(3)
     x = unit(
         rng.standard_normal((6000, 512)).astype(np.float32) + 2 * (np.arange(6000) % 2)[:, None]

@@ -81,6 +81,28 @@ def test_blocks_cover_64_bits_and_round_trip():
     assert sorted(ri.tolist()) == [1, 2, 3, 7, 11, 19]  # 3 and the values 1 bit away
 
 
+def test_probes_are_held_a_chunk_of_queries_at_a_time(monkeypatch):
+    """Fewer blocks probe every value within a radius: queries x values per block would
+    grow without bound with the distance (254 values per block at d = 8, m = 3). Chunked,
+    the answer is the same, including unknown pHashes in a chunk."""
+    monkeypatch.setattr(keys, "mih_plan", lambda _d, _rows: 3)
+    rng = np.random.default_rng(8)
+    table = rng.integers(0, 2**64, 300, dtype=np.uint64)
+    cand = [int(table[k]) ^ (1 << int(k % 64)) ^ (1 << int((k * 7) % 64)) for k in range(40)]
+    cand += [None, *rng.integers(0, 2**64, 20, dtype=np.uint64).tolist()]
+    kt = KeyTable.build(pl.Series(shas(300, 5)), pl.Series(table))
+    series = pl.Series(cand, dtype=pl.UInt64)
+    whole = perceptual_links(kt, series, 8)
+    monkeypatch.setattr(keys, "CHUNK_PROBES", 700)  # 2 queries x 254 values at a time
+    chunked = perceptual_links(KeyTable.build(pl.Series(shas(300, 5)), pl.Series(table)),
+                               series, 8)  # fmt: skip
+    for a, b in zip(whole, chunked, strict=True):
+        assert np.array_equal(a, b)
+    known = np.array([c if c is not None else 0 for c in cand], dtype=np.uint64)
+    want = brute(table, known, 8) - {(40, r) for r in range(300)}  # the unknown one: none
+    assert set(zip(whole[0].tolist(), whole[1].tolist(), strict=True)) == want
+
+
 def test_a_large_table_uses_fewer_blocks_and_the_choice_travels_with_it(monkeypatch):
     """Defect: d + 1 blocks of ~13 bits at d = 4 hit rows / 8,192 rows per block, so a
     night's perceptual lookups grew with the history (610 candidate pairs a query at 1M
@@ -100,3 +122,19 @@ def test_a_large_table_uses_fewer_blocks_and_the_choice_travels_with_it(monkeypa
     assert again.blocks[4][0] == 3  # not re-planned for 500 rows on reading
     probe = pl.Series([int(values[9]) ^ 0b1011], dtype=pl.UInt64)
     assert perceptual_links(again, probe, 4)[1].tolist() == [9]
+
+
+def test_pointer_layouts_old_and_new_are_read_and_the_new_one_is_written():
+    """keys.npz of format 3 may hold fewer blocks than d + 1, which a format-2 reader
+    cannot read: the pointer says 3, so such a reader (a rollback) takes it for no index
+    and reads segments directly; this code still reads format-2 pointers."""
+    import json
+
+    from tasks.dedup_index.runs import Pointer, RunInfo
+
+    run = RunInfo("r-1", 5, {"2026-01-01": "v1"}, {"2026-01-01": 0}, None, 4, None)
+    data = Pointer([run]).to_bytes()
+    assert json.loads(data)["format"] == 3
+    old = json.dumps({**json.loads(data), "format": 2}).encode()
+    assert Pointer.parse(old).runs == [run]
+    assert Pointer.parse(json.dumps({**json.loads(data), "format": 1}).encode()).runs == []
