@@ -152,7 +152,7 @@ def test_output_disk_fills_while_publishing(tmp_path, tiny_model, pool_inputs, r
 
     size = smalldisk.disk_usage(before) + reference["version_bytes"] // 2
     proc = on_disk(cli(second), disk, size, before, failed)
-    one_line_failure(proc, "OSError")
+    one_line_failure(proc, "I/O failure")
     final = failed / "chaos" / "pool" / PARTITION
     assert (final / "manifest.json").read_bytes() == (
         before / "chaos" / "pool" / PARTITION / "manifest.json"
@@ -185,7 +185,7 @@ def test_cache_disk_fills_while_scoring(tmp_path, tiny_model, pool_inputs, refer
     second = write_config(tmp_path / "second-cache.yaml", config)
     failed, rerun = tmp_path / "failed", tmp_path / "rerun"
     proc = on_disk(cli(second), disk, reference["cache_bytes"] // 2, None, failed)
-    one_line_failure(proc, "OSError")
+    one_line_failure(proc, "I/O failure")
     assert (final / "manifest.json").read_bytes() == manifest and verify_partition(str(final)) == []
     finished = cache_state(failed / "cache")
     assert 0 < len(finished) < len(list((pool_inputs / PARTITION).glob("*.tar")))
