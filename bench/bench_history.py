@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -244,7 +245,16 @@ def child(work: Path, night: int) -> dict[str, Any]:
     embeddings = embedding_reader({source: str(folder / "emb.npy")}, so)
     bal = balance_inputs(cfg, date)
     t_plan = time.perf_counter() - t0
+    profile = os.environ.get("CURATE_BENCH_PROFILE")  # a folder: one cProfile per night
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     sel = select(scores, cfg.pool, matches, bal, embeddings, prior_of(cfg, plan), {})
+    if profile:
+        prof.disable()
+        prof.dump_stats(str(Path(profile) / f"night-{night:03d}.prof"))
     t_select = time.perf_counter() - t0 - t_plan
     rss_select = peak_rss_bytes()
     with versioned(plan, so) as version:
@@ -390,6 +400,22 @@ def main() -> None:
         emit(run(work, args))
 
 
+def with_compaction(nights: list[dict], ref: dict, last: dict) -> dict[str, float]:
+    """Night cost with the compaction that follows its commit: last over ref, and the means
+    of the 3 nights ending at each."""
+
+    def total(n: dict) -> float:
+        return n["wall_s"] + n["compact_s"]
+
+    def window(n: dict) -> float:
+        at = nights.index(n)
+        part = nights[max(0, at - 2) : at + 1]
+        return sum(total(x) for x in part) / len(part)
+
+    return {"last_over_ref": round(total(last) / total(ref), 3),
+            "window_last_over_ref": round(window(last) / window(ref), 3)}  # fmt: skip
+
+
 def run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from infra.demo_data import make_tiny_model
 
@@ -427,6 +453,9 @@ def run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "time_last_over_ref": round(last["wall_s"] / ref["wall_s"], 3),
         "cpu_last_over_ref": round(last["cpu_s"] / ref["cpu_s"], 3),
         "rss_last_over_ref": round(last["peak_rss_bytes"] / ref["peak_rss_bytes"], 3),
+        # a night's job also compacts the index after its commit: the same ratio with it, and
+        # over 3-night windows (merges come every third night)
+        "with_compaction": with_compaction(nights, ref, last),
         "peak_rss_bytes": max(n["peak_rss_bytes"] for n in nights),
         "recall": recall,
         "false_merges": false_merges,

@@ -40,7 +40,10 @@ CALIBRATION_SLACK = 0.05  # taken off the lowest estimate a true pair received
 MARGIN = 1e-4  # float32 cosine error bound; closer pairs are settled in float64
 EPS64 = 1e-12
 QUERY_CHUNK = 2048  # exact search: queries x rows similarities at a time
-SEARCH_CHUNK = 512  # IVF search: queries at a time (its lookup tables: queries x probes x 8 KB)
+# IVF search: queries at a time. Inner-product lookup tables are per query (8 KB at 512-d),
+# so 4,096 add ~32 MB; each call has a fixed cost, and 512 at a time spent 3.6 s of CPU on
+# a 1M-row run for 100k queries where 4,096 spend 2.6 s.
+SEARCH_CHUNK = 4096
 
 
 def _faiss():  # imported when first needed: seconds of start-up a planning step never pays

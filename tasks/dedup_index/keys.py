@@ -33,6 +33,7 @@ HEX_PER_WORD = 15  # 60 bits: a polars int64 holds it
 WORDS = 5  # 4 x 15 + 4 hex digits = 64
 CHUNK_PAIRS = 1 << 20  # candidate pairs expanded at a time (~40 MB of scratch)
 CHUNK_PROBES = 1 << 22  # block probes (queries x values within the radius) at a time (~170 MB)
+DIRECT_BITS = 22  # blocks this narrow are looked up by address (2^22 + 1 offsets: 16 MB)
 
 
 def sha_words(sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +98,8 @@ class KeyTable:
     ph_rows: np.ndarray  # their rows
     # max distance -> (m, per block: sorted block values, their positions)
     blocks: dict[int, tuple[int, list[tuple[np.ndarray, np.ndarray]]]] = field(default_factory=dict)
+    # (max distance, block) -> where each block value's rows start (`block_offsets`)
+    offsets: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     @staticmethod
     def build(sha: pl.Series, phash: pl.Series) -> KeyTable:
@@ -122,6 +125,21 @@ class KeyTable:
                 out.append((vals[order], order))
             self.blocks[max_distance] = (m, out)
         return self.blocks[max_distance]
+
+    def block_offsets(self, max_distance: int, i: int, width: int) -> np.ndarray:
+        """Block i's values as an address table: the rows holding value v are positions
+        offsets[v]:offsets[v + 1] of its sorted values. Two loads per probe instead of two
+        binary searches (and the sort of the probes that kept those searches cached): 4-5x
+        faster for 100k queries x 69 probes into 1M rows. Built on first use (a bincount)."""
+        key = (max_distance, i)
+        if key not in self.offsets:
+            vals = self.sorted_blocks(max_distance)[1][i][0]
+            counts = np.bincount(vals.astype(np.intp), minlength=1 << width)
+            dtype = np.int32 if len(vals) < 2**31 else np.int64
+            out = np.zeros((1 << width) + 1, dtype)
+            np.cumsum(counts, out=out[1:])
+            self.offsets[key] = out
+        return self.offsets[key]
 
     def to_bytes(self, max_distance: int | None) -> bytes:
         arrays = {
@@ -200,18 +218,26 @@ def perceptual_links(
     ci_all, pi_all = [], []
     m, blocks = table.sorted_blocks(max_distance)
     radius = max_distance // m
-    for (start, width), (vals, order) in zip(mih_blocks(max_distance, m), blocks, strict=True):
+    plan = mih_blocks(max_distance, m)
+    for i, ((start, width), (vals, order)) in enumerate(zip(plan, blocks, strict=True)):
         masks = _masks(width, radius)
+        direct = table.block_offsets(max_distance, i, width) if width <= DIRECT_BITS else None
         step = max(1, CHUNK_PROBES // len(masks))  # probes (queries x masks) held at a time
         for first in range(0, len(values), step):
             at = slice(first, first + step)
             key = (_block(values[at], start, width)[:, None] ^ masks[None, :]).ravel()
-            lo, hi = _ranges(vals, key)
-            unknown = np.repeat(~known[at], len(masks))
-            hi[unknown] = lo[unknown]
+            if direct is not None:
+                at_key = key.astype(np.intp)
+                lo, hi = direct[at_key].astype(np.int64), direct[at_key + 1].astype(np.int64)
+            else:
+                lo, hi = _ranges(vals, key)
+            hit = np.flatnonzero(hi > lo)  # most probes find nothing: expand the others
+            query = hit // len(masks) + first
+            hit = hit[known[query]]
+            query, lo, hi = hit // len(masks) + first, lo[hit], hi[hit]
             for part in _chunks(lo, hi):
                 probe, pos = _expand(lo[part], hi[part])
-                q = (probe + part.start) // len(masks) + first
+                q = query[probe + part.start]
                 p = order[pos]
                 dist = np.bitwise_count(values[q] ^ table.ph_values[p])
                 ok = dist <= max_distance

@@ -190,15 +190,22 @@ class _Job:
         if self.searcher is not None and live & self.comparable:  # embeddings of this model
             found.append(self._semantic_run(run, live, book))
         names = run.partitions()
-        url = run_url(self.folder, run.id, "rows.parquet")
+        kept = []
         for method, ci, rr, value in found:
             part, seg_row = run.locate(rr)
             usable = self.comparable if method == "semantic" else live
             ok = np.array([names[p] in live and names[p] in usable for p in part], dtype=bool)
-            if not ok.any():
-                continue
-            keys = [(names[p], int(r)) for p, r in zip(part[ok], seg_row[ok], strict=True)]
-            self.found.add(method, ci[ok], keys, value[ok], read_rows(url, rr[ok], self.so))
+            if ok.any():
+                keys = [(names[p], int(r)) for p, r in zip(part[ok], seg_row[ok], strict=True)]
+                kept.append((method, ci[ok], keys, value[ok], rr[ok]))
+        if not kept:
+            return
+        # the rows every method matched, read in one pass (matches spread over a long
+        # history touch most row groups: one pass per method read the run's rows 3 times)
+        wanted = np.unique(np.concatenate([k[4] for k in kept]))
+        rows = read_rows(run_url(self.folder, run.id, "rows.parquet"), wanted, self.so)
+        for method, ci, keys, value, rr in kept:
+            self.found.add(method, ci, keys, value, rows[np.searchsorted(wanted, rr)])
 
     def _semantic_run(
         self, run: RunInfo, live: set[str], book: Codebook | None

@@ -296,7 +296,7 @@ def test_semantic_candidates_do_not_depend_on_how_runs_were_formed(tmp_path, sma
         history[name] = night_rows(400, i + 1)
         publish(one, name, *history[name])
         publish(many, name, *history[name])
-        compact(many, None, semantic=True, max_distance=3, seal_rows=450, merge_at=99)
+        compact(many, None, semantic=True, max_distance=3, seal_rows=400, merge_at=99)
     compact(one, None, semantic=True, max_distance=3, seal_rows=10_000, merge_at=99)
     book = read_pointer(one, None)[0].codebooks
     # the same codebook for both, so only the grouping into runs differs
@@ -308,11 +308,37 @@ def test_semantic_candidates_do_not_depend_on_how_runs_were_formed(tmp_path, sma
     from tasks.dedup_index.runs import swap_pointer
 
     swap_pointer(many, seen, type(ptr)([], book), None)  # runs rebuilt with that codebook
-    compact(many, None, semantic=True, max_distance=3, seal_rows=450, merge_at=99)
+    compact(many, None, semantic=True, max_distance=3, seal_rows=400, merge_at=99)
     assert len(read_pointer(one, None)[0].runs) == 1
     assert len(read_pointer(many, None)[0].runs) == len(NIGHTS)
     cand, emb, _ = candidates(history)
     assert query(one, history, cand, emb)[0] == query(many, history, cand, emb)[0]
+
+
+def test_a_run_that_reaches_the_seal_is_never_rewritten(tmp_path, small_index):
+    """Defect: runs were packed up to the seal without reaching it (800 of 1,000 rows when
+    the next night would not fit), so every run stayed "small" and was rewritten with each
+    merge (the 60-night bench copied a 986k-row run every third night). A run closes once
+    it reaches the seal and then stays as it is; small runs never pile up."""
+    folder = str(tmp_path / "ds" / "pool")
+    history, seen = {}, {}
+    for i in range(12):
+        name = f"2026-08-{i + 1:02d}"
+        history[name] = night_rows(400, 200 + i)
+        publish(folder, name, *history[name])
+        compact(folder, None, semantic=True, max_distance=3, seal_rows=1000, merge_at=3)
+        pointer, _ = read_pointer(folder, None)
+        now = {r.id: r.rows for r in pointer.runs}
+        for run_id, rows in seen.items():  # a sealed run, once there, stays
+            assert rows < 1000 or run_id in now
+        seen = now
+        assert sum(rows < 1000 for rows in now.values()) < 3
+    sealed = [rows for rows in seen.values() if rows >= 1000]
+    assert len(sealed) >= 3 and all(rows == 1200 for rows in sealed)
+    assert verify_index(folder) == []
+    cand, emb, planted = candidates(history)
+    got, _ = query(folder, history, cand, emb)
+    assert planted <= got and got == brute(history, cand, emb)
 
 
 def test_garbage_collection_keeps_what_a_newer_pointer_names(tmp_path, small_index, monkeypatch):

@@ -69,6 +69,33 @@ def test_perceptual_links_equal_all_pairs(d, m, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("m", [3, 5, 8])
+def test_blocks_looked_up_by_address_equal_the_binary_search(m, monkeypatch):
+    """Narrow blocks are looked up in an address table (offsets per block value) instead of
+    by binary search: the same pairs, including block values 0 and all ones (the table's
+    last offsets), unknown pHashes and values many rows share."""
+    monkeypatch.setattr(keys, "mih_plan", lambda _d, _rows: m)
+    rng = np.random.default_rng(m)
+    table = rng.integers(0, 2**64, 500, dtype=np.uint64)
+    table[:5] = [0, 2**64 - 1, 1, 2**63, 0]
+    table[100:140] = table[7]  # one value, 40 rows
+    cand = [int(table[k]) ^ (1 << int(k % 64)) for k in range(0, 500, 3)]
+    cand += [0, 2**64 - 1, None, int(table[7])]
+    series = pl.Series(cand, dtype=pl.UInt64)
+    ph = pl.Series([*table.tolist()[:-1], None], dtype=pl.UInt64)
+
+    def links(direct_bits: int) -> tuple[np.ndarray, ...]:
+        monkeypatch.setattr(keys, "DIRECT_BITS", direct_bits)
+        return perceptual_links(KeyTable.build(pl.Series(shas(500, 6)), ph), series, 4)
+
+    direct, searched = links(22), links(0)
+    for a, b in zip(direct, searched, strict=True):
+        assert np.array_equal(a, b)
+    known = np.array([c if c is not None else 0 for c in cand], dtype=np.uint64)
+    want = brute(table[:-1], known, 4) - {(len(cand) - 2, r) for r in range(499)}
+    assert set(zip(direct[0].tolist(), direct[1].tolist(), strict=True)) == want
+
+
 def test_blocks_cover_64_bits_and_round_trip():
     for d in range(0, 12):
         blocks = mih_blocks(d)
