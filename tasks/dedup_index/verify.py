@@ -14,7 +14,7 @@ import polars as pl
 
 from tasks.dedup_index.compact import live_segments
 from tasks.dedup_index.keys import KeyTable
-from tasks.dedup_index.runs import RunInfo, Segment, read_pointer, run_url
+from tasks.dedup_index.runs import RunInfo, Segment, read_all_rows, read_pointer, run_url
 from tasks.io import storage
 
 
@@ -47,7 +47,7 @@ def _check_run(
     with_emb: set[str],
     so: dict[str, Any] | None,
 ) -> list[str]:
-    rows = storage.read_parquet(run_url(folder, run.id, "rows.parquet"), so)
+    rows = read_all_rows(run_url(folder, run.id, "rows.parquet"), so)
     if rows.height != run.rows:
         return [f"dedup index run {run.id}: {rows.height} rows, pointer says {run.rows}"]
     problems = []
@@ -97,4 +97,4 @@ def _check_ivf(
 
 def frame_of(folder: str, run: RunInfo, so: dict[str, Any] | None) -> pl.DataFrame:
     """A run's rows (tests and tools)."""
-    return storage.read_parquet(run_url(folder, run.id, "rows.parquet"), so)
+    return read_all_rows(run_url(folder, run.id, "rows.parquet"), so)

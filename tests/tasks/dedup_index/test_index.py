@@ -16,7 +16,7 @@ from tasks.dedup_index import ann
 from tasks.dedup_index import compact as compact_module
 from tasks.dedup_index.compact import compact
 from tasks.dedup_index.query import match_rows, query_history
-from tasks.dedup_index.runs import read_pointer, run_url
+from tasks.dedup_index.runs import read_all_rows, read_pointer, read_rows, run_url, write_rows
 from tasks.dedup_index.verify import verify_index
 from tasks.io import storage
 from tasks.publish.catalog import read_catalog
@@ -219,12 +219,33 @@ def test_a_kill_mid_compaction_leaves_an_exact_index(tmp_path, small_index, monk
     assert named <= on_disk  # (unnamed folders younger than an hour stay: compactions in flight)
 
 
+def test_run_rows_give_back_every_sha256_as_it_was(tmp_path):
+    """Run rows hold sha256 as 32 bytes, and any value that is not lowercase hex as text:
+    read back (a few rows, or all), every value is the one written."""
+    sha = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(6)]
+    sha[1] = sha[1].upper()  # hex, but its bytes would give it back in lowercase
+    sha[2], sha[3] = "not-a-sha", None
+    sha[4] = sha[4][:-1]  # 63 digits
+    rows = pl.DataFrame(
+        {"uid": [f"u{i}" for i in range(6)], "partition": ["p"] * 6, "sha256": sha,
+         "phash": list(range(6))},
+        schema={"uid": pl.String, "partition": pl.String, "sha256": pl.String,
+                "phash": pl.UInt64},
+    )  # fmt: skip
+    url = str(tmp_path / "rows.parquet")
+    write_rows(url, rows, None)
+    assert read_all_rows(url, None).equals(rows)
+    some = np.array([5, 1, 3, 0])
+    assert read_rows(url, some, None).equals(rows[some])
+    assert read_rows(url, np.zeros(0, np.int64), None).schema == rows.schema
+
+
 def test_verify_finds_a_run_that_is_not_its_segments(tmp_path, small_index):
     folder = str(tmp_path / "ds" / "pool")
     build(folder)
     run = read_pointer(folder, None)[0].runs[0]
     url = run_url(folder, run.id, "rows.parquet")
-    rows = storage.read_parquet(url)
+    rows = read_all_rows(url, None)  # written back with sha256 as text: the older layout
     name = run.partitions()[0]
     tampered = rows.with_columns(
         pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("x" * 64)).otherwise("sha256")

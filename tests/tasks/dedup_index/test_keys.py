@@ -153,15 +153,17 @@ def test_a_large_table_uses_fewer_blocks_and_the_choice_travels_with_it(monkeypa
 
 def test_pointer_layouts_old_and_new_are_read_and_the_new_one_is_written():
     """keys.npz of format 3 may hold fewer blocks than d + 1, which a format-2 reader
-    cannot read: the pointer says 3, so such a reader (a rollback) takes it for no index
-    and reads segments directly; this code still reads format-2 pointers."""
+    cannot read, and rows.parquet of format 4 holds sha256 as bytes, which a format-3
+    reader would take for text: the pointer says 4, so such a reader (a rollback) takes it
+    for no index and reads segments directly; this code still reads formats 2 and 3."""
     import json
 
     from tasks.dedup_index.runs import Pointer, RunInfo
 
     run = RunInfo("r-1", 5, {"2026-01-01": "v1"}, {"2026-01-01": 0}, None, 4, None)
     data = Pointer([run]).to_bytes()
-    assert json.loads(data)["format"] == 3
-    old = json.dumps({**json.loads(data), "format": 2}).encode()
-    assert Pointer.parse(old).runs == [run]
+    assert json.loads(data)["format"] == 4
+    for older in (2, 3):
+        old = json.dumps({**json.loads(data), "format": older}).encode()
+        assert Pointer.parse(old).runs == [run]
     assert Pointer.parse(json.dumps({**json.loads(data), "format": 1}).encode()).runs == []
