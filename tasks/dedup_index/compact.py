@@ -9,8 +9,9 @@ catalog and the pointer, then
 2. trains the dataset's codebook once enough embeddings exist (`ann.TRAIN_MIN`), from a
    deterministic sample of the earliest partitions' embeddings;
 3. builds one new run from the segments no run covers (a night's segment, usually), and when
-   `MERGE_AT` runs below `SEAL_ROWS` rows exist, rebuilds those into runs of up to
-   `SEAL_ROWS` rows (runs that large are never rewritten again);
+   `MERGE_AT` runs below `SEAL_ROWS` rows exist, rebuilds those, in partition order, into
+   runs that close once they reach `SEAL_ROWS` rows (sealed: never rewritten again; a run
+   may pass the seal by less than its last partition) and one last, open, run;
 4. writes the new runs (new folders nobody reads yet), then swaps the pointer with a
    compare-and-swap, then removes run folders that no pointer names (the new one, the one it
    replaced, the current one) once they are an hour old (a reader that read the old pointer

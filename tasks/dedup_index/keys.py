@@ -33,7 +33,11 @@ HEX_PER_WORD = 15  # 60 bits: a polars int64 holds it
 WORDS = 5  # 4 x 15 + 4 hex digits = 64
 CHUNK_PAIRS = 1 << 20  # candidate pairs expanded at a time (~40 MB of scratch)
 CHUNK_PROBES = 1 << 22  # block probes (queries x values within the radius) at a time (~170 MB)
-DIRECT_BITS = 22  # blocks this narrow are looked up by address (2^22 + 1 offsets: 16 MB)
+DIRECT_BITS = 22  # blocks this narrow may be looked up by address (2^22 + 1 offsets: 16 MB)
+# ...when the block has at most this many values per probe: building the table costs ~5 ns
+# a value, and each probe it serves saves ~130 ns of sorting and binary search (a 10-row
+# table probed by a few queries at d = 2 built 32 MB of tables in 0.15 s)
+DIRECT_VALUES_PER_PROBE = 16
 
 
 def sha_words(sha: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +225,9 @@ def perceptual_links(
     plan = mih_blocks(max_distance, m)
     for i, ((start, width), (vals, order)) in enumerate(zip(plan, blocks, strict=True)):
         masks = _masks(width, radius)
-        direct = table.block_offsets(max_distance, i, width) if width <= DIRECT_BITS else None
+        probes = int(known.sum()) * len(masks)
+        by_address = width <= DIRECT_BITS and (1 << width) <= DIRECT_VALUES_PER_PROBE * probes
+        direct = table.block_offsets(max_distance, i, width) if by_address else None
         step = max(1, CHUNK_PROBES // len(masks))  # probes (queries x masks) held at a time
         for first in range(0, len(values), step):
             at = slice(first, first + step)

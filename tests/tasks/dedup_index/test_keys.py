@@ -86,7 +86,11 @@ def test_blocks_looked_up_by_address_equal_the_binary_search(m, monkeypatch):
 
     def links(direct_bits: int) -> tuple[np.ndarray, ...]:
         monkeypatch.setattr(keys, "DIRECT_BITS", direct_bits)
-        return perceptual_links(KeyTable.build(pl.Series(shas(500, 6)), ph), series, 4)
+        monkeypatch.setattr(keys, "DIRECT_VALUES_PER_PROBE", 1 << 30)  # however few probes
+        table = KeyTable.build(pl.Series(shas(500, 6)), ph)
+        out = perceptual_links(table, series, 4)
+        assert bool(table.offsets) == (direct_bits > 0)  # the path under test was taken
+        return out
 
     direct, searched = links(22), links(0)
     for a, b in zip(direct, searched, strict=True):
@@ -94,6 +98,18 @@ def test_blocks_looked_up_by_address_equal_the_binary_search(m, monkeypatch):
     known = np.array([c if c is not None else 0 for c in cand], dtype=np.uint64)
     want = brute(table[:-1], known, 4) - {(len(cand) - 2, r) for r in range(499)}
     assert set(zip(direct[0].tolist(), direct[1].tolist(), strict=True)) == want
+
+
+def test_a_few_probes_into_a_small_table_build_no_address_table():
+    """At d = 2 every table takes 3 blocks of 21-22 bits: a 10-row table probed by a few
+    candidates built 32 MB of address tables; it is searched instead, with the same pairs."""
+    rng = np.random.default_rng(3)
+    values = pl.Series(rng.integers(0, 2**64, 10, dtype=np.uint64))
+    table = KeyTable.build(pl.Series(shas(10, 7)), values)
+    cand = pl.Series([int(table.ph_values[0]) ^ 0b101, 7], dtype=pl.UInt64)
+    ci, ri, dist = perceptual_links(table, cand, 2)
+    assert table.blocks[2][0] == 3 and not table.offsets
+    assert (ci.tolist(), dist.tolist()) == ([0], [2]) and ri.tolist() == [int(table.ph_rows[0])]
 
 
 def test_blocks_cover_64_bits_and_round_trip():
