@@ -400,20 +400,19 @@ def main() -> None:
         emit(run(work, args))
 
 
-def with_compaction(nights: list[dict], ref: dict, last: dict) -> dict[str, float]:
-    """Night cost with the compaction that follows its commit: last over ref, and the means
-    of the 3 nights ending at each."""
+def with_compaction(nights: list[dict], ref_at: int) -> dict[str, float]:
+    """Night cost with the compaction that follows its commit: the last night over night
+    `ref_at` (an index), and the means of the 3 nights ending at each."""
 
-    def total(n: dict) -> float:
-        return n["wall_s"] + n["compact_s"]
+    def total(at: int) -> float:
+        return nights[at]["wall_s"] + nights[at]["compact_s"]
 
-    def window(n: dict) -> float:
-        at = nights.index(n)
-        part = nights[max(0, at - 2) : at + 1]
-        return sum(total(x) for x in part) / len(part)
+    def window(at: int) -> float:
+        return sum(total(a) for a in range(max(0, at - 2), at + 1)) / (at + 1 - max(0, at - 2))
 
-    return {"last_over_ref": round(total(last) / total(ref), 3),
-            "window_last_over_ref": round(window(last) / window(ref), 3)}  # fmt: skip
+    last_at = len(nights) - 1
+    return {"last_over_ref": round(total(last_at) / total(ref_at), 3),
+            "window_last_over_ref": round(window(last_at) / window(ref_at), 3)}  # fmt: skip
 
 
 def run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -436,7 +435,8 @@ def run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         false_merges += got["false_merges"]
         nights.append({**row, "kept": got["kept"], "found": {m: got[m] for m in PLANT}})
         print(json.dumps(nights[-1]), file=sys.stderr)
-    ref = nights[min(9, len(nights) // 2 - 1)] if len(nights) > 1 else nights[0]  # night 10
+    ref_at = min(9, len(nights) // 2 - 1) if len(nights) > 1 else 0  # night 10
+    ref = nights[ref_at]
     last = nights[-1]
     recall = {m: round(f / t, 4) if t else None for m, (f, t) in found.items()}
     return {
@@ -455,7 +455,7 @@ def run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "rss_last_over_ref": round(last["peak_rss_bytes"] / ref["peak_rss_bytes"], 3),
         # a night's job also compacts the index after its commit: the same ratio with it, and
         # over 3-night windows (merges come every third night)
-        "with_compaction": with_compaction(nights, ref, last),
+        "with_compaction": with_compaction(nights, ref_at),
         "peak_rss_bytes": max(n["peak_rss_bytes"] for n in nights),
         "recall": recall,
         "false_merges": false_merges,

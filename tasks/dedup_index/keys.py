@@ -217,30 +217,28 @@ def perceptual_links(
     """(candidate index, table row, distance) for every earlier row whose pHash is within
     `max_distance` of a candidate's (each pair once)."""
     ph = cand_phash.cast(pl.UInt64)
-    known = ph.is_not_null().to_numpy()
     values = ph.fill_null(0).to_numpy()
+    with_ph = np.flatnonzero(ph.is_not_null().to_numpy())  # the candidates that are probed
     ci_all, pi_all = [], []
     m, blocks = table.sorted_blocks(max_distance)
     radius = max_distance // m
     plan = mih_blocks(max_distance, m)
     for i, ((start, width), (vals, order)) in enumerate(zip(plan, blocks, strict=True)):
         masks = _masks(width, radius)
-        probes = int(known.sum()) * len(masks)
+        probes = len(with_ph) * len(masks)
         by_address = width <= DIRECT_BITS and (1 << width) <= DIRECT_VALUES_PER_PROBE * probes
         direct = table.block_offsets(max_distance, i, width) if by_address else None
         step = max(1, CHUNK_PROBES // len(masks))  # probes (queries x masks) held at a time
-        for first in range(0, len(values), step):
-            at = slice(first, first + step)
-            key = (_block(values[at], start, width)[:, None] ^ masks[None, :]).ravel()
+        for first in range(0, len(with_ph), step):
+            cands = with_ph[first : first + step]
+            key = (_block(values[cands], start, width)[:, None] ^ masks[None, :]).ravel()
             if direct is not None:
                 at_key = key.astype(np.intp)
                 lo, hi = direct[at_key].astype(np.int64), direct[at_key + 1].astype(np.int64)
             else:
                 lo, hi = _ranges(vals, key)
             hit = np.flatnonzero(hi > lo)  # most probes find nothing: expand the others
-            query = hit // len(masks) + first
-            hit = hit[known[query]]
-            query, lo, hi = hit // len(masks) + first, lo[hit], hi[hit]
+            query, lo, hi = cands[hit // len(masks)], lo[hit], hi[hit]
             for part in _chunks(lo, hi):
                 probe, pos = _expand(lo[part], hi[part])
                 q = query[probe + part.start]
